@@ -1,0 +1,158 @@
+"""The aggregator contract: plain values in, plain values out.
+
+Aggregators are framework-free (no Flower, Ray or Hydra). They receive the
+current global parameters, the validated :class:`ClientUpdate` values of one
+round and a :class:`RoundInfo` that holds only what the server *observes*
+(who was asked, who replied) -- never the simulation's hidden truth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+Params = dict[str, np.ndarray]  # ordered: name -> array, as in a torch state_dict
+
+BN_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def is_bn_buffer(name: str) -> bool:
+    """True for BatchNorm running statistics and counters."""
+    return name.rsplit(".", 1)[-1] in BN_BUFFER_SUFFIXES
+
+
+def is_float(arr: np.ndarray) -> bool:
+    return np.issubdtype(arr.dtype, np.floating)
+
+
+def is_learnable(name: str, arr: np.ndarray) -> bool:
+    """Float tensors that are not BatchNorm buffers (weights, biases, BN affine)."""
+    return is_float(arr) and not is_bn_buffer(name)
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One client's validated reply for one round.
+
+    ``client_id`` is the stable partition id (0..N-1), never Flower's node id.
+    ``params`` is the client's full model state after local training.
+    """
+
+    client_id: int
+    params: Params
+    num_examples: int
+    label_hist: np.ndarray | None = None
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """What the server observes about a round."""
+
+    round: int  # 1-based
+    num_clients: int  # N, all clients of the federation
+    asked: tuple[int, ...]  # client ids that were sent a message
+    replied: tuple[int, ...]  # client ids whose update passed validation
+
+    def participation(self) -> np.ndarray:
+        """q_n^t for all N clients: 1 if the client's valid update arrived."""
+        q = np.zeros(self.num_clients, dtype=bool)
+        q[list(self.replied)] = True
+        return q
+
+
+@dataclass
+class AggregatorContext:
+    """What the host knows when it builds an aggregator.
+
+    ``model_fn`` builds a fresh torch model (FedLAW's functional forward),
+    ``init_params_fn(client_id)`` gives an independently initialised model
+    (gossip), ``proxy_data`` is the server's proxy set (FedLAW), and
+    ``oracle_participation_probs`` is the simulation truth that only the
+    explicitly named oracle baseline (``known_prob``) may read.
+    """
+
+    num_clients: int
+    num_classes: int
+    seed: int = 0
+    model_fn: Callable[[], Any] | None = None
+    init_params_fn: Callable[[int], Params] | None = None
+    proxy_data: tuple[np.ndarray, np.ndarray] | None = None
+    oracle_participation_probs: np.ndarray | None = None
+
+
+class Aggregator:
+    """Base class. Subclasses implement :meth:`aggregate`.
+
+    ``streaming = True`` marks rules that are weighted sums and could add each
+    update into one accumulator as it arrives; rules that need the whole set
+    (IDA, FedLAW, gossip) set it False.
+    """
+
+    name: str = "base"
+    streaming: bool = False
+    per_node_models: bool = False  # gossip: each client gets its own model
+
+    def __init__(self, ctx: AggregatorContext, **options: Any) -> None:
+        if options:
+            raise TypeError(
+                f"aggregator '{self.name}' got unknown option(s) {sorted(options)}"
+            )
+        self.ctx = ctx
+
+    # -- the contract -------------------------------------------------------
+    def aggregate(
+        self, global_params: Params, updates: list[ClientUpdate], info: RoundInfo
+    ) -> tuple[Params, dict[str, Any]]:
+        raise NotImplementedError
+
+    def params_for(self, client_id: int, global_params: Params) -> Params:
+        """The model sent to ``client_id`` this round (gossip overrides)."""
+        return global_params
+
+    def client_config(self) -> dict[str, Any]:
+        """Extra scalar config sent to clients (e.g. a FedProx mu)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
+
+
+# -- helpers shared by the weighted-sum rules --------------------------------
+def weighted_average(
+    updates: list[ClientUpdate], weights: np.ndarray, template: Params
+) -> Params:
+    """Σ_k w_k θ_k on every float tensor; integer tensors are taken from the
+    client with the largest weight (never averaged as floats)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    out: Params = {}
+    top = int(np.argmax(weights)) if len(weights) else 0
+    for name, ref in template.items():
+        if is_float(ref):
+            acc = np.zeros(ref.shape, dtype=np.float64)
+            for w, u in zip(weights, updates):
+                if w != 0.0:
+                    acc += w * u.params[name]
+            out[name] = acc.astype(ref.dtype)
+        else:
+            out[name] = updates[top].params[name].copy() if updates else ref.copy()
+    return out
+
+
+def sorted_updates(updates: list[ClientUpdate]) -> list[ClientUpdate]:
+    """Updates in client-id order, so sums do not depend on arrival order."""
+    return sorted(updates, key=lambda u: u.client_id)
+
+
+def weights_metrics(updates: list[ClientUpdate], weights: np.ndarray) -> dict[str, Any]:
+    """Per-client weights as metrics, so a user can see why the model moved."""
+    return {
+        "weight_clients": [int(u.client_id) for u in updates],
+        "weights": [float(w) for w in weights],
+    }

@@ -1,0 +1,100 @@
+"""Local training and evaluation (torch only; no Flower)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..seeding import torch_generator
+
+
+@dataclass
+class TrainResult:
+    loss: float
+    accuracy: float
+    steps: int
+
+
+def train_local(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int = 1,
+    steps: int = 0,
+    batch_size: int = 32,
+    lr: float = 0.05,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    proximal_mu: float = 0.0,
+    max_steps: int | None = None,
+    seed: int = 0,
+    round: int = 0,
+    client: int = 0,
+    device: str = "cpu",
+) -> TrainResult:
+    """Minibatch SGD on (x, y).
+
+    ``steps > 0`` runs exactly that many minibatch steps (FedAU's I), cycling
+    over reshuffled epochs; otherwise ``epochs`` full passes. ``max_steps``
+    cuts work short (a straggler's partial work). The shuffling order comes
+    from the named stream (seed, "shuffle", round, client). ``proximal_mu``
+    adds FedProx's (mu/2)||w - w_global||^2.
+    """
+    model.to(device).train()
+    gen = torch_generator(seed, "shuffle", round, client)
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.long)
+    n = len(yt)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    loss_fn = nn.CrossEntropyLoss()
+    total_steps = steps if steps > 0 else epochs * max(1, -(-n // batch_size))
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
+    done, loss_sum, correct, seen = 0, 0.0, 0, 0
+    while done < total_steps:
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            if done >= total_steps:
+                break
+            idx = perm[start : start + batch_size]
+            xb, yb = xt[idx].to(device), yt[idx].to(device)
+            opt.zero_grad(set_to_none=True)
+            out = model(xb)
+            loss = loss_fn(out, yb)
+            if anchor is not None:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+                loss = loss + 0.5 * proximal_mu * prox
+            loss.backward()
+            opt.step()
+            done += 1
+            loss_sum += float(loss) * len(yb)
+            correct += int((out.argmax(1) == yb).sum())
+            seen += len(yb)
+    model.to("cpu")
+    return TrainResult(loss=loss_sum / max(seen, 1), accuracy=correct / max(seen, 1), steps=done)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> tuple[float, float]:
+    """(loss, accuracy) of ``model`` on (x, y)."""
+    model.eval()
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.long)
+    loss_sum, correct = 0.0, 0
+    for s in range(0, len(yt), batch_size):
+        out = model(xt[s : s + batch_size])
+        loss_sum += float(nn.functional.cross_entropy(out, yt[s : s + batch_size], reduction="sum"))
+        correct += int((out.argmax(1) == yt[s : s + batch_size]).sum())
+    return loss_sum / len(yt), correct / len(yt)
+
+
+def get_params(model: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def set_params(model: nn.Module, params: dict[str, np.ndarray]) -> None:
+    model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in params.items()})
