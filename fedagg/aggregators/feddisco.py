@@ -1,0 +1,157 @@
+"""FedDisco (Ye et al., ICML 2023, arXiv 2305.19229), ALGORITHMS.md §5.3.
+
+Per round, over the participants S_t:
+    n_k = N_k / Σ_{j∈S_t} N_j
+    d_k = M(D_k, T)          D_k = label_hist_k / N_k, T = target distribution
+    w̃_k = n_k − a·d_k + b
+    p_k = ReLU(w̃_k) / Σ_j ReLU(w̃_j)
+    x̄   = Σ_k p_k θ_k        (every float tensor; integer tensors from the
+                               client with the largest p_k, as in base.py)
+    x_{t+1} = ServerOptimizer(server_lr, server_momentum).step(x_t, x̄)
+so ``server_lr=1, server_momentum=0`` is plain "FedAvg+FedDisco" and a
+momentum β > 0 is "FedAvgM+FedDisco".
+
+Metrics ``metric``: ``kl`` (default, as in every shipped script): KL(D_k‖T)
+with 0·log 0 = 0, then normalised across the participants so Σ d_k = 1 (all
+zero if every KL is 0); ``l2`` = ‖D_k − T‖₂; ``l1`` = ‖D_k − T‖₁;
+``cosine`` = 1 − cos(D_k, T). ``target: null`` is the uniform T_c = 1/C;
+a list of class proportions is normalised to sum 1.
+
+Fallback (the official code leaves it undefined): if every w̃_k ≤ 0 the
+weights are the plain size weights n_k, and the metrics say
+``disco_fallback=1`` (0 otherwise).
+
+FedProx composes on the client side: ``proximal_mu`` is sent to clients via
+:meth:`client_config` as ``{"proximal_mu": mu}``.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .base import (
+    Aggregator,
+    AggregatorContext,
+    ClientUpdate,
+    RoundInfo,
+    sorted_updates,
+    weighted_average,
+    weights_metrics,
+)
+from .fedau import check_finite, check_updates
+from .fedavg import ServerOptimizer
+from .registry import register
+
+METRICS = ("kl", "l2", "l1", "cosine")
+
+
+def label_distribution(u: ClientUpdate, num_classes: int) -> np.ndarray:
+    """The client's label distribution D_k, with a ValueError naming the client
+    if its histogram is missing or unusable."""
+    h = u.label_hist
+    if h is None:
+        raise ValueError(f"client {u.client_id}: FedDisco needs its label_hist, none was sent")
+    h = np.asarray(h, dtype=np.float64)
+    if h.ndim != 1 or h.shape[0] != num_classes:
+        raise ValueError(
+            f"client {u.client_id}: label_hist has shape {h.shape}, expected ({num_classes},)"
+        )
+    if not np.all(np.isfinite(h)) or np.any(h < 0):
+        raise ValueError(f"client {u.client_id}: label_hist has negative or non-finite entries")
+    s = h.sum()
+    if s <= 0:
+        raise ValueError(f"client {u.client_id}: label_hist is all zero")
+    return h / s
+
+
+def discrepancies(D: np.ndarray, T: np.ndarray, metric: str) -> np.ndarray:
+    """d_k for the rows of D (participants × classes) against the target T."""
+    if metric == "kl":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(D > 0, D * np.log(D / T), 0.0)
+        kl = terms.sum(axis=1)
+        s = kl.sum()
+        return kl / s if s > 0 else np.zeros_like(kl)
+    if metric == "l2":
+        return np.linalg.norm(D - T, axis=1)
+    if metric == "l1":
+        return np.abs(D - T).sum(axis=1)
+    if metric == "cosine":
+        cos = (D @ T) / (np.linalg.norm(D, axis=1) * np.linalg.norm(T))
+        return 1.0 - cos
+    raise ValueError(f"aggregator.metric='{metric}' is not one of {', '.join(METRICS)}")
+
+
+@register("feddisco")
+class FedDisco(Aggregator):
+    streaming = True  # a weighted sum once the (scalar) weights are known
+
+    def __init__(
+        self,
+        ctx: AggregatorContext,
+        a: float = 0.5,
+        b: float = 0.1,
+        metric: str = "kl",
+        target: Sequence[float] | None = None,
+        server_lr: float = 1.0,
+        server_momentum: float = 0.0,
+        proximal_mu: float = 0.0,
+        **kw: Any,
+    ) -> None:
+        super().__init__(ctx, **kw)
+        if metric not in METRICS:
+            raise ValueError(f"aggregator.metric='{metric}' is not one of {', '.join(METRICS)}")
+        if proximal_mu < 0:
+            raise ValueError(f"aggregator.proximal_mu={proximal_mu} must be >= 0")
+        C = int(ctx.num_classes)
+        if target is None:
+            T = np.full(C, 1.0 / C)
+        else:
+            T = np.asarray(list(target), dtype=np.float64)
+            if T.shape != (C,):
+                raise ValueError(f"aggregator.target has {T.size} entries, expected {C} classes")
+            if not np.all(np.isfinite(T)) or np.any(T < 0) or T.sum() <= 0:
+                raise ValueError("aggregator.target must be non-negative with a positive sum")
+            T = T / T.sum()
+            if metric == "kl" and np.any(T == 0):
+                raise ValueError("aggregator.target has a zero class: KL to it is infinite")
+        self.a, self.b, self.metric, self.target = float(a), float(b), metric, T
+        self.proximal_mu = float(proximal_mu)
+        self.opt = ServerOptimizer(server_lr, server_momentum)
+
+    def client_config(self) -> dict[str, Any]:
+        return {"proximal_mu": self.proximal_mu}
+
+    def weights(self, updates: list[ClientUpdate]) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(p_k, d_k, fell_back) for the participants, in the given order."""
+        C = int(self.ctx.num_classes)
+        D = np.stack([label_distribution(u, C) for u in updates])
+        n = np.array([u.num_examples for u in updates], dtype=np.float64)
+        if np.any(n < 0) or n.sum() <= 0:
+            raise ValueError("FedDisco: num_examples must be >= 0 with a positive total")
+        n = n / n.sum()
+        d = discrepancies(D, self.target, self.metric)
+        w = np.maximum(n - self.a * d + self.b, 0.0)
+        if w.sum() <= 0:
+            return n, d, True
+        return w / w.sum(), d, False
+
+    def aggregate(self, global_params, updates, info: RoundInfo):
+        if not updates:
+            return global_params, {"weights": [], "disco_fallback": 0}
+        updates = sorted_updates(updates)
+        check_updates(updates, global_params)
+        p, d, fell_back = self.weights(updates)
+        avg = weighted_average(updates, p, global_params)
+        out = check_finite(self.opt.step(global_params, avg), self.name)
+        metrics = weights_metrics(updates, p)
+        metrics["discrepancy"] = [float(x) for x in d]
+        metrics["disco_fallback"] = int(fell_back)
+        return out, metrics
+
+    def state_dict(self):
+        return {"opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state):
+        self.opt.load_state_dict(state.get("opt", {}))
