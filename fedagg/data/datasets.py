@@ -1,13 +1,33 @@
 """Datasets behind one interface. Each loader returns a :class:`Dataset` of
-numpy arrays; the offline ones are generated or shipped, never downloaded."""
+numpy arrays (x float32, y int64); the offline ones are generated or shipped,
+never downloaded.
+
+========================  ==================================================================
+name                      source
+========================  ==================================================================
+mnist1d                   procedurally generated (cached on disk)
+digits                    scikit-learn's 8x8 digits (shipped)
+synthetic                 FedProx Synthetic(α, β), generated; carries natural client ids
+local                     your own .npz / .csv / .parquet files
+mnist, fashion_mnist,     Hugging Face Hub through ``datasets.load_dataset`` (needs network
+cifar10, cifar100, svhn   once, or a filled HF cache; converted arrays are cached on disk)
+========================  ==================================================================
+"""
 from __future__ import annotations
 
+import inspect
 import os
+import socket
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+from unittest import mock
+from urllib.parse import urlparse
 
 import numpy as np
+
+from ..seeding import rng as named_rng
 
 
 @dataclass
@@ -18,6 +38,18 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    # optional: one natural client id per training sample (dataset=synthetic)
+    client_ids: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.x_train = np.asarray(self.x_train, dtype=np.float32)
+        self.x_test = np.asarray(self.x_test, dtype=np.float32)
+        self.y_train = np.asarray(self.y_train, dtype=np.int64)
+        self.y_test = np.asarray(self.y_test, dtype=np.int64)
+        if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
+            raise ValueError(f"dataset '{self.name}': x and y lengths differ")
+        if self.client_ids is not None:
+            self.client_ids = np.asarray(self.client_ids, dtype=np.int64)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -55,7 +87,20 @@ def available() -> list[str]:
 def load_dataset(name: str, seed: int = 0, **options: Any) -> Dataset:
     if name not in _LOADERS:
         raise ValueError(f"dataset.name='{name}' is not known; valid choices: {', '.join(available())}")
-    return _LOADERS[name](seed=seed, **options)
+    fn = _LOADERS[name]
+    options = {k: v for k, v in options.items() if v is not None and v != ""}
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            raise ValueError(
+                f"dataset.{unknown[0]} is not an option of dataset '{name}'; "
+                f"valid options: {', '.join(k for k in params if k != 'seed')}"
+            )
+    ds = fn(seed=seed, **options)
+    if ds.y_train.size and (ds.y_train.min() < 0 or ds.y_train.max() >= ds.num_classes):
+        raise ValueError(f"dataset '{name}': labels must lie in 0..num_classes-1={ds.num_classes - 1}")
+    return ds
 
 
 @register_dataset("mnist1d")
@@ -94,7 +139,267 @@ def digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     d = load_digits()
     x = (d.data / 16.0).astype(np.float32)
     y = d.target.astype(np.int64)
-    perm = np.random.default_rng(seed).permutation(len(y))
-    n_test = int(round(len(y) * test_fraction))
-    te, tr = perm[:n_test], perm[n_test:]
+    tr, te = _split(len(y), test_fraction, seed, "digits")
     return Dataset("digits", x[tr], y[tr], x[te], y[te], 10)
+
+
+def _split(n: int, test_fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/test index split from the stream ``(seed, "dataset-split")``."""
+    test_fraction = float(test_fraction)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"dataset.test_fraction={test_fraction} must be in (0, 1) (dataset '{what}')")
+    perm = named_rng(seed, "dataset-split").permutation(n)
+    n_test = int(round(n * test_fraction))
+    if n_test < 1 or n_test >= n:
+        raise ValueError(f"dataset.test_fraction={test_fraction} leaves an empty train or test set ({n} samples)")
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FedProx Synthetic(α, β)
+# ----------------------------------------------------------------------------------------------------------------
+@register_dataset("synthetic")
+def synthetic(
+    seed: int = 0,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    num_samples: int = 10000,
+    num_users: int = 30,
+    dim: int = 60,
+    classes: int = 10,
+    test_fraction: float = 0.2,
+    iid: bool = False,
+) -> Dataset:
+    """Synthetic(α, β) of FedProx (Li et al., MLSys 2020; their generator
+    ``generate_synthetic``), generated as one pool. For natural user k:
+    u_k ~ N(0, α²), B_k ~ N(0, β²); W_k ~ N(u_k, 1)^{dim×classes},
+    b_k ~ N(u_k, 1)^{classes}; v_k ~ N(B_k, 1)^{dim}; x ~ N(v_k, Σ) with
+    Σ = diag(j^{-1.2}); y = argmax(x W_k + b_k). ``iid=True`` gives FedProx's
+    Synthetic-IID (one shared W, b ~ N(0,1) and v = 0).
+
+    Users' sizes follow FedProx's ``lognormal(4, 2) + 50`` shape, rescaled to
+    ``num_samples`` in total (≥ 5 each). Each user's samples are split
+    train/test by ``test_fraction``; every training sample carries its user id
+    in ``client_ids`` (``partition=natural`` uses them; then num_clients must
+    equal ``num_users``). All draws come from ``rng(seed, "synthetic", ...)``."""
+    alpha, beta = float(alpha), float(beta)
+    num_samples, num_users, dim, classes = int(num_samples), int(num_users), int(dim), int(classes)
+    if alpha < 0 or beta < 0:
+        raise ValueError(f"dataset.alpha={alpha} / dataset.beta={beta} must be >= 0")
+    if num_users < 1 or dim < 1 or classes < 2:
+        raise ValueError("dataset.num_users >= 1, dataset.dim >= 1 and dataset.classes >= 2 are required")
+    if num_samples < 5 * num_users:
+        raise ValueError(f"dataset.num_samples={num_samples} must be >= 5 x dataset.num_users={num_users}")
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ValueError(f"dataset.test_fraction={test_fraction} must be in (0, 1)")
+    g = named_rng(seed, "synthetic")
+    raw = g.lognormal(4, 2, num_users).astype(int) + 50
+    sizes = np.floor(raw / raw.sum() * (num_samples - 5 * num_users)).astype(np.int64) + 5
+    sizes[np.argsort(-raw, kind="stable")[: num_samples - sizes.sum()]] += 1
+    cov_diag = np.arange(1, dim + 1, dtype=np.float64) ** -1.2
+    w_global, b_global = g.normal(0, 1, (dim, classes)), g.normal(0, 1, classes)
+    xs_tr, ys_tr, ids_tr, xs_te, ys_te = [], [], [], [], []
+    for k in range(num_users):
+        gk = named_rng(seed, "synthetic", k)
+        u_k, b_mean = gk.normal(0, alpha), gk.normal(0, beta)
+        if iid:
+            w, b, v = w_global, b_global, np.zeros(dim)
+        else:
+            w, b = gk.normal(u_k, 1, (dim, classes)), gk.normal(u_k, 1, classes)
+            v = gk.normal(b_mean, 1, dim)
+        x = v + gk.normal(0, 1, (int(sizes[k]), dim)) * np.sqrt(cov_diag)
+        y = np.argmax(x @ w + b, axis=1)
+        n_test = max(1, int(round(len(y) * float(test_fraction))))
+        xs_te.append(x[:n_test]), ys_te.append(y[:n_test])
+        xs_tr.append(x[n_test:]), ys_tr.append(y[n_test:]), ids_tr.append(np.full(len(y) - n_test, k))
+    return Dataset(
+        "synthetic",
+        np.concatenate(xs_tr), np.concatenate(ys_tr), np.concatenate(xs_te), np.concatenate(ys_te),
+        classes, client_ids=np.concatenate(ids_tr),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# local files
+# ----------------------------------------------------------------------------------------------------------------
+def _read_table(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    import pandas as pd
+
+    df = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+    if label_column not in df.columns:
+        raise ValueError(
+            f"dataset.label_column='{label_column}' is not a column of {path}; columns: {', '.join(map(str, df.columns))}"
+        )
+    y = df[label_column].to_numpy()
+    feats = df.drop(columns=[label_column])
+    cols = []
+    for c in feats.columns:
+        col = feats[c]
+        first = col.iloc[0] if len(col) else 0
+        if isinstance(first, (list, tuple, np.ndarray)):
+            cols.append(np.stack([np.asarray(v, dtype=np.float32).reshape(-1) for v in col]))
+        elif np.issubdtype(col.dtype, np.number) or col.dtype == bool:
+            cols.append(col.to_numpy(dtype=np.float32)[:, None])
+        else:
+            raise ValueError(f"{path}: column '{c}' is not numeric; drop it or encode it before using dataset=local")
+    if not cols:
+        raise ValueError(f"{path}: no feature columns besides dataset.label_column='{label_column}'")
+    return np.concatenate(cols, axis=1).astype(np.float32), y
+
+
+def _read_any(path: Path, label_column: str, split: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            d = dict(z)
+        if f"x_{split}" not in d and split == "train" and "x" in d:
+            return d["x"], d["y"], d
+        if f"x_{split}" not in d or f"y_{split}" not in d:
+            raise ValueError(f"{path}: an npz needs arrays x_train, y_train (and x_test, y_test); has {sorted(d)}")
+        return d[f"x_{split}"], d[f"y_{split}"], d
+    if path.suffix.lower() in (".csv", ".parquet", ".pq"):
+        x, y = _read_table(path, label_column)
+        return x, y, {}
+    raise ValueError(f"dataset.path={path}: unsupported file type; use .npz, .csv or .parquet")
+
+
+@register_dataset("local")
+def local(
+    seed: int = 0,
+    path: str | None = None,
+    test_path: str | None = None,
+    test_fraction: float = 0.2,
+    label_column: str = "label",
+    num_classes: int | None = None,
+) -> Dataset:
+    """Your own data. ``path``: .npz (keys x_train, y_train[, x_test, y_test]),
+    .csv or .parquet (feature columns + ``label_column``; list-valued columns are
+    flattened). The test set is ``test_path``, else the npz's x_test/y_test,
+    else a random ``test_fraction`` of ``path``. Non-integer labels are mapped
+    to 0..C-1 in sorted order; ``num_classes`` defaults to max label + 1."""
+    if not path:
+        raise ValueError("dataset.path is required for dataset=local (an .npz, .csv or .parquet file)")
+    p = Path(os.path.expanduser(str(path)))
+    if not p.is_file():
+        raise ValueError(f"dataset.path={p} does not exist; point it at an .npz, .csv or .parquet file")
+    x, y, d = _read_any(p, label_column, "train")
+    if test_path:
+        tp = Path(os.path.expanduser(str(test_path)))
+        if not tp.is_file():
+            raise ValueError(f"dataset.test_path={tp} does not exist")
+        x_te, y_te, _ = _read_any(tp, label_column, "test")
+    elif "x_test" in d and "y_test" in d:
+        x_te, y_te = d["x_test"], d["y_test"]
+    else:
+        tr, te = _split(len(y), test_fraction, seed, "local")
+        x, y, x_te, y_te = x[tr], y[tr], x[te], y[te]
+    y, y_te = np.asarray(y), np.asarray(y_te)
+    if not (np.issubdtype(y.dtype, np.integer) and np.issubdtype(y_te.dtype, np.integer)):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0) and np.all(np.mod(y_te, 1) == 0):
+            y, y_te = y.astype(np.int64), y_te.astype(np.int64)
+        else:
+            classes = np.unique(np.concatenate([y.astype(str), y_te.astype(str)]))
+            y, y_te = np.searchsorted(classes, y.astype(str)), np.searchsorted(classes, y_te.astype(str))
+    c = int(num_classes) if num_classes else int(max(y.max(), y_te.max())) + 1
+    if x.shape[1:] != x_te.shape[1:]:
+        raise ValueError(f"dataset=local: train features {x.shape[1:]} and test features {x_te.shape[1:]} differ")
+    return Dataset("local", x, y, x_te, y_te, c)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hugging Face Hub datasets (network once, then cached)
+# ----------------------------------------------------------------------------------------------------------------
+# name -> (hub id, config, image column, label column, num_classes)
+HUB_DATASETS: dict[str, tuple[str, str | None, str, str, int]] = {
+    "mnist": ("ylecun/mnist", None, "image", "label", 10),
+    "fashion_mnist": ("zalando-datasets/fashion_mnist", None, "image", "label", 10),
+    "cifar10": ("uoft-cs/cifar10", None, "img", "label", 10),
+    "cifar100": ("uoft-cs/cifar100", None, "img", "fine_label", 100),
+    "svhn": ("ufldl-stanford/svhn", "cropped_digits", "image", "label", 10),
+}
+
+
+def _truthy(v: str | None) -> bool:
+    return str(v or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set or the Hub endpoint
+    cannot be reached within ``timeout`` seconds (so an offline machine fails in
+    seconds instead of ~25 s of retries)."""
+    if _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("HF_DATASETS_OFFLINE")):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline_help(name: str, hub_id: str, config: str | None, reason: str) -> str:
+    cfg = f", '{config}'" if config else ""
+    return (
+        f"dataset.name={name} needs the Hugging Face dataset '{hub_id}'{cfg}, which is not in the local cache "
+        f"and could not be fetched ({reason}). Either (1) on a machine with network run\n"
+        f"    HF_HOME=/some/dir python -c \"import datasets; datasets.load_dataset('{hub_id}'{cfg})\"\n"
+        f"copy /some/dir here and export HF_HOME=/some/dir before starting; or (2) save the arrays as an .npz "
+        f"with keys x_train, y_train, x_test, y_test and run with dataset=local dataset.path=/path/to/{name}.npz; "
+        f"or (3) put that .npz at {cache_dir() / f'hub-{name}.npz'} (the converted-array cache this loader reads first)."
+    )
+
+
+def _images_to_array(col: Any) -> np.ndarray:
+    x = np.stack([np.asarray(im) for im in col]).astype(np.float32) / 255.0
+    if x.ndim == 3:  # grayscale (N, H, W) -> (N, 1, H, W)
+        x = x[:, None]
+    elif x.ndim == 4:  # (N, H, W, C) -> (N, C, H, W)
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x)
+
+
+def _load_hub(name: str, seed: int = 0, hub_id: str | None = None, hub_config: str | None = None) -> Dataset:
+    default_id, default_cfg, img_col, label_col, num_classes = HUB_DATASETS[name]
+    hub_id, config = hub_id or default_id, hub_config or default_cfg
+    cached = cache_dir() / f"hub-{name}.npz"
+    if cached.exists() and hub_id == default_id:
+        with np.load(cached) as d:
+            return Dataset(name, d["x_train"], d["y_train"], d["x_test"], d["y_test"], num_classes)
+    online = hub_reachable()
+    try:
+        import datasets as hf_datasets  # lazy: heavy import, only for hub datasets
+    except ImportError as e:
+        raise RuntimeError(f"dataset.name={name} needs the 'datasets' package: pip install flwr-datasets") from e
+    with ExitStack() as stack:
+        if not online:  # the env var is read at import time: force offline mode for this call
+            import huggingface_hub.constants as hf_constants
+
+            stack.enter_context(mock.patch.object(hf_datasets.config, "HF_HUB_OFFLINE", True))
+            stack.enter_context(mock.patch.object(hf_constants, "HF_HUB_OFFLINE", True))
+        try:
+            dd = hf_datasets.load_dataset(hub_id, config)
+        except Exception as e:  # noqa: BLE001 - every failure here means "data not available"
+            reason = "offline: the Hub is unreachable or HF_HUB_OFFLINE is set" if not online else str(e)[:200]
+            raise RuntimeError(_offline_help(name, hub_id, config, reason)) from e
+    arrays = {}
+    for split in ("train", "test"):
+        if split not in dd:
+            raise RuntimeError(f"dataset.name={name}: '{hub_id}' has no '{split}' split (has {list(dd)})")
+        ds = dd[split]
+        ic = img_col if img_col in ds.column_names else next(c for c in ("image", "img") if c in ds.column_names)
+        arrays[f"x_{split}"] = _images_to_array(ds[ic])
+        arrays[f"y_{split}"] = np.asarray(ds[label_col], dtype=np.int64)
+    if hub_id == default_id:
+        atomic_save_npz(cached, arrays)
+    return Dataset(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], num_classes)
+
+
+def _register_hub(name: str) -> None:
+    def loader(seed: int = 0, hub_id: str | None = None, hub_config: str | None = None) -> Dataset:
+        return _load_hub(name, seed=seed, hub_id=hub_id, hub_config=hub_config)
+
+    loader.__doc__ = f"{name} from the Hugging Face Hub ('{HUB_DATASETS[name][0]}'), x as (N, C, H, W) in [0, 1]."
+    register_dataset(name)(loader)
+
+
+for _name in HUB_DATASETS:
+    _register_hub(_name)

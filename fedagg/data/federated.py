@@ -1,9 +1,28 @@
-"""One federated dataset: the data, its partition into client shards and the
-per-client train/validation split, built from a flat *spec* of scalars.
+"""One federated dataset: the data, its partition into client shards, optional
+noisy / out-of-distribution clients and the per-client train/validation split,
+built from a flat *spec* of scalars.
 
 The same spec travels in every Flower message (a ConfigRecord holds only
 scalars), so the server and every client process rebuild exactly the same
 shards from the seed; each process builds a spec once and caches it.
+
+Spec keys: ``seed``, ``num_clients``, ``val_fraction``, ``dataset.*``,
+``partition.*`` and ``noise.*``:
+
+- ``noise.kind``: ``none`` | ``label_flip`` | ``label_permute`` | ``gaussian``
+  (``noise.name`` is accepted as an alias).
+- ``noise.fraction``: fraction of clients made noisy, ``round(fraction·N)``
+  clients chosen by the stream ``(seed, "noise-clients")``.
+- ``label_flip``: each label of a noisy client is, with probability
+  ``noise.rate``, replaced by a label drawn uniformly from the *other* C−1
+  classes (so the fraction of wrong labels is ``rate`` in expectation).
+- ``label_permute``: all labels of every noisy client go through one fixed
+  random derangement of the classes (shared by the noisy clients; no class maps
+  to itself), stream ``(seed, "noise-permute")``.
+- ``gaussian``: features of noisy clients get additive N(0, ``noise.std``²).
+
+Noise is applied to the client's whole shard before its train/val split, so
+``label_hist`` reports the labels the client actually holds.
 """
 from __future__ import annotations
 
@@ -19,6 +38,7 @@ from .datasets import Dataset, load_dataset
 from .partition import partition
 
 SPEC_PREFIXES = ("dataset.", "partition.", "noise.")
+NOISE_KINDS = ("none", "label_flip", "label_permute", "gaussian")
 
 
 def sub(spec: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -34,31 +54,102 @@ class ClientData:
     y_val: np.ndarray
 
 
+@dataclass(frozen=True)
+class NoiseSpec:
+    kind: str = "none"
+    fraction: float = 0.0
+    rate: float = 0.0
+    std: float = 0.0
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> "NoiseSpec":
+        opts = {k[len("noise.") :]: v for k, v in spec.items() if k.startswith("noise.")}
+        kind = opts.pop("kind", None) or opts.pop("name", None) or "none"
+        opts.pop("name", None)
+        unknown = sorted(set(opts) - {"fraction", "rate", "std"})
+        if unknown:
+            raise ValueError(f"noise.{unknown[0]} is not a noise option; valid: kind, fraction, rate, std")
+        kind = str(kind)
+        if kind not in NOISE_KINDS:
+            raise ValueError(f"noise.kind='{kind}' is not known; valid choices: {', '.join(NOISE_KINDS)}")
+        vals = {k: float(opts.get(k) if opts.get(k) is not None else 0.0) for k in ("fraction", "rate", "std")}
+        if not 0.0 <= vals["fraction"] <= 1.0:
+            raise ValueError(f"noise.fraction={vals['fraction']} must be in [0, 1] (fraction of noisy clients)")
+        if not 0.0 <= vals["rate"] <= 1.0:
+            raise ValueError(f"noise.rate={vals['rate']} must be in [0, 1] (fraction of flipped labels)")
+        if not (np.isfinite(vals["std"]) and vals["std"] >= 0.0):
+            raise ValueError(f"noise.std={vals['std']} must be >= 0")
+        return cls(kind, **vals)
+
+
 class FederatedData:
     def __init__(self, spec: Mapping[str, Any]) -> None:
         self.spec = dict(spec)
-        seed = int(spec["seed"])
+        if "seed" not in spec or "num_clients" not in spec or "dataset.name" not in spec:
+            raise ValueError("the federated-data spec needs 'seed', 'num_clients' and 'dataset.name'")
+        self.seed = seed = int(spec["seed"])
         self.num_clients = int(spec["num_clients"])
+        self.noise = NoiseSpec.from_spec(spec)  # validate cheap options before loading data
+        self.val_fraction = float(spec.get("val_fraction", 0.0) or 0.0)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
         self.data: Dataset = load_dataset(str(spec["dataset.name"]), seed=seed, **sub(spec, "dataset"))
         self.parts = partition(
             str(spec.get("partition.name", "iid")), self.data.y_train, self.num_clients, seed=seed,
-            **sub(spec, "partition"),
+            groups=self.data.client_ids, **sub(spec, "partition"),
         )
-        self.val_fraction = float(spec.get("val_fraction", 0.0))
+        self.noisy_clients = self._choose_noisy()
+        self._permutation = self._derangement() if self.noise.kind == "label_permute" else None
         self._clients: dict[int, ClientData] = {}
 
     @property
     def num_classes(self) -> int:
         return self.data.num_classes
 
+    # -- noise ---------------------------------------------------------------------------------------------------
+    def _choose_noisy(self) -> np.ndarray:
+        if self.noise.kind == "none":
+            return np.array([], dtype=np.int64)
+        k = int(round(self.noise.fraction * self.num_clients))
+        return np.sort(named_rng(self.seed, "noise-clients").choice(self.num_clients, size=k, replace=False))
+
+    def _derangement(self) -> np.ndarray:
+        c = self.num_classes
+        r = named_rng(self.seed, "noise-permute")
+        if c < 2:
+            return np.arange(c)
+        while True:  # rejection: about e tries on average
+            p = r.permutation(c)
+            if np.all(p != np.arange(c)):
+                return p
+
+    def is_noisy(self, cid: int) -> bool:
+        return bool(np.isin(cid, self.noisy_clients))
+
+    def _apply_noise(self, cid: int, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.is_noisy(cid):
+            return x, y
+        kind, c = self.noise.kind, self.num_classes
+        r = named_rng(self.seed, "noise", cid)
+        if kind == "label_flip" and c > 1:
+            flip = r.random(len(y)) < self.noise.rate
+            shift = r.integers(1, c, size=len(y))  # uniform over the other C-1 classes
+            y = np.where(flip, (y + shift) % c, y).astype(np.int64)
+        elif kind == "label_permute":
+            y = self._permutation[y].astype(np.int64)
+        elif kind == "gaussian":
+            x = (x + r.normal(0.0, self.noise.std, size=x.shape)).astype(np.float32)
+        return x, y
+
+    # -- clients -------------------------------------------------------------------------------------------------
     def client(self, cid: int) -> ClientData:
         if not 0 <= cid < self.num_clients:
             raise ValueError(f"partition-id={cid} is out of range 0..{self.num_clients - 1}")
         if cid not in self._clients:
             idx = self.parts[cid]
-            x, y = self.data.x_train[idx], self.data.y_train[idx]
+            x, y = self._apply_noise(cid, self.data.x_train[idx], self.data.y_train[idx])
             n_val = int(round(len(y) * self.val_fraction))
-            perm = named_rng(int(self.spec["seed"]), "val-split", cid).permutation(len(y))
+            perm = named_rng(self.seed, "val-split", cid).permutation(len(y))
             va, tr = perm[:n_val], perm[n_val:]
             self._clients[cid] = ClientData(x[tr], y[tr], x[va], y[va])
         return self._clients[cid]
@@ -69,7 +160,7 @@ class FederatedData:
     def label_dists(self) -> np.ndarray:
         """D_n for every client (rows sum to 1): simulation truth."""
         h = np.stack([self.label_hist(i) for i in range(self.num_clients)]).astype(np.float64)
-        return h / h.sum(1, keepdims=True)
+        return h / np.maximum(h.sum(1, keepdims=True), 1.0)
 
 
 def spec_key(spec: Mapping[str, Any]) -> str:
