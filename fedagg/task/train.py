@@ -71,7 +71,7 @@ def train_local(
             loss.backward()
             opt.step()
             done += 1
-            loss_sum += float(loss) * len(yb)
+            loss_sum += float(loss.detach()) * len(yb)
             correct += int((out.argmax(1) == yb).sum())
             seen += len(yb)
     model.to("cpu")

@@ -1,0 +1,120 @@
+"""The fedagg ClientApp: trains the configured model on this node's shard.
+
+Everything the client needs arrives in the message's ConfigRecord
+("config"): the data spec (dataset, partition, seed -- the shard is rebuilt
+and cached once per process), the model spec, training options, and the
+simulation's instructions for this round ("sim.*": epochs, partial work,
+injected faults). The partition id comes from the node config
+(``partition-id``), as in Flower simulation and ``flower-supernode
+--node-config``.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from ..data.federated import get_federated_data
+from ..task.models import build_model
+from ..task.train import get_params, set_params, train_local
+from .codec import from_config, params_to_record, record_to_params
+
+app = ClientApp()
+
+
+class InjectedFault(RuntimeError):
+    """A fault the simulation injected on purpose (crash, dropout, deadline)."""
+
+
+@lru_cache(maxsize=4)
+def _model(model_json: str) -> torch.nn.Module:
+    spec = json.loads(model_json)
+    return build_model(spec["name"], tuple(spec["input_shape"]), int(spec["num_classes"]), **spec.get("options", {}))
+
+
+def _partition_id(context: Context, cfg: dict[str, Any]) -> int:
+    if "partition-id" not in context.node_config:
+        raise ValueError("node config has no 'partition-id'; start the SuperNode with --node-config 'partition-id=<i> num-partitions=<N>'")
+    pid = int(context.node_config["partition-id"])
+    n = int(json.loads(cfg["fedagg.spec"])["num_clients"])
+    if not 0 <= pid < n:
+        raise ValueError(f"partition-id={pid} is out of range 0..{n - 1} (num_clients={n})")
+    return pid
+
+
+def _device(cfg: dict[str, Any]) -> str:
+    want = str(cfg.get("device", "cpu"))
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={want} requested but CUDA is not available on this node")
+    return want
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Report the stable client id, example count and label histogram."""
+    cfg = from_config(msg.content["config"])
+    pid = _partition_id(context, cfg)
+    fd = get_federated_data(json.loads(cfg["fedagg.spec"]))
+    metrics = MetricRecord(
+        {
+            "partition-id": pid,
+            "num-examples": int(len(fd.client(pid).y_train)),
+            "label-hist": [int(c) for c in fd.label_hist(pid)],
+        }
+    )
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = from_config(msg.content["config"])
+    pid = _partition_id(context, cfg)
+    fault = cfg.get("sim.fault")
+    if fault == "crash":
+        raise InjectedFault(f"client {pid}: injected crash (heterogeneity=crashes)")
+    fd = get_federated_data(json.loads(cfg["fedagg.spec"]))
+    data = fd.client(pid)
+    model = _model(cfg["fedagg.model"])
+    set_params(model, record_to_params(msg.content["arrays"]))
+    rnd = int(cfg["round"])
+    epochs = int(cfg.get("sim.epochs", cfg.get("train.epochs", 1)))
+    steps = int(cfg.get("train.steps", 0))
+    batch = int(cfg.get("train.batch_size", 32))
+    n = len(data.y_train)
+    full_steps = steps if steps > 0 else epochs * max(1, -(-n // batch))
+    max_steps = None
+    if "sim.work_fraction" in cfg:
+        max_steps = max(1, int(full_steps * float(cfg["sim.work_fraction"])))
+    if fault == "dropout":  # trains part of the round, then disappears
+        max_steps = max(1, full_steps // 2)
+    res = train_local(
+        model, data.x_train, data.y_train,
+        epochs=epochs, steps=steps, batch_size=batch,
+        lr=float(cfg.get("train.lr", 0.05)),
+        momentum=float(cfg.get("train.momentum", 0.0)),
+        weight_decay=float(cfg.get("train.weight_decay", 0.0)),
+        proximal_mu=float(cfg.get("proximal_mu", cfg.get("train.proximal_mu", 0.0))),
+        max_steps=max_steps, seed=int(cfg["seed"]), round=rnd, client=pid, device=_device(cfg),
+    )
+    if fault == "dropout":
+        raise InjectedFault(f"client {pid}: dropped out mid-round after {res.steps} steps")
+    if fault == "deadline":
+        raise InjectedFault(f"client {pid}: straggler missed the round deadline")
+    metrics = MetricRecord(
+        {
+            "partition-id": pid,
+            "num-examples": int(n),
+            "train-loss": float(res.loss),
+            "train-accuracy": float(res.accuracy),
+            "steps": int(res.steps),
+            "label-hist": [int(c) for c in np.bincount(data.y_train, minlength=fd.num_classes)],
+        }
+    )
+    return Message(
+        RecordDict({"arrays": params_to_record(get_params(model)), "metrics": metrics}), reply_to=msg
+    )

@@ -1,0 +1,96 @@
+"""Per-run outputs: metrics.csv (one row per round), rounds.jsonl (who was
+asked, who replied, why others failed, aggregation weights) and the
+accuracy plot. Files are rewritten atomically so a killed run never leaves a
+half-written file."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+BASE_COLUMNS = [
+    "round", "clients_asked", "clients_replied", "clients_failed", "clients_rejected",
+    "train_loss", "test_accuracy", "test_loss", "round_seconds",
+]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Recorder:
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+        self.details: list[dict[str, Any]] = []
+
+    def add(self, rec: Any) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "round": rec.round,
+            "clients_asked": len(rec.asked),
+            "clients_replied": len(rec.replied),
+            "clients_failed": len(rec.failed),
+            "clients_rejected": len(rec.rejected),
+            "train_loss": rec.train_loss,
+            "test_accuracy": rec.test_accuracy,
+            "test_loss": rec.test_loss,
+            "round_seconds": round(rec.seconds, 4),
+        }
+        lists: dict[str, Any] = {}
+        for k, v in rec.agg_metrics.items():
+            if isinstance(v, (list, tuple, dict)) or hasattr(v, "shape"):
+                lists[k] = v.tolist() if hasattr(v, "tolist") else v
+            else:
+                row[k] = v
+        self.rows.append(row)
+        self.details.append({
+            "round": rec.round, "asked": rec.asked, "replied": rec.replied,
+            "failed": {str(k): v for k, v in rec.failed.items()},
+            "rejected": {str(k): v for k, v in rec.rejected.items()},
+            **lists,
+        })
+        self.flush()
+        return row
+
+    def load(self, rows: list[dict[str, Any]], details: list[dict[str, Any]]) -> None:
+        self.rows, self.details = list(rows), list(details)
+
+    def flush(self) -> None:
+        cols = list(BASE_COLUMNS)
+        for r in self.rows:
+            cols += [k for k in r if k not in cols]
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+        atomic_write_text(self.out / "metrics.csv", buf.getvalue())
+        atomic_write_text(self.out / "rounds.jsonl", "".join(json.dumps(d, default=float) + "\n" for d in self.details))
+
+    def plot(self, title: str = "") -> Path | None:
+        rows = [r for r in self.rows if r.get("test_accuracy") is not None]
+        if not rows:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
+        ax.plot([r["round"] for r in rows], [r["test_accuracy"] for r in rows], marker=".")
+        ax.set_xlabel("round")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = self.out / "accuracy.png"
+        fig.savefig(path)
+        plt.close(fig)
+        return path
