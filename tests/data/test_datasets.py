@@ -117,3 +117,22 @@ def test_hub_reads_converted_cache(monkeypatch, tmp_path):
     ds = load_dataset("mnist")
     _check(ds)
     assert ds.input_shape == (1, 28, 28) and ds.num_classes == 10
+
+
+def test_hub_unreachable_without_offline_flag_fails_fast(monkeypatch, tmp_path):
+    """No HF_HUB_OFFLINE, but no network: the probe fails and offline mode is
+    forced for the call, so we do not sit through ~25 s of HTTP retries."""
+    import socket
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("FEDAGG_CACHE", str(tmp_path))
+
+    def refuse(*a, **k):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    t = time.monotonic()
+    with pytest.raises(RuntimeError, match="ufldl-stanford/svhn"):
+        load_dataset("svhn")
+    assert time.monotonic() - t < 30
