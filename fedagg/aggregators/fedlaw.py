@@ -82,8 +82,6 @@ class FedLAW(Aggregator):
         self.server_epochs, self.server_lr = int(server_epochs), float(server_lr)
         self.batch_size, self.param, self.proxy_fraction = int(batch_size), param, float(proxy_fraction)
         self.proxy_x = torch.as_tensor(np.asarray(x))
-        if not torch.is_floating_point(self.proxy_x):
-            self.proxy_x = self.proxy_x.float()
         self.proxy_y = torch.as_tensor(np.asarray(y)).long()
         self.model: torch.nn.Module | None = None
 
@@ -159,11 +157,13 @@ class FedLAW(Aggregator):
                 out[k] = torch.tensordot(c, st, dims=([0], [0]))
             return out
 
+        first = next(iter(params.values()), None)
+        x_all = self.proxy_x.to(first.dtype) if first is not None else self.proxy_x
         epoch_losses: list[float] = []
         for batches in self._batches(info.round):
             tot, cnt = 0.0, 0
             for idx in batches:
-                xb, yb = self.proxy_x[idx], self.proxy_y[idx]
+                xb, yb = x_all[idx], self.proxy_y[idx]
                 lam, gamma = self._lam_gamma(u_, g_)
                 logits = functional_call(model, combined(lam, gamma), (xb,), strict=False)
                 loss = torch.nn.functional.cross_entropy(logits, yb)

@@ -29,7 +29,7 @@ def toy(inflate=4.0, n_proxy=256, seed=0):
     W*, so their logits are over-confident and shrinking (γ < 1) helps."""
     g = rng(seed, "test-fedlaw")
     W = g.normal(size=(3, 5))
-    x = g.normal(size=(n_proxy, 5)).astype(np.float32)
+    x = g.normal(size=(n_proxy, 5))  # float64 on purpose: cast to the model dtype
     logits = x @ W.T
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
@@ -71,7 +71,7 @@ def test_first_inner_step_evaluates_the_fedavg_model():
     with torch.no_grad():
         lin.weight.copy_(torch.tensor(fedavg_of(ups, "weight")))
         lin.bias.copy_(torch.tensor(fedavg_of(ups, "bias")))
-        ce = torch.nn.functional.cross_entropy(lin(torch.tensor(proxy[0])), torch.tensor(proxy[1]))
+        ce = torch.nn.functional.cross_entropy(lin(torch.tensor(proxy[0]).float()), torch.tensor(proxy[1]))
     assert m["fedlaw_proxy_loss_first"] == pytest.approx(float(ce), rel=1e-5)
 
 
