@@ -1,0 +1,427 @@
+"""``runtime=ray``: a Flower ``Grid`` backed by a pool of persistent Ray actors.
+
+How it works (one round):
+
+* every simulated node (``partition-id`` i) belongs to one fixed actor,
+  ``i % num_workers``; that actor keeps the node's ``Context`` between
+  rounds, imports the ClientApp once and caches the node's data shard (the
+  ClientApp caches data by spec per process), so only messages cross
+  processes;
+* ``push_messages`` groups each actor's messages into calls of
+  ``runtime.batch_size`` messages (``auto``: one call per actor per round)
+  and submits them all at once; ``send_and_receive`` collects the replies with
+  ``ray.wait`` as calls complete -- no polling sleeps;
+* ``flwr.app.Message`` pickles as is (metadata, content and error are plain
+  attributes); each reply has ``reply_to_message_id`` = the id this grid gave
+  the sent message and ``src_node_id`` = the node;
+* an actor that dies (its process is killed) is restarted by Ray
+  (``max_restarts=-1``); the calls it had in flight are sent again, to the
+  next actor, up to ``runtime.max_retries`` times each, after which their
+  messages become error replies (a crashed client is a non-participating
+  client, not a crashed run);
+* each actor runs ``torch.set_num_threads(num_cpus_per_client)`` so a
+  client's result does not depend on which actor ran it: results are
+  bitwise identical for any ``num_workers``.
+
+Ray start-up is the expensive part (FLOWER_NOTES §2.3), so it is paid once:
+
+* ``runtime.address`` (``auto``, ``host:port`` or ``ray://host:port``)
+  connects to a running cluster, e.g. one started for a whole sweep::
+
+      ray start --head --num-cpus 2 --include-dashboard=false --node-ip-address 127.0.0.1
+      fedagg -m runtime=ray runtime.address=auto seed=0,1,2
+      ray stop
+
+  An unreachable address fails within ``runtime.connect_timeout`` seconds
+  with an error naming ``runtime.address``. fedagg never shuts down a
+  cluster it did not start.
+* Otherwise a local Ray instance is started on first use and kept for the
+  life of the process (Ray shuts it down at exit), so later Hydra multirun
+  jobs in the same process reuse it. If Ray is already initialised (an
+  earlier job, or the caller), it is reused.
+* The actor pool itself is cached per process and reused by later runs with
+  the same resources (its data caches stay warm); each run gets fresh node
+  Contexts. Call :func:`shutdown` to drop the pool (and stop Ray if fedagg
+  started it).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.serverapp import Grid
+
+from .inprocess import call_client, set_task_identity
+
+log = logging.getLogger("fedagg")
+
+ERROR_CODE_WORKER_LOST = 2
+NODE_ID_BASE = 1000  # node i has id 1000 + i, as in the in-process grid
+
+# Test hooks: ``HOOKS["after_push"](grid, n)`` runs after the n-th push (n = 1
+# is the id query, n = 2 round 1, ...), e.g. to kill an actor mid-round.
+HOOKS: dict[str, Callable[..., Any]] = {}
+
+
+# --------------------------------------------------------------------------- the actor
+class ClientWorker:
+    """One Ray actor: runs the ClientApp for the nodes assigned to it."""
+
+    def __init__(self, num_threads: int) -> None:
+        os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+        import torch
+
+        torch.set_num_threads(max(1, int(num_threads)))
+        set_task_identity()
+        from ..flower.client_app import app
+
+        self.app = app
+        self.token: str | None = None
+        self.contexts: dict[int, Context] = {}
+
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+    def run(self, token: str, batch: list[tuple[Message, dict[str, Any]]]) -> list[Message]:
+        if token != self.token:  # a new run: fresh node Contexts
+            self.token, self.contexts = token, {}
+        replies = []
+        for msg, node_config in batch:
+            nid = msg.metadata.dst_node_id
+            ctx = self.contexts.get(nid)
+            if ctx is None:
+                ctx = self.contexts[nid] = Context(
+                    run_id=1, node_id=nid, node_config=dict(node_config), state=RecordDict(), run_config={}
+                )
+            reply = call_client(self.app, msg, ctx)
+            reply.metadata.__dict__["_src_node_id"] = nid
+            replies.append(reply)
+        return replies
+
+
+# --------------------------------------------------------------------------- the pool
+@dataclass
+class _Pool:
+    key: tuple[Any, ...]
+    session: tuple[str, str]
+    actors: list[Any]
+    info: list[dict[str, Any]] = field(default_factory=list)
+
+
+_POOL: _Pool | None = None
+_STARTED_RAY = False  # True when fedagg called ray.init() for a local instance
+
+
+def _session() -> tuple[str, str]:
+    import ray
+
+    ctx = ray.get_runtime_context()
+    try:
+        node = ray._private.worker._global_node  # noqa: SLF001
+        name = node.session_name if node is not None else ""
+    except Exception:  # noqa: BLE001
+        name = ""
+    return name, ctx.get_job_id()
+
+
+def _check_address(address: str, timeout: float) -> None:
+    """Fail fast, naming the key, when a cluster address cannot be reached."""
+    from ..experiment import ConfigError
+
+    if address == "auto":
+        if os.environ.get("RAY_ADDRESS"):
+            return _check_address(os.environ["RAY_ADDRESS"], timeout)
+        return  # ray.init raises quickly if no local cluster is running; wrapped by the caller
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"runtime.address='{address}' is not of the form auto, host:port or ray://host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"runtime.address='{address}' is not reachable ({type(e).__name__}: {e}); start a cluster "
+            "there (ray start --head ...) or set runtime.address=null to start a local one"
+        ) from e
+
+
+def init_ray(rt: dict[str, Any]) -> None:
+    """Connect to ``runtime.address``, reuse an initialised Ray, or start a local one."""
+    global _STARTED_RAY
+    import ray
+
+    from ..experiment import ConfigError
+
+    address = rt.get("address")
+    timeout = float(rt.get("connect_timeout", 10) or 10)
+    if address:
+        _check_address(str(address), timeout)
+    if ray.is_initialized():
+        if not (address and _STARTED_RAY):
+            return  # an earlier job's Ray (or the caller's): reuse it
+        shutdown()  # our local instance, but this run names a cluster
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING}
+    if address:
+        try:
+            ray.init(address=str(address), **common)
+        except (ConnectionError, RuntimeError, TimeoutError) as e:
+            raise ConfigError(f"runtime.address='{address}': could not connect to a Ray cluster: {e}") from e
+        return
+    tmp = os.environ.get("RAY_TMPDIR")
+    ray.init(
+        num_cpus=int(rt.get("num_cpus") or os.cpu_count() or 1),
+        num_gpus=rt.get("num_gpus"),
+        _temp_dir=tmp if tmp else None,
+        **common,
+    )
+    _STARTED_RAY = True
+
+
+def shutdown() -> None:
+    """Kill the cached actor pool; stop Ray if fedagg started it (never a
+    cluster it only connected to -- that only disconnects this driver)."""
+    global _POOL, _STARTED_RAY
+    import ray
+
+    if _POOL is not None and ray.is_initialized():
+        for a in _POOL.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+    _POOL = None
+    if ray.is_initialized():
+        ray.shutdown()
+    _STARTED_RAY = False
+
+
+def _resolve_workers(rt: dict[str, Any], num_clients: int) -> int:
+    import ray
+
+    from ..experiment import ConfigError
+
+    cpus = float(rt.get("num_cpus_per_client", 1) or 1)
+    gpus = float(rt.get("num_gpus_per_client", 0.0) or 0.0)
+    res = ray.cluster_resources()
+    fit = int(math.floor(res.get("CPU", 0) / cpus + 1e-9))
+    if gpus > 0:
+        fit = min(fit, int(math.floor(res.get("GPU", 0) / gpus + 1e-9)))
+    want = rt.get("num_workers")
+    if want is None:
+        n = fit
+    else:
+        n = int(want)
+        if n < 1:
+            raise ConfigError(f"runtime.num_workers={want} must be >= 1 (or null = cores / num_cpus_per_client)")
+        if n > fit:
+            raise ConfigError(
+                f"runtime.num_workers={n} needs {n * cpus:g} CPUs"
+                + (f" and {n * gpus:g} GPUs" if gpus else "")
+                + f" but the Ray cluster has {res.get('CPU', 0):g} CPUs and {res.get('GPU', 0):g} GPUs"
+            )
+    if n < 1:
+        raise ConfigError(
+            f"runtime.num_cpus_per_client={cpus:g}, num_gpus_per_client={gpus:g}: no worker fits the Ray cluster "
+            f"({res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs)"
+        )
+    return max(1, min(n, num_clients))
+
+
+def get_pool(rt: dict[str, Any], num_clients: int) -> _Pool:
+    """The cached actor pool for these resources, (re)built if needed."""
+    global _POOL
+    import ray
+
+    n = _resolve_workers(rt, num_clients)
+    cpus = float(rt.get("num_cpus_per_client", 1) or 1)
+    gpus = float(rt.get("num_gpus_per_client", 0.0) or 0.0)
+    key = (n, cpus, gpus)
+    session = _session()
+    if _POOL is not None and _POOL.key == key and _POOL.session == session:
+        try:
+            ray.get([a.info.remote() for a in _POOL.actors], timeout=30)
+            return _POOL
+        except Exception:  # noqa: BLE001 - a stale pool: rebuild it
+            log.info("ray runtime: cached actor pool is gone; starting a new one")
+    if _POOL is not None and _POOL.session == session:
+        for a in _POOL.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+    cls = ray.remote(ClientWorker).options(
+        num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
+    )
+    threads = max(1, int(cpus))
+    actors = [cls.remote(threads) for _ in range(n)]
+    timeout = float(rt.get("start_timeout", 300) or 300)
+    try:
+        info = ray.get([a.info.remote() for a in actors], timeout=timeout)
+    except ray.exceptions.GetTimeoutError as e:
+        raise RuntimeError(
+            f"runtime=ray: {n} workers did not start within {timeout:g}s (runtime.start_timeout); "
+            f"each needs {cpus:g} CPUs / {gpus:g} GPUs; cluster: {ray.cluster_resources()}"
+        ) from e
+    _POOL = _Pool(key, session, actors, info)
+    return _POOL
+
+
+# --------------------------------------------------------------------------- the grid
+class RayGrid(Grid):
+    def __init__(self, pool: _Pool, num_nodes: int, batch_size: int | str = 8, max_retries: int = 2,
+                 node_config: dict[str, Any] | None = None) -> None:
+        self.pool = pool
+        self.node_ids = [NODE_ID_BASE + i for i in range(num_nodes)]
+        self.node_configs = {
+            nid: {"partition-id": i, "num-partitions": num_nodes, **(node_config or {})}
+            for i, nid in enumerate(self.node_ids)
+        }
+        self.batch_size = batch_size
+        self.max_retries = int(max_retries)
+        self.token = uuid.uuid4().hex
+        self._pending: dict[Any, tuple[int, list[Message], int]] = {}  # ref -> (actor, msgs, attempt)
+        self._replies: dict[str, Message] = {}
+        self._pushes = 0
+        self._run = None
+
+    # -- Grid plumbing ---------------------------------------------------------
+    def set_run(self, run: Any) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Any:
+        return self._run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # noqa: ANN001
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.node_ids)
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.pool.actors)
+
+    def actor_of(self, node_id: int) -> int:
+        return (node_id - NODE_ID_BASE) % self.num_workers
+
+    # -- sending -----------------------------------------------------------------
+    def _submit(self, actor: int, msgs: list[Message], attempt: int) -> None:
+        batch = [(m, self.node_configs[m.metadata.dst_node_id]) for m in msgs]
+        ref = self.pool.actors[actor].run.remote(self.token, batch)
+        self._pending[ref] = (actor, msgs, attempt)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        per_actor: dict[int, list[Message]] = {}
+        ids = []
+        for msg in messages:
+            nid = msg.metadata.dst_node_id
+            if nid not in self.node_configs:
+                raise ValueError(f"message to unknown node {nid}")
+            mid = uuid.uuid4().hex
+            msg.metadata.__dict__["_message_id"] = mid
+            per_actor.setdefault(self.actor_of(nid), []).append(msg)
+            ids.append(mid)
+        for actor, msgs in per_actor.items():
+            if self.batch_size == "auto":
+                size = len(msgs)
+            else:
+                size = max(1, int(self.batch_size))
+            for s in range(0, len(msgs), size):
+                self._submit(actor, msgs[s : s + size], 0)
+        self._pushes += 1
+        if "after_push" in HOOKS:
+            HOOKS["after_push"](self, self._pushes)
+        return ids
+
+    def _collect(self, ref: Any) -> None:
+        import ray
+
+        actor, msgs, attempt = self._pending.pop(ref)
+        try:
+            replies = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+                ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError) as e:
+            if attempt < self.max_retries:
+                other = (actor + 1 + attempt) % self.num_workers
+                log.warning("ray runtime: worker %d lost with %d message(s) in flight (%s); retrying on worker %d "
+                            "(attempt %d of %d)", actor, len(msgs), type(e).__name__, other, attempt + 1,
+                            self.max_retries)
+                self._submit(other, msgs, attempt + 1)
+                return
+            replies = [self._error_reply(m, f"worker lost after {attempt + 1} attempts: {type(e).__name__}: {e}")
+                       for m in msgs]
+        except Exception as e:  # noqa: BLE001 - a broken call fails its messages, not the run
+            replies = [self._error_reply(m, f"{type(e).__name__}: {e}") for m in msgs]
+        for m, r in zip(msgs, replies):
+            self._replies[m.metadata.message_id] = r
+
+    @staticmethod
+    def _error_reply(msg: Message, reason: str) -> Message:
+        r = Message(Error(code=ERROR_CODE_WORKER_LOST, reason=reason), reply_to=msg)
+        r.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+        return r
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Collect replies as calls complete, until none is pending or the
+        timeout passes (late calls are cancelled; their replies are absent)."""
+        import ray
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = ray.wait(list(self._pending), num_returns=1, timeout=left)
+            if not done:
+                break
+            for ref in done:
+                self._collect(ref)
+        if self._pending:
+            for ref in list(self._pending):
+                try:
+                    ray.cancel(ref)
+                except Exception:  # noqa: BLE001
+                    pass
+            self._pending.clear()
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(m) for m in message_ids if m in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        ids = list(self.push_messages(messages))
+        self.wait(timeout)
+        out = list(self.pull_messages(ids))
+        self._replies.clear()  # nothing from this round survives into the next
+        return out
+
+
+# --------------------------------------------------------------------------- entry point
+def run_ray(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
+    rt = dict(exp.cfg["runtime"])
+    t0 = time.perf_counter()
+    set_task_identity()
+    init_ray(rt)
+    t1 = time.perf_counter()
+    pool = get_pool(rt, exp.cfg["num_clients"])
+    t2 = time.perf_counter()
+    log.info("ray runtime: %d worker(s) on %d Ray node(s); ray.init %.2fs, workers ready %.2fs",
+             len(pool.actors), len({i["node_id"] for i in pool.info}), t1 - t0, t2 - t1)
+    result["runtime_info"] = {"workers": len(pool.actors), "ray_init_s": t1 - t0, "workers_s": t2 - t1,
+                              "worker_pids": [i["pid"] for i in pool.info],
+                              "worker_nodes": [i["node_id"] for i in pool.info]}
+    bs = rt.get("batch_size", 8)
+    grid = RayGrid(pool, exp.cfg["num_clients"], batch_size=bs if bs == "auto" else int(bs or 8),
+                   max_retries=int(rt.get("max_retries", 2) or 0))
+    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    server_app(grid, ctx)
