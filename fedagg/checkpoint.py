@@ -38,13 +38,13 @@ def save(out: Path, rnd: int, exp: Any, host: Any, rec: Any) -> Path:
     return path
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         out: list[str] = []
         for k in sorted(set(a) | set(b)):
             if not prefix and k in RESUME_FREE_KEYS:
                 continue
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+            out += config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
 
@@ -60,7 +60,7 @@ def load(run_dir: Path) -> dict[str, Any]:
 def restore(run_dir: Path, exp: Any, host: Any, rec: Any) -> int:
     """Load a checkpoint into the components; returns the last finished round."""
     state = load(run_dir)
-    changed = _diff(state["config"], exp.cfg)
+    changed = config_diff(state["config"], exp.cfg)
     if changed:
         raise ValueError(
             f"resume={run_dir}: the checkpoint was written with a different value of "

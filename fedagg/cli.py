@@ -36,12 +36,18 @@ def _main(cfg: DictConfig) -> float | None:
     out.mkdir(parents=True, exist_ok=True)
     multirun = hc.mode.name == "MULTIRUN"
     status = {"status": "running", "started": time.time()}
-    (out / "status.json").write_text(json.dumps(status))
+    resume = cfg.get("resume")
+    same_dir = bool(resume) and Path(resume).resolve() == out.resolve()
+    if not same_dir:
+        (out / "status.json").write_text(json.dumps(status))
     try:
+        from .sweep import prepare_job  # issue 6: CPU share per parallel sweep job + logger check
+        prepare_job(cfg, hc)
         rows = run(cfg, out)
     except ConfigError as e:
         status.update(status="failed", error=f"config error: {e}")
-        (out / "status.json").write_text(json.dumps(status))
+        if not same_dir:  # a refused resume never overwrites the run it was asked to resume
+            (out / "status.json").write_text(json.dumps(status))
         log.error("config error: %s", e)
         if multirun:
             return None

@@ -220,6 +220,7 @@ def run_server(grid: Any, exp: Experiment, out_dir: str | Path) -> list[dict[str
     """Body of the ServerApp: connect, run all rounds, write results."""
     from .flower.host import AggregationHost
     from .report.metrics import Recorder
+    from .report.loggers import make_logger  # issue 6
     from . import checkpoint as ckpt
 
     cfg, out = exp.cfg, Path(out_dir)
@@ -237,6 +238,7 @@ def run_server(grid: Any, exp: Experiment, out_dir: str | Path) -> list[dict[str
         max_update_norm=(cfg.get("validation") or {}).get("max_update_norm"),
     )
     rec = Recorder(out)
+    metric_logger = make_logger(cfg, out)  # issue 6
     host.params = exp.init_params(0)
     start = 1
     resume_from = cfg.get("resume")
@@ -249,6 +251,7 @@ def run_server(grid: Any, exp: Experiment, out_dir: str | Path) -> list[dict[str
     for rnd in range(start, total + 1):
         r = host.run_round(grid, rnd)
         row = rec.add(r)
+        metric_logger.log(row)  # issue 6: optional TensorBoard (logger=tensorboard)
         log.info(
             "round %d/%d | asked %d replied %d failed %d rejected %d | train_loss %s | test_acc %.4f test_loss %.4f | %.2fs",
             rnd, total, row["clients_asked"], row["clients_replied"], row["clients_failed"], row["clients_rejected"],
@@ -256,6 +259,7 @@ def run_server(grid: Any, exp: Experiment, out_dir: str | Path) -> list[dict[str
         )
         if every and (rnd % every == 0 or rnd == total):
             ckpt.save(out, rnd, exp, host, rec)
+    metric_logger.close()  # issue 6
     set_params(model, host.params)
     torch.save(model.state_dict(), out / "model.pt")
     rec.plot(f"{cfg['aggregator']['name']} on {cfg['dataset']['name']} ({cfg['partition']['name']}), seed {cfg['seed']}")
@@ -278,6 +282,24 @@ def make_server_app(exp: Experiment, out_dir: str | Path, result: dict[str, Any]
     return app
 
 
+def check_resume(run_dir: Path, cfg: Mapping[str, Any]) -> None:
+    """Refuse a resume that could not continue exactly (before anything runs)."""
+    from . import checkpoint as ckpt
+
+    try:
+        state = ckpt.load(run_dir)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from e
+    changed = ckpt.config_diff(state["config"], cfg)
+    if changed:
+        raise ConfigError(
+            f"resume={run_dir}: the checkpoint was written with a different value of "
+            f"{', '.join(changed[:5])}; resume with the original value(s)"
+        )
+    if int(state["round"]) >= int(cfg["rounds"]):
+        raise ConfigError(f"resume={run_dir}: the checkpoint is at round {state['round']}, rounds={cfg['rounds']}; nothing to do (raise rounds)")
+
+
 def write_config(cfg: Mapping[str, Any], out: Path) -> None:
     import yaml
 
@@ -290,6 +312,8 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     exp = build(cfg)
     out = Path(out_dir)
+    if exp.cfg.get("resume"):
+        check_resume(Path(exp.cfg["resume"]), exp.cfg)
     write_config(exp.cfg, out)
     from .runtime import get_runtime
 

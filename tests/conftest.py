@@ -15,7 +15,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # small, fast settings shared by the end-to-end tests
 SMALL = [
     "dataset=digits", "num_clients=6", "rounds=3", "model=mlp",
-    "partition.alpha=0.5", "train.lr=0.1", "train.momentum=0.9",
+    "train.lr=0.1", "train.momentum=0.9",
 ]
 
 
