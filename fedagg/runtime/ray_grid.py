@@ -239,6 +239,20 @@ def _resolve_workers(rt: dict[str, Any], num_clients: int) -> int:
     return max(1, min(n, num_clients))
 
 
+def wait_ready(actors: list[Any], timeout: float) -> list[dict[str, Any]]:
+    """Each actor's info, waiting for actors that Ray is restarting."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ray.get([a.info.remote() for a in actors], timeout=max(0.1, deadline - time.monotonic()))
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)  # restarting: not a polling loop on the hot path
+
+
 def get_pool(rt: dict[str, Any], num_clients: int) -> _Pool:
     """The cached actor pool for these resources, (re)built if needed."""
     global _POOL
@@ -251,7 +265,7 @@ def get_pool(rt: dict[str, Any], num_clients: int) -> _Pool:
     session = _session()
     if _POOL is not None and _POOL.key == key and _POOL.session == session:
         try:
-            ray.get([a.info.remote() for a in _POOL.actors], timeout=30)
+            _POOL.info = wait_ready(_POOL.actors, 60)
             return _POOL
         except Exception:  # noqa: BLE001 - a stale pool: rebuild it
             log.info("ray runtime: cached actor pool is gone; starting a new one")
@@ -268,7 +282,7 @@ def get_pool(rt: dict[str, Any], num_clients: int) -> _Pool:
     actors = [cls.remote(threads) for _ in range(n)]
     timeout = float(rt.get("start_timeout", 300) or 300)
     try:
-        info = ray.get([a.info.remote() for a in actors], timeout=timeout)
+        info = wait_ready(actors, timeout)
     except ray.exceptions.GetTimeoutError as e:
         raise RuntimeError(
             f"runtime=ray: {n} workers did not start within {timeout:g}s (runtime.start_timeout); "

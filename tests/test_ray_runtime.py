@@ -1,0 +1,125 @@
+"""runtime=ray: the actor-pool Grid gives the in-process results, bitwise
+independent of the worker count, survives a killed worker, runs on a
+(simulated) two-node cluster and fails fast on an unreachable address."""
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+
+import pytest
+import torch
+
+from conftest import SMALL, compose
+
+ray = pytest.importorskip("ray")
+
+from fedagg.experiment import ConfigError, run  # noqa: E402
+from fedagg.runtime import ray_grid  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_tmp():
+    old = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="fedagg_ray", dir="/tmp")
+    ray_grid.shutdown()
+    yield
+    ray_grid.shutdown()
+    ray_grid.HOOKS.clear()
+    if old is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = old
+
+
+def _params(d):
+    return torch.load(d / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """inprocess, ray with 2 workers and ray with 1 worker, same seed."""
+    base = tmp_path_factory.mktemp("ray_runs")
+    out = {}
+    out["inprocess"] = run(compose(*SMALL, "runtime=inprocess"), base / "inprocess")
+    out["ray2"] = run(compose(*SMALL, "runtime=ray", "runtime.num_workers=2", "runtime.batch_size=2"), base / "ray2")
+    out["ray1"] = run(compose(*SMALL, "runtime=ray", "runtime.num_workers=1", "runtime.batch_size=auto"), base / "ray1")
+    return base, out
+
+
+@pytest.mark.slow
+def test_ray_matches_inprocess(runs):
+    base, rows = runs
+    pa, pb = _params(base / "inprocess"), _params(base / "ray2")
+    diff = max(float((pa[k] - pb[k]).abs().max()) for k in pa)
+    assert diff <= 1e-5, diff
+    assert [r["clients_replied"] for r in rows["inprocess"]] == [r["clients_replied"] for r in rows["ray2"]]
+
+
+@pytest.mark.slow
+def test_ray_worker_count_does_not_change_results(runs):
+    base, _ = runs
+    p1, p2 = _params(base / "ray1"), _params(base / "ray2")
+    assert all(torch.equal(p1[k], p2[k]) for k in p1)
+
+
+@pytest.mark.slow
+def test_killed_worker_is_retried_and_run_continues(runs, tmp_path):
+    base, _ = runs
+    killed = []
+
+    def kill_first_worker(grid, n):
+        if n == 3 and not killed:  # push 1 = id query, 2 = round 1, 3 = round 2 (calls in flight)
+            pid = grid.pool.info[0]["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    ray_grid.HOOKS["after_push"] = kill_first_worker
+    try:
+        rows = run(compose(*SMALL, "runtime=ray", "runtime.num_workers=2", "runtime.batch_size=2"), tmp_path)
+    finally:
+        ray_grid.HOOKS.clear()
+    assert killed
+    assert len(rows) == 3
+    assert all(r["clients_replied"] == 6 for r in rows)  # the lost messages were resent and answered
+    pk, p2 = _params(tmp_path), _params(base / "ray2")
+    assert all(torch.equal(pk[k], p2[k]) for k in pk)  # a retry computes exactly the same update
+    # the killed actor was restarted by Ray and serves its nodes again
+    pids = ray_grid.wait_ready(ray_grid._POOL.actors, 120)
+    assert killed[0] not in [p["pid"] for p in pids]
+
+
+def test_unreachable_address_fails_fast_naming_the_key(tmp_path):
+    ray_grid.shutdown()
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="runtime.address"):
+        run(compose(*SMALL, "runtime=ray", "runtime.address=127.0.0.1:1", "runtime.connect_timeout=2"), tmp_path)
+    with pytest.raises(ConfigError, match="runtime.address"):  # a black-holed host: the short timeout
+        run(compose(*SMALL, "runtime=ray", "runtime.address=10.255.255.1:6379", "runtime.connect_timeout=1"),
+            tmp_path / "b")
+    assert time.perf_counter() - t0 < 30
+    assert not ray.is_initialized()
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+@pytest.mark.slow
+def test_two_node_cluster_via_address(runs, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    base, _ = runs
+    ray_grid.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        result_rows = run(compose(*SMALL, "runtime=ray", f"runtime.address={cluster.address}"), tmp_path)
+        assert len(result_rows) == 3
+        nodes = {i["node_id"] for i in ray_grid._POOL.info}
+        assert len(ray_grid._POOL.actors) == 2 and len(nodes) == 2  # one worker on each Ray node
+        pc, p2 = _params(tmp_path), _params(base / "ray2")
+        assert all(torch.equal(pc[k], p2[k]) for k in pc)
+        assert not ray_grid._STARTED_RAY  # connected, not started: fedagg must not stop this cluster
+    finally:
+        ray_grid.shutdown()  # disconnects this driver only
+        cluster.shutdown()
