@@ -1,0 +1,106 @@
+"""The fedagg ServerApp for a real SuperLink (``flwr run . <connection>``).
+
+The run config (``[tool.flwr.app.config]`` + ``flwr run --run-config``) has
+two keys:
+
+- ``overrides``: Hydra overrides as one string, e.g.
+  ``"aggregator=feddisco rounds=2 num_clients=2 dataset=digits model=mlp"``,
+  composed on the repo's ``conf/`` (found next to the imported ``fedagg``
+  package; the FAB ships ``conf/**/*.yaml`` for the same reason);
+- ``out-dir``: where metrics.csv, rounds.jsonl, model.pt, config.yaml and
+  status.json are written (a relative path resolves against the SuperLink
+  process's working directory, so pass an absolute one).
+
+The experiment body is the same ``run_server`` as in simulation. Runtime
+settings are irrelevant here (the SuperLink is the runtime): ``runtime`` is
+forced to ``inprocess`` so Ray/GPU checks of the simulation runtimes do not
+apply. A deployment must never wait forever for a vanished SuperNode, so
+``server.round_timeout: null`` becomes ``DEFAULT_ROUND_TIMEOUT`` seconds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+log = logging.getLogger("fedagg")
+
+DEFAULT_ROUND_TIMEOUT = 300.0
+
+app = ServerApp()
+
+
+def conf_dir() -> Path:
+    """``conf/`` next to the imported fedagg package (the repo in an editable
+    install, the FAB's copy when the app runs from $FLWR_HOME/apps/...)."""
+    import fedagg
+
+    d = Path(fedagg.__file__).resolve().parent.parent / "conf"
+    if not (d / "config.yaml").is_file():
+        raise FileNotFoundError(
+            f"fedagg config dir not found at {d}; install fedagg from the repo (pip install -e .) "
+            "or build the FAB with conf/**/*.yaml included"
+        )
+    return d
+
+
+def compose_config(overrides: str | list[str]) -> dict[str, Any]:
+    """Compose conf/config.yaml with Hydra overrides (a string is split like a shell)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ..experiment import to_plain
+
+    ov = shlex.split(overrides) if isinstance(overrides, str) else list(overrides)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        cfg = to_plain(compose("config", overrides=[*ov, "runtime=inprocess"]))
+    srv = cfg.setdefault("server", {}) or {}
+    if srv.get("round_timeout") is None:
+        srv["round_timeout"] = DEFAULT_ROUND_TIMEOUT
+    cfg["server"] = srv
+    return cfg
+
+
+def _setup_logging() -> None:
+    if not log.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(levelname)s fedagg: %(message)s"))
+        log.addHandler(h)
+    log.setLevel(logging.INFO)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from ..experiment import build, run_server, write_config
+
+    _setup_logging()
+    rc = context.run_config
+    overrides = str(rc.get("overrides", "") or "")
+    out = Path(str(rc.get("out-dir", "deploy-results") or "deploy-results")).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    status: dict[str, Any] = {"status": "running", "started": time.time(), "overrides": overrides,
+                              "run_id": context.run_id}
+    (out / "status.json").write_text(json.dumps(status))
+    log.info("fedagg ServerApp: overrides=%r out-dir=%s", overrides, out)
+    try:
+        cfg = compose_config(overrides)
+        exp = build(cfg)
+        write_config(exp.cfg, out)
+        rows = run_server(grid, exp, out)
+    except Exception as e:
+        status.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        (out / "status.json").write_text(json.dumps(status))
+        log.error("run failed: %s: %s", type(e).__name__, e)
+        raise  # the SuperLink marks the run finished:failed
+    final = rows[-1]["test_accuracy"] if rows else None
+    status.update(status="completed", finished=time.time(), rounds=len(rows), final_test_accuracy=final)
+    (out / "status.json").write_text(json.dumps(status))
+    log.info("fedagg ServerApp done: %d rounds, final test accuracy %s, results in %s", len(rows), final, out)

@@ -1,0 +1,410 @@
+#!/usr/bin/env python
+"""Run fedagg on a real Flower deployment: one SuperLink + N SuperNodes on
+loopback (each with its own FLWR_HOME, as if on separate machines), submit
+one or more runs with ``flwr run``, wait for each to finish, stop everything.
+
+    .venv/bin/python scripts/deploy_local.py --supernodes 2 \\
+        --run "aggregator=feddisco dataset=digits model=mlp num_clients=2 rounds=2" \\
+        --out-dir deploy-results [--tls [--certs DIR]] [--auth]
+
+- ``--tls``: HTTPS with a CA + server cert (``--certs DIR`` holding ca.crt,
+  server.pem, server.key; generated with scripts/make_certs.sh if omitted).
+- ``--auth`` (implies ``--tls``): SuperNode authentication. Every SuperNode
+  gets an ECDSA P-384 key pair; its public key is registered with
+  ``flwr supernode register`` before the node starts with
+  ``--auth-supernode-private-key``. Unregistered nodes are refused.
+- ``--superlink HOST:PORT``: use a SuperLink that is already running (for
+  example on another machine) instead of starting one; with TLS pass its CA
+  via ``--ca-cert``.
+- Each ``--run`` is one ``flwr run`` on the same SuperLink (one run: results
+  in --out-dir; several: in --out-dir/run<k>). ``flwr run`` exits 0 even
+  when a run fails, so the status is polled with ``flwr ls --run-id`` until
+  ``finished:*``.
+
+Exit status: 0 only when every run finished ``finished:completed``; 1 when a
+run failed, was stopped or timed out; 2 for setup errors (missing
+certificate, SuperLink unreachable, a process died on start). One JSON line
+per run and a summary go to stdout; process logs stay in --workdir.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the venv's bin (flower-superlink, flwr, ...)
+
+
+class SetupError(RuntimeError):
+    """The deployment could not be brought up (exit status 2)."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log(msg: str) -> None:
+    print(f"[deploy] {msg}", file=sys.stderr, flush=True)
+
+
+def base_env(flwr_home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # flower-superexec / flwr-serverapp / flwr-clientapp
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def make_keypair(path: Path, comment: str = "fedagg-supernode") -> tuple[Path, Path]:
+    """ECDSA P-384 key pair in OpenSSH format (what ``ssh-keygen -t ecdsa -b
+    384 -N '' -f PATH`` writes): PATH (private) and PATH.pub (public)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+    pub = path.with_name(path.name + ".pub")
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+                    + f" {comment}\n".encode())
+    return path, pub
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, n: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class RunResult:
+    run_id: int | None
+    overrides: str
+    out_dir: str
+    status: str
+    seconds: float
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished:completed"
+
+
+@dataclass
+class Cluster:
+    """One SuperLink (started here or given as ``superlink``) + SuperNodes."""
+
+    workdir: Path
+    tls: bool = False
+    auth: bool = False
+    certs: Path | None = None  # dir with ca.crt, server.pem, server.key
+    ca_cert: Path | None = None  # for an external SuperLink with TLS
+    port: int | None = None
+    superlink: str | None = None  # HOST:PORT of an existing SuperLink
+    app_dir: Path = REPO
+    procs: list[Proc] = field(default_factory=list)
+    nodes: list[Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir).resolve()
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        if self.auth:
+            self.tls = True  # Flower refuses --enable-supernode-auth without TLS
+        for tool in ("flower-superlink", "flower-supernode", "flwr", "flower-superexec"):
+            if not (BIN / tool).exists():
+                raise SetupError(f"{tool} not found in {BIN}; run this script with the project's venv python")
+        if self.superlink is None:
+            self.port = self.port or free_port()
+            self.address = f"127.0.0.1:{self.port}"
+        else:
+            self.address = self.superlink
+        self.cli_home = self.workdir / "home_cli"
+
+    # -- certificates and keys -----------------------------------------------
+    def _prepare_certs(self) -> None:
+        if not self.tls:
+            return
+        if self.superlink is not None:
+            if self.ca_cert is None:
+                raise SetupError("--tls with --superlink needs --ca-cert (the CA that signed the SuperLink's cert)")
+            if not Path(self.ca_cert).is_file():
+                raise SetupError(f"--ca-cert: file not found: {self.ca_cert}")
+            self.ca_cert = Path(self.ca_cert).resolve()
+            return
+        if self.certs is None:
+            self.certs = self.workdir / "certs"
+            r = subprocess.run(["bash", str(REPO / "scripts" / "make_certs.sh"), str(self.certs)],
+                               capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:
+                raise SetupError(f"make_certs.sh failed: {r.stderr.strip()}")
+        self.certs = Path(self.certs).resolve()
+        for f in ("ca.crt", "server.pem", "server.key"):
+            if not (self.certs / f).is_file():
+                raise SetupError(f"--certs: {self.certs / f} not found (expected ca.crt, server.pem, server.key; "
+                                 "make them with scripts/make_certs.sh DIR)")
+        self.ca_cert = self.certs / "ca.crt"
+
+    def _write_cli_config(self) -> None:
+        self.cli_home.mkdir(parents=True, exist_ok=True)
+        lines = ['[superlink]', 'default = "fedagg"', '[superlink.fedagg]', f'address = "{self.address}"']
+        lines.append(f'root-certificates = "{self.ca_cert}"' if self.tls else "insecure = true")
+        (self.cli_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+    # -- processes -------------------------------------------------------------
+    def _spawn(self, name: str, cmd: list[str], home: Path) -> Proc:
+        home.mkdir(parents=True, exist_ok=True)
+        log = self.workdir / "logs" / f"{name}.log"
+        fh = open(log, "wb")
+        p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=base_env(home), cwd=self.workdir,
+                             start_new_session=True)  # own process group: its superexec/app children stop with it
+        fh.close()
+        proc = Proc(name, p, log)
+        self.procs.append(proc)
+        _log(f"started {name} (pid {p.pid}), log {log}")
+        return proc
+
+    def start_superlink(self) -> Proc:
+        cmd = [str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+               "--disable-runtime-dependency-installation"]
+        if self.tls:
+            assert self.certs is not None
+            cmd += ["--ssl-ca-certfile", str(self.certs / "ca.crt"), "--ssl-certfile", str(self.certs / "server.pem"),
+                    "--ssl-keyfile", str(self.certs / "server.key")]
+        else:
+            cmd += ["--insecure"]
+        if self.auth:
+            cmd += ["--enable-supernode-auth"]
+        return self._spawn("superlink", cmd, self.workdir / "home_superlink")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait for the SuperLink's /health endpoint (clear error after ``timeout``)."""
+        scheme = "https" if self.tls else "http"
+        ctx = ssl.create_default_context(cafile=str(self.ca_cert)) if self.tls else None
+        url = f"{scheme}://{self.address}/health"
+        deadline, last = time.time() + timeout, ""
+        link = next((p for p in self.procs if p.name == "superlink"), None)
+        while time.time() < deadline:
+            if link is not None and not link.alive():
+                raise SetupError(f"the SuperLink exited with status {link.popen.returncode}:\n{link.tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=3, context=ctx) as r:
+                    if r.status == 200:
+                        return
+            except Exception as e:  # noqa: BLE001 - retried until the deadline
+                last = f"{type(e).__name__}: {e}"
+            time.sleep(0.3)
+        raise SetupError(f"SuperLink at {self.address} is unreachable after {timeout:.0f}s ({url}: {last})")
+
+    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "flwr"), *args], capture_output=True, text=True, timeout=timeout,
+                              env=base_env(self.cli_home), cwd=self.workdir)
+
+    def cli_json(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
+        r = self.cli(*args, "--format", "json", timeout=timeout)
+        try:
+            return json.loads(r.stdout)
+        except json.JSONDecodeError:
+            return {"success": False, "error-message": (r.stdout + r.stderr).strip()[-2000:]}
+
+    def register(self, pubkey: Path, name: str | None = None) -> int:
+        args = ["supernode", "register", str(pubkey), "fedagg"] + (["--name", name] if name else [])
+        res = self.cli_json(*args)
+        if not res.get("success"):
+            raise SetupError(f"registering {pubkey} failed: {res.get('error-message')}")
+        return int(res["node-id"])
+
+    def start_supernode(self, name: str, node_config: str, key: Path | None = None, register: bool = True) -> Proc:
+        """Start one SuperNode. With auth, ``key`` (made if None) is registered
+        first unless ``register=False`` (then the SuperLink refuses it)."""
+        cmd = [str(BIN / "flower-supernode"), "--superlink", self.address, "--host", "127.0.0.1",
+               "--port", str(free_port()), "--node-config", node_config]
+        cmd += ["--root-certificates", str(self.ca_cert)] if self.tls else ["--insecure"]
+        if self.auth or key is not None:
+            if key is None:
+                key, _ = make_keypair(self.workdir / "keys" / name, comment=name)
+            if register:
+                nid = self.register(Path(str(key) + ".pub"), name=name)
+                _log(f"registered {name}'s public key (node id {nid})")
+            cmd += ["--auth-supernode-private-key", str(key)]
+        p = self._spawn(name, cmd, self.workdir / f"home_{name}")
+        self.nodes.append(p)
+        return p
+
+    def up(self, supernodes: int, timeout: float = 60.0) -> None:
+        self._prepare_certs()
+        self._write_cli_config()
+        if self.superlink is None:
+            self.start_superlink()
+        self.wait_ready(timeout)
+        for i in range(supernodes):
+            self.start_supernode(f"supernode{i}", f"partition-id={i} num-partitions={supernodes}")
+
+    # -- runs ----------------------------------------------------------------
+    def submit(self, overrides: str, out_dir: Path) -> int:
+        out_dir = Path(out_dir).resolve()
+        rc = self.workdir / f"run-config-{time.time_ns()}.toml"  # a TOML file: no quoting trouble
+        rc.write_text(f"overrides = {json.dumps(overrides)}\nout-dir = {json.dumps(str(out_dir))}\n")
+        res = self.cli_json("run", str(self.app_dir), "fedagg", "--run-config", str(rc), timeout=300)
+        if not res.get("success") or "run-id" not in res:
+            raise RuntimeError(f"flwr run failed to submit: {res.get('error-message', res)}")
+        return int(res["run-id"])
+
+    def status(self, run_id: int) -> str:
+        res = self.cli_json("ls", "--run-id", str(run_id), timeout=60)
+        runs = res.get("runs") or []
+        return str(runs[0].get("status", "")) if runs else ""
+
+    def wait_run(self, run_id: int, timeout: float = 900.0, poll: float = 3.0) -> str:
+        deadline = time.time() + timeout
+        st = ""
+        while time.time() < deadline:
+            st = self.status(run_id)
+            if st.startswith("finished:"):
+                return st
+            for n in self.nodes:
+                if not n.alive() and not getattr(n, "_reported", False):
+                    _log(f"warning: {n.name} exited with status {n.popen.returncode}:\n{n.tail(5)}")
+                    n._reported = True  # type: ignore[attr-defined]
+            time.sleep(poll)
+        return f"timeout (last status {st or 'unknown'!r} after {timeout:.0f}s)"
+
+    def run_log(self, run_id: int, lines: int = 30) -> str:
+        try:
+            r = self.cli("log", str(run_id), "fedagg", "--show", timeout=60)
+            return "\n".join((r.stdout + r.stderr).splitlines()[-lines:])
+        except subprocess.TimeoutExpired:
+            return "(flwr log timed out)"
+
+    def run(self, overrides: str, out_dir: Path, timeout: float = 900.0) -> RunResult:
+        t0 = time.time()
+        try:
+            rid = self.submit(overrides, out_dir)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            return RunResult(None, overrides, str(out_dir), "submit-failed", time.time() - t0, str(e))
+        _log(f"run {rid} submitted: {overrides!r} -> {out_dir}")
+        st = self.wait_run(rid, timeout)
+        res = RunResult(rid, overrides, str(out_dir), st, time.time() - t0)
+        if not res.ok:
+            res.error = self.run_log(rid)
+            if st.startswith("timeout"):
+                self.cli("stop", str(rid), "fedagg", timeout=60)
+        _log(f"run {rid}: {st} after {res.seconds:.1f}s")
+        return res
+
+    # -- teardown --------------------------------------------------------------
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every process group started here (by its PID), SIGKILL after ``grace`` s."""
+        for p in reversed(self.procs):
+            if p.alive():
+                try:
+                    os.killpg(p.popen.pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        deadline = time.time() + grace
+        for p in self.procs:
+            try:
+                p.popen.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+        for p in self.procs:  # the group leader or leftover children (superexec, app processes)
+            try:
+                os.killpg(p.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                p.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs.clear()
+        self.nodes.clear()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--supernodes", type=int, default=2, help="SuperNodes to start here (partition-id 0..N-1)")
+    ap.add_argument("--run", action="append", dest="runs", metavar="OVERRIDES",
+                    help="Hydra overrides of one run (repeat for several runs on the same SuperLink)")
+    ap.add_argument("--out-dir", default="deploy-results", help="results (several runs: OUT_DIR/run<k>)")
+    ap.add_argument("--tls", action="store_true", help="HTTPS between everything and the SuperLink")
+    ap.add_argument("--auth", action="store_true", help="SuperNode authentication (implies --tls)")
+    ap.add_argument("--certs", help="dir with ca.crt, server.pem, server.key (default: generate)")
+    ap.add_argument("--superlink", help="HOST:PORT of a running SuperLink (none is started)")
+    ap.add_argument("--ca-cert", help="CA certificate of --superlink (with --tls)")
+    ap.add_argument("--port", type=int, help="SuperLink port (default: a free one)")
+    ap.add_argument("--workdir", help="logs, FLWR_HOMEs, keys (default: a temp dir)")
+    ap.add_argument("--run-timeout", type=float, default=900.0, help="seconds per run")
+    ap.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to wait for the SuperLink")
+    a = ap.parse_args(argv)
+    runs = a.runs or [""]
+    if a.supernodes < 0:
+        ap.error("--supernodes must be >= 0")
+    if a.certs is not None and not Path(a.certs).is_dir():
+        print(f"error: --certs: directory not found: {a.certs}", file=sys.stderr)
+        return 2
+    workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="fedagg-deploy-"))
+    out = Path(a.out_dir).resolve()
+    cluster = None
+
+    def _term(signum, frame):  # noqa: ANN001 - stop the processes on Ctrl-C / kill
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    results: list[RunResult] = []
+    try:
+        cluster = Cluster(workdir, tls=a.tls or a.auth or bool(a.ca_cert), auth=a.auth,
+                          certs=Path(a.certs) if a.certs else None, ca_cert=Path(a.ca_cert) if a.ca_cert else None,
+                          port=a.port, superlink=a.superlink)
+        cluster.up(a.supernodes, timeout=a.startup_timeout)
+        for k, ov in enumerate(runs, 1):
+            res = cluster.run(ov, out if len(runs) == 1 else out / f"run{k}", timeout=a.run_timeout)
+            results.append(res)
+            print(json.dumps({"run-id": res.run_id, "status": res.status, "overrides": ov, "out-dir": res.out_dir,
+                              "seconds": round(res.seconds, 1)}), flush=True)
+            if not res.ok:
+                _log(f"run {res.run_id} did not complete ({res.status}); its log ends with:\n{res.error}")
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        _log(f"logs in {workdir / 'logs'}")
+    ok = all(r.ok for r in results)
+    print(json.dumps({"completed": sum(r.ok for r in results), "runs": len(results), "success": ok}), flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
