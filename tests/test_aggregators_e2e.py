@@ -10,7 +10,7 @@ import torch
 from fedagg import aggregators
 from fedagg.experiment import run
 
-from conftest import compose
+from fedagg_testing import compose
 
 MNIST1D = ["dataset=mnist1d", "dataset.num_samples=2000", "num_clients=5", "rounds=3",
            "runtime=inprocess", "model=cnn1d", "train.epochs=1"]

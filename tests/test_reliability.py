@@ -18,7 +18,7 @@ from fedagg.experiment import ConfigError, build, run, run_server
 from fedagg.flower.client_app import app as real_client_app
 from fedagg.runtime.inprocess import InProcessGrid, set_task_identity
 
-from conftest import ROOT, SMALL, compose, fedagg_cmd
+from fedagg_testing import ROOT, SMALL, compose, fedagg_cmd
 
 BAD = 1  # the client whose replies get corrupted
 

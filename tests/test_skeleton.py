@@ -12,7 +12,7 @@ import torch
 
 from fedagg.experiment import ConfigError, build, run
 
-from conftest import ROOT, SMALL, compose, fedagg_cmd
+from fedagg_testing import ROOT, SMALL, compose, fedagg_cmd
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
