@@ -283,18 +283,31 @@ class Cluster:
         runs = res.get("runs") or []
         return str(runs[0].get("status", "")) if runs else ""
 
-    def wait_run(self, run_id: int, timeout: float = 900.0, poll: float = 3.0) -> str:
+    def wait_run(self, run_id: int, timeout: float = 900.0, out_dir: Path | None = None,
+                 ls_every: float = 10.0) -> str:
+        """Poll ``flwr ls --run-id`` until ``finished:*``. Each ``flwr`` call is a
+        fresh Python process (~1-3 s CPU), so it is asked every ``ls_every`` s,
+        and at once when the ServerApp's status.json in ``out_dir`` (if this
+        machine sees it) says it is done."""
         deadline = time.time() + timeout
-        st = ""
+        st, last_ls, hint = "", 0.0, None
         while time.time() < deadline:
-            st = self.status(run_id)
-            if st.startswith("finished:"):
-                return st
+            if out_dir is not None:
+                try:
+                    s = json.loads((Path(out_dir) / "status.json").read_text())
+                    if s.get("run_id") == run_id and s.get("status") != "running":
+                        hint = s.get("status")
+                except (OSError, ValueError):
+                    pass
+            if hint or time.time() - last_ls >= ls_every:
+                st, last_ls = self.status(run_id), time.time()
+                if st.startswith("finished:"):
+                    return st
             for n in self.nodes:
                 if not n.alive() and not getattr(n, "_reported", False):
                     _log(f"warning: {n.name} exited with status {n.popen.returncode}:\n{n.tail(5)}")
                     n._reported = True  # type: ignore[attr-defined]
-            time.sleep(poll)
+            time.sleep(1.0)
         return f"timeout (last status {st or 'unknown'!r} after {timeout:.0f}s)"
 
     def run_log(self, run_id: int, lines: int = 30) -> str:
@@ -311,7 +324,7 @@ class Cluster:
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             return RunResult(None, overrides, str(out_dir), "submit-failed", time.time() - t0, str(e))
         _log(f"run {rid} submitted: {overrides!r} -> {out_dir}")
-        st = self.wait_run(rid, timeout)
+        st = self.wait_run(rid, timeout, out_dir=out_dir)
         res = RunResult(rid, overrides, str(out_dir), st, time.time() - t0)
         if not res.ok:
             res.error = self.run_log(rid)

@@ -151,3 +151,24 @@ def test_unreachable_superlink_fails_clearly(tmp_path):
     assert rc == 2
     assert "unreachable" in err and str(port) in err
     assert time.time() - t0 < 45
+
+
+def test_node_data_path_replaces_the_shard(tmp_path):
+    """``--node-config 'partition-id=0 data-path=/x.npz'``: the node trains on its own file."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from fedagg.flower.client_app import _client_data
+
+    cfg = {"fedagg.model": json.dumps({"name": "mlp", "input_shape": [64], "num_classes": 10, "options": {}})}
+    f = tmp_path / "node.npz"
+    np.savez(f, x_train=np.random.rand(30, 8, 8), y_train=np.arange(30) % 10)
+    data, k = _client_data(SimpleNamespace(node_config={"partition-id": 0, "data-path": str(f)}), cfg, 0)
+    assert k == 10 and data.x_train.shape == (30, 64) and data.x_train.dtype == np.float32
+    assert np.bincount(data.y_train, minlength=k).tolist() == [3] * 10
+    np.savez(tmp_path / "bad.npz", x_train=np.zeros((3, 64)), y_train=np.array([0, 1, 12]))
+    with pytest.raises(ValueError, match="labels must be in 0..9"):
+        _client_data(SimpleNamespace(node_config={"data-path": str(tmp_path / "bad.npz")}), cfg, 0)
+    with pytest.raises(ValueError, match="does not exist on this SuperNode"):
+        _client_data(SimpleNamespace(node_config={"data-path": str(tmp_path / "none.npz")}), cfg, 0)

@@ -19,7 +19,7 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ..data.federated import get_federated_data
+from ..data.federated import ClientData, get_federated_data
 from ..task.models import build_model
 from ..task.train import get_params, set_params, train_local
 from .codec import from_config, params_to_record, record_to_params
@@ -47,6 +47,38 @@ def _partition_id(context: Context, cfg: dict[str, Any]) -> int:
     return pid
 
 
+@lru_cache(maxsize=2)
+def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            if "x_train" not in d or "y_train" not in d:
+                raise ValueError(f"node config data-path={path}: the npz needs arrays x_train and y_train; has {sorted(d)}")
+            return d["x_train"], d["y_train"]
+    except FileNotFoundError:
+        raise ValueError(f"node config data-path={path} does not exist on this SuperNode") from None
+
+
+def _client_data(context: Context, cfg: dict[str, Any], pid: int) -> tuple[ClientData, int]:
+    """This node's training data and the number of classes. With node config
+    ``data-path`` (a local .npz with x_train/y_train, shaped like the
+    experiment's dataset) the node trains on that file instead of its shard
+    of the spec's dataset; otherwise the shard ``partition-id``."""
+    path = context.node_config.get("data-path")
+    if not path:
+        fd = get_federated_data(json.loads(cfg["fedagg.spec"]))
+        return fd.client(pid), fd.num_classes
+    spec = json.loads(cfg["fedagg.model"])
+    shape, k = tuple(spec["input_shape"]), int(spec["num_classes"])
+    x, y = _load_npz(str(path))
+    if len(x) != len(y) or len(y) == 0 or int(np.prod(x.shape[1:])) != int(np.prod(shape)):
+        raise ValueError(f"data-path={path}: x_train {x.shape} / y_train {y.shape} do not match input shape {shape}")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= k:
+        raise ValueError(f"data-path={path}: labels must be in 0..{k - 1}, got {y.min()}..{y.max()}")
+    x = x.astype(np.float32).reshape(len(y), *shape)
+    return ClientData(x, y, x[:0], y[:0]), k
+
+
 def _device(cfg: dict[str, Any]) -> str:
     want = str(cfg.get("device", "cpu"))
     if want.startswith("cuda") and not torch.cuda.is_available():
@@ -59,12 +91,12 @@ def query(msg: Message, context: Context) -> Message:
     """Report the stable client id, example count and label histogram."""
     cfg = from_config(msg.content["config"])
     pid = _partition_id(context, cfg)
-    fd = get_federated_data(json.loads(cfg["fedagg.spec"]))
+    data, k = _client_data(context, cfg, pid)
     metrics = MetricRecord(
         {
             "partition-id": pid,
-            "num-examples": int(len(fd.client(pid).y_train)),
-            "label-hist": [int(c) for c in fd.label_hist(pid)],
+            "num-examples": int(len(data.y_train)),
+            "label-hist": [int(c) for c in np.bincount(data.y_train, minlength=k)],
         }
     )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
@@ -77,8 +109,7 @@ def train(msg: Message, context: Context) -> Message:
     fault = cfg.get("sim.fault")
     if fault == "crash":
         raise InjectedFault(f"client {pid}: injected crash (heterogeneity=crashes)")
-    fd = get_federated_data(json.loads(cfg["fedagg.spec"]))
-    data = fd.client(pid)
+    data, k = _client_data(context, cfg, pid)
     model = _model(cfg["fedagg.model"])
     set_params(model, record_to_params(msg.content["arrays"]))
     rnd = int(cfg["round"])
@@ -112,7 +143,7 @@ def train(msg: Message, context: Context) -> Message:
             "train-loss": float(res.loss),
             "train-accuracy": float(res.accuracy),
             "steps": int(res.steps),
-            "label-hist": [int(c) for c in np.bincount(data.y_train, minlength=fd.num_classes)],
+            "label-hist": [int(c) for c in np.bincount(data.y_train, minlength=k)],
         }
     )
     return Message(
