@@ -223,6 +223,10 @@ def build_tables(root: Path, last_k: int = 5, target: float | None = None):
         runs_df[c] = pd.to_numeric(runs_df[c], errors="coerce")
     if target is not None:
         runs_df["rounds_to_target"] = runs_df["rounds_to_target"].astype("Int64")
+    # groups in sorted order, seeds ascending inside; index labels keep pointing into `runs`
+    key = runs_df[group_keys].astype(str).agg("|".join, axis=1) if group_keys else pd.Series("", index=runs_df.index)
+    seed = pd.to_numeric(runs_df["seed"], errors="coerce")
+    runs_df = runs_df.loc[pd.DataFrame({"k": key, "s": seed}).sort_values(["k", "s"], kind="stable").index]
 
     summary = []
     grouped = runs_df.groupby(group_keys, dropna=False, sort=False) if group_keys else [((), runs_df)]
