@@ -1,0 +1,259 @@
+#!/usr/bin/env python
+"""Runtime benchmark: the same workload on every runtime, side by side.
+
+Workload: MNIST-1D, 1-D CNN, 1 local epoch, full participation of
+``--clients`` clients per round (default 10 and 100), ``--rounds`` rounds
+(default 10), FedAvg, server-side evaluation every round. Variants:
+
+  plain      a plain in-process PyTorch loop, no FL machinery: the same
+             ``fedagg.task.train.train_local`` per client + FedAvg averaging
+             (the lower bound)
+  ray        runtime=ray (local Ray started by the run, or --address)
+  flower     runtime=flower (Flower's simulation engine)
+  inprocess  runtime=inprocess
+
+Each variant runs in its own subprocess; the parent samples the RSS of the
+whole process tree (Ray daemons and workers included) every 0.1 s.
+
+    python scripts/bench_runtime.py                 # 10 and 100 clients, 10 rounds
+    python scripts/bench_runtime.py --quick         # 10 clients, 3 rounds
+    python scripts/bench_runtime.py --clients 100 --rounds 12 --variants plain,ray
+    python scripts/bench_runtime.py --scaling       # ray, 1 vs 2 workers, compute-bound
+    ray start --head --num-cpus 2 --include-dashboard=false --node-ip-address 127.0.0.1
+    python scripts/bench_runtime.py --address auto --variants ray --clients 10 --rounds 3
+    ray stop
+
+Columns: start-up = wall time of the run after imports minus the time spent
+in rounds (data, Ray start, workers, connect and teardown); steady round =
+median of rounds >= 2; ratio = steady round / the plain loop's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def overrides(clients: int, rounds: int, extra: list[str]) -> list[str]:
+    return ["dataset=mnist1d", "model=cnn1d", "aggregator=fedavg", "participation=full", "heterogeneity=none",
+            f"num_clients={clients}", f"rounds={rounds}", "train.epochs=1", "seed=0", *extra]
+
+
+# --------------------------------------------------------------------------- worker side
+def worker(args: argparse.Namespace) -> None:
+    t_start = time.perf_counter()
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    import logging
+
+    import numpy as np
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from fedagg.experiment import build, run
+
+    logging.basicConfig(level=logging.WARNING)
+    # one thread per training process, as in every runtime=ray actor (num_cpus_per_client=1): the same
+    # per-client compute everywhere, and no OpenMP oversubscription on a shared machine
+    torch.set_num_threads(args.threads)
+    extra = list(args.override or [])
+    if args.variant in ("ray", "flower", "inprocess"):
+        extra.append(f"runtime={args.variant}")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("config", overrides=overrides(args.clients, args.rounds, extra))
+    t0 = time.perf_counter()
+    imports_s = t0 - t_start
+    info: dict = {}
+    if args.variant == "plain":
+        from fedagg.task.train import evaluate, get_params, set_params, train_local
+
+        exp = build(cfg)
+        c = exp.cfg
+        tr = c["train"]
+        model = exp.model()
+        glob = exp.init_params(0)
+        secs, rows = [], []
+        for rnd in range(1, c["rounds"] + 1):
+            r0 = time.perf_counter()
+            ups, ns = [], []
+            for cid in range(c["num_clients"]):
+                d = exp.fd.client(cid)
+                set_params(model, glob)
+                train_local(model, d.x_train, d.y_train, epochs=tr["epochs"], steps=tr["steps"],
+                            batch_size=tr["batch_size"], lr=tr["lr"], momentum=tr["momentum"],
+                            weight_decay=tr["weight_decay"], seed=c["seed"], round=rnd, client=cid)
+                ups.append(get_params(model))
+                ns.append(len(d.y_train))
+            w = np.asarray(ns, dtype=np.float64) / sum(ns)
+            glob = {k: sum(wi * u[k] for wi, u in zip(w, ups)).astype(v.dtype) if np.issubdtype(v.dtype, np.floating)
+                    else ups[int(np.argmax(w))][k] for k, v in glob.items()}
+            set_params(model, glob)
+            loss, acc = evaluate(model, exp.x_test, exp.y_test)
+            secs.append(time.perf_counter() - r0)
+            rows.append({"test_accuracy": acc})
+    else:
+        with tempfile.TemporaryDirectory(prefix="fedagg_bench") as out:
+            rows = run(cfg, out)
+        secs = [r["round_seconds"] for r in rows]
+        if args.variant == "ray":
+            from fedagg.runtime import ray_grid
+
+            t_sd = time.perf_counter()
+            ray_grid.shutdown()
+            info["shutdown_s"] = time.perf_counter() - t_sd
+    wall = time.perf_counter() - t0
+    res = {"imports_s": imports_s, "wall_s": wall, "round_s": secs, "startup_s": wall - sum(secs),
+           "final_accuracy": rows[-1]["test_accuracy"], "torch_threads": torch.get_num_threads(), **info}
+    Path(args.result).write_text(json.dumps(res))
+
+
+# --------------------------------------------------------------------------- parent side
+def tree_rss(pid: int) -> int:
+    try:
+        import psutil
+
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+        total = 0
+        for q in procs:
+            try:
+                total += q.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+    except ImportError:  # /proc fallback: walk children via /proc/*/stat
+        kids: dict[int, list[int]] = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+                    kids.setdefault(ppid, []).append(int(d))
+                except OSError:
+                    pass
+        todo, total = [pid], 0
+        while todo:
+            q = todo.pop()
+            todo += kids.get(q, [])
+            try:
+                for line in open(f"/proc/{q}/status"):
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            except OSError:
+                pass
+        return total
+    except Exception:  # noqa: BLE001 - the process ended
+        return 0
+
+
+THREADS = 1
+
+
+def run_variant(variant: str, clients: int, rounds: int, extra: list[str], timeout: float) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        result = f.name
+    cmd = [sys.executable, __file__, "--worker", variant, "--clients", str(clients), "--rounds", str(rounds),
+           "--result", result, "--threads", str(THREADS)] + [f"--override={o}" for o in extra]
+    env = dict(os.environ)
+    env.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="fedagg_ray", dir="/tmp"))
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = 0
+    while p.poll() is None:
+        peak = max(peak, tree_rss(p.pid))
+        if time.perf_counter() - t0 > timeout:
+            p.kill()
+            break
+        time.sleep(0.1)
+    out = p.stdout.read() if p.stdout else ""
+    try:
+        res = json.loads(Path(result).read_text())
+    except (OSError, json.JSONDecodeError):
+        res = {"error": out[-2000:]}
+    finally:
+        Path(result).unlink(missing_ok=True)
+    res["peak_rss_mb"] = peak / 2**20
+    res["process_s"] = time.perf_counter() - t0
+    return res
+
+
+def table(results: dict[tuple[int, str], dict]) -> str:
+    lines = ["| clients/round | variant | start-up s | median steady round s | ratio to plain | peak RSS MB (tree) | final acc |",
+             "|---|---|---|---|---|---|---|"]
+    for (clients, variant), r in results.items():
+        if "error" in r:
+            lines.append(f"| {clients} | {variant} | failed: {r['error'].strip().splitlines()[-1][:80] if r['error'].strip() else '?'} | | | | |")
+            continue
+        steady = statistics.median(r["round_s"][1:]) if len(r["round_s"]) > 1 else r["round_s"][0]
+        r["steady_s"] = steady
+        base = results.get((clients, "plain"), {}).get("steady_s")
+        ratio = f"{steady / base:.2f}" if base else "n/a"
+        lines.append(f"| {clients} | {variant} | {r['startup_s']:.2f} | {steady:.3f} | {ratio} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['final_accuracy']:.4f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, nargs="*", default=None, help="clients per round (default 10 100)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 10; --quick: 3)")
+    ap.add_argument("--variants", default="plain,ray,flower,inprocess")
+    ap.add_argument("--quick", action="store_true", help="10 clients, 3 rounds")
+    ap.add_argument("--scaling", action="store_true", help="ray with 1 vs 2 workers on a compute-bound workload")
+    ap.add_argument("--address", default=None, help="runtime.address for the ray variant (an existing cluster)")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in the driver process (plain, inprocess)")
+    ap.add_argument("--json", default=None, help="also write the raw results here")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--override", action="append", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        args.variant = args.worker
+        args.clients = int(args.clients[0])
+        return worker(args)
+    global THREADS
+    THREADS = args.threads
+    clients = args.clients or ([10] if args.quick else [10, 100])
+    rounds = args.rounds or (3 if args.quick else 10)
+    print(f"# bench_runtime: rounds={rounds}, clients/round={clients}, cores={os.cpu_count()}, "
+          f"load average={os.getloadavg()}", flush=True)
+    results: dict[tuple[int, str], dict] = {}
+    if args.scaling:  # compute-bound: a wide CNN, several epochs, few large clients
+        extra = ["model.channels=64", "train.epochs=3", "runtime=ray"]
+        for w in (1, 2):
+            r = run_variant("ray", 4, rounds, [*extra[:2], f"runtime.num_workers={w}", "runtime.batch_size=auto"],
+                            args.timeout)
+            results[(4, f"ray num_workers={w}")] = r
+            print(f"ray num_workers={w}: rounds {['%.2f' % s for s in r.get('round_s', [])]}", flush=True)
+        print(table(results))
+        s1 = statistics.median(results[(4, "ray num_workers=1")]["round_s"][1:])
+        s2 = statistics.median(results[(4, "ray num_workers=2")]["round_s"][1:])
+        print(f"\nspeed-up 2 workers vs 1: {s1 / s2:.2f}x")
+    else:
+        for c in clients:
+            for v in args.variants.split(","):
+                extra = [f"runtime.address={args.address}"] if (v == "ray" and args.address) else []
+                r = run_variant(v, c, rounds, extra, args.timeout)
+                results[(c, v)] = r
+                print(f"{c} clients, {v}: imports {r.get('imports_s', 0):.1f}s, start-up {r.get('startup_s', 0):.2f}s,"
+                      f" rounds {['%.2f' % s for s in r.get('round_s', [])]}", flush=True)
+        print()
+        print(table(results))
+        for c in clients:
+            ray_s = results.get((c, "ray"), {}).get("steady_s")
+            fl_s = results.get((c, "flower"), {}).get("steady_s")
+            if ray_s and fl_s:
+                print(f"\n{c} clients/round: runtime=ray steady round is {fl_s / ray_s:.1f}x faster than runtime=flower")
+    if args.json:
+        Path(args.json).write_text(json.dumps({f"{k[0]}|{k[1]}": v for k, v in results.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
