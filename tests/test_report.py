@@ -12,7 +12,7 @@ import yaml
 
 from fedagg.report.summary import main, report
 
-from conftest import ROOT
+from fedagg_testing import ROOT
 
 
 def fake_run(folder, agg, seed, accs, status="completed", extra_cols=None, rounds_jsonl=None, alpha=0.3):

@@ -16,7 +16,7 @@ from fedagg.experiment import ConfigError, run, to_plain, validate
 from fedagg.report.loggers import check_logger, make_logger
 from fedagg.sweep import apply_cpu_budget, available_cores, cpu_share, parallel_jobs
 
-from conftest import ROOT, compose, fedagg_cmd
+from fedagg_testing import ROOT, compose, fedagg_cmd
 
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
