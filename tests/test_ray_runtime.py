@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import SMALL, compose
+from fedagg_testing import SMALL, compose
 
 ray = pytest.importorskip("ray")
 
