@@ -126,6 +126,41 @@ class Aggregator:
 
 # -- helpers shared by the weighted-sum rules --------------------------------
 _CHUNK = 1 << 15  # elements per chunk: 256 KiB of float64 accumulator, fits in L2
+def weighted_sum(
+    arrays: list[np.ndarray], weights: np.ndarray, center: np.ndarray | None = None,
+    out_dtype: Any = np.float64,
+) -> np.ndarray:
+    """Σ_k w_k (a_k − center) (center optional), accumulated in float64.
+
+    Computed in cache-sized chunks with in-place ufuncs: the same operations
+    in the same order as the naive ``acc += w * (a.astype(f64) - center)``
+    loop, bitwise, but only the inputs are read from memory -- the float64
+    accumulator and temporary stay in cache, so the cost is one pass over the
+    inputs (the memory-bandwidth bound)."""
+    ref = arrays[0] if arrays else center
+    shape = ref.shape
+    size = int(np.prod(shape))
+    flat = [(float(w), np.asarray(a).reshape(-1)) for w, a in zip(weights, arrays) if w != 0.0]
+    cflat = None if center is None else np.asarray(center).reshape(-1)
+    res = np.empty(size, dtype=out_dtype)
+    step = min(size, _CHUNK) or 1
+    acc = np.empty(step, dtype=np.float64)
+    tmp = np.empty(step, dtype=np.float64)
+    for s in range(0, size, step):
+        e = min(size, s + step)
+        a, t = acc[: e - s], tmp[: e - s]
+        a.fill(0.0)
+        for w, arr in flat:
+            if cflat is None:
+                np.multiply(arr[s:e], w, out=t)
+            else:
+                np.subtract(arr[s:e], cflat[s:e], out=t, dtype=np.float64)
+                np.multiply(t, w, out=t)
+            np.add(a, t, out=a)
+        res[s:e] = a
+    return res.reshape(shape)
+
+
 def weighted_average(
     updates: list[ClientUpdate], weights: np.ndarray, template: Params
 ) -> Params:
@@ -134,27 +169,12 @@ def weighted_average(
     weights = np.asarray(weights, dtype=np.float64)
     out: Params = {}
     top = int(np.argmax(weights)) if len(weights) else 0
-    terms = [(w, u) for w, u in zip(weights, updates) if w != 0.0]
     for name, ref in template.items():
         if is_float(ref):
-            # float64 accumulation, computed in cache-sized chunks with in-place ufuncs: the same operations
-            # (acc += w * theta, in update order) as the naive loop, bitwise, but only the updates are read
-            # from memory -- the float64 accumulator and temporary stay in cache (memory-bandwidth bound).
-            flat = [(w, np.asarray(u.params[name]).reshape(-1)) for w, u in terms]
-            size = int(np.prod(ref.shape))
-            res = np.empty(size, dtype=ref.dtype)
-            step = min(size, _CHUNK) or 1
-            acc = np.empty(step, dtype=np.float64)
-            tmp = np.empty(step, dtype=np.float64)
-            for s in range(0, size, step):
-                e = min(size, s + step)
-                a, t = acc[: e - s], tmp[: e - s]
-                a.fill(0.0)
-                for w, arr in flat:
-                    np.multiply(arr[s:e], w, out=t)
-                    np.add(a, t, out=a)
-                res[s:e] = a
-            out[name] = res.reshape(ref.shape)
+            if updates:
+                out[name] = weighted_sum([u.params[name] for u in updates], weights, out_dtype=ref.dtype)
+            else:
+                out[name] = np.zeros_like(ref)
         else:
             out[name] = updates[top].params[name].copy() if updates else ref.copy()
     return out

@@ -61,6 +61,7 @@ from .base import (
     is_float,
     is_learnable,
     sorted_updates,
+    weighted_sum,
     weights_metrics,
 )
 from .registry import register
@@ -68,11 +69,14 @@ from .registry import register
 
 # -- shared input checks (used by every aggregator module of this package) ---
 def check_updates(
-    updates: list[ClientUpdate], template: Params, num_clients: int | None = None
+    updates: list[ClientUpdate], template: Params, num_clients: int | None = None,
+    finite: bool = True,
 ) -> None:
     """Raise ValueError naming the client if an update does not match the
     global model (names, shapes), holds non-finite floats, has an id out of
-    range or appears twice. Aggregators must never turn bad input into NaN."""
+    range or appears twice. Aggregators must never turn bad input into NaN.
+    ``finite=False`` skips the (full-pass) finiteness scan: use it when the
+    output is checked instead and :func:`finite_or_blame` names the client."""
     seen: set[int] = set()
     for u in updates:
         cid = u.client_id
@@ -95,7 +99,7 @@ def check_updates(
                     f"client {cid}: '{name}' has shape {a.shape}, "
                     f"the global model has {ref.shape}"
                 )
-            if is_float(ref) and not np.all(np.isfinite(a)):
+            if finite and is_float(ref) and not np.all(np.isfinite(a)):
                 raise ValueError(f"client {cid}: '{name}' holds non-finite values")
 
 
@@ -105,6 +109,17 @@ def check_finite(params: Params, who: str) -> Params:
         if is_float(a) and not np.all(np.isfinite(a)):
             raise FloatingPointError(f"aggregator '{who}' produced non-finite values in '{name}'")
     return params
+
+
+def finite_or_blame(out: Params, updates: list[ClientUpdate], template: Params, who: str) -> Params:
+    """Check the aggregate; if it is not finite, find and name the client whose
+    update was (a non-finite input always makes the weighted output non-finite,
+    so scanning the output -- 1/M of the input bytes -- is enough)."""
+    for a in out.values():
+        if is_float(a) and not np.all(np.isfinite(a)):
+            check_updates(updates, template)  # raises naming the client
+            break
+    return check_finite(out, who)
 
 
 def check_info(info: RoundInfo, updates: list[ClientUpdate], num_clients: int) -> None:
@@ -179,17 +194,16 @@ class _DeltaRule(Aggregator):
     def direction(
         self, x: Params, updates: list[ClientUpdate], c: np.ndarray, info: RoundInfo
     ) -> dict[str, np.ndarray]:
-        """Default: Σ_k c_k Δ_k (float64) on every learnable tensor."""
+        """Default: Σ_k c_k Δ_k (float64) on every learnable tensor, one
+        chunked pass over the updates (bitwise the naive float64 loop)."""
         out: dict[str, np.ndarray] = {}
         for name, ref in x.items():
             if not is_learnable(name, ref):
                 continue
-            acc = np.zeros(ref.shape, dtype=np.float64)
-            base = ref.astype(np.float64)
-            for ck, u in zip(c, updates):
-                if ck != 0.0:
-                    acc += ck * (u.params[name].astype(np.float64) - base)
-            out[name] = acc
+            if updates:
+                out[name] = weighted_sum([u.params[name] for u in updates], c, center=ref)
+            else:
+                out[name] = np.zeros(ref.shape, dtype=np.float64)
         return out
 
     def observe(self, q: np.ndarray) -> None:
@@ -210,7 +224,7 @@ class _DeltaRule(Aggregator):
     def aggregate(self, global_params, updates, info):
         check_info(info, updates, self.num_clients)
         updates = sorted_updates(updates)
-        check_updates(updates, global_params, self.num_clients)
+        check_updates(updates, global_params, self.num_clients, finite=False)
         self._skip_to(info.round)
         c = np.asarray(self.coefficients(updates, info), dtype=np.float64)
         d = self.direction(global_params, updates, c, info)
@@ -229,7 +243,7 @@ class _DeltaRule(Aggregator):
         self.observe(info.participation())
         metrics = weights_metrics(updates, c)
         metrics.update(self.extra_metrics(updates, c))
-        return check_finite(out, self.name), metrics
+        return finite_or_blame(out, updates, global_params, self.name), metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_round": self.last_round}

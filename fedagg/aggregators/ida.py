@@ -53,7 +53,8 @@ from .base import (
     sorted_updates,
     weights_metrics,
 )
-from .fedau import check_finite, check_updates
+from .base import _CHUNK, weighted_sum
+from .fedau import check_finite, check_updates, finite_or_blame
 from .registry import register
 
 VARIANTS = ("ida", "intrac", "ida_intrac", "ida_fedavg")
@@ -101,14 +102,35 @@ class IDA(Aggregator):
         return np.sqrt(acc) if self.norm == "l2" else acc
 
     def partial_distances(self, updates: list[ClientUpdate], x: Params) -> dict[str, np.ndarray]:
-        """Per included tensor: Σ|θ_k − θ̄|^q for each client k."""
+        """Per included tensor: Σ|θ_k − θ̄|^q for each client k (θ̄ the unweighted
+        mean). Chunked: per chunk the mean is formed in cache, then each client's
+        distance to it -- two passes over the updates, float64 throughout."""
         out: dict[str, np.ndarray] = {}
+        m = len(updates)
         for name, ref in x.items():
             if not self.in_distance(name, ref):
                 continue
-            stack = np.stack([u.params[name].astype(np.float64) for u in updates])
-            mean = stack.mean(axis=0)
-            out[name] = np.array([self._partial(s - mean) for s in stack])
+            flat = [np.asarray(u.params[name]).reshape(-1) for u in updates]
+            size = flat[0].size
+            step = min(size, _CHUNK) or 1
+            mean = np.empty(step, dtype=np.float64)
+            t = np.empty(step, dtype=np.float64)
+            part = np.zeros(m, dtype=np.float64)
+            for s in range(0, size, step):
+                e = min(size, s + step)
+                mu, tt = mean[: e - s], t[: e - s]
+                mu.fill(0.0)
+                for a in flat:
+                    np.add(mu, a[s:e], out=mu)
+                mu /= m
+                for k, a in enumerate(flat):
+                    np.subtract(a[s:e], mu, out=tt)
+                    # square/abs in place + sum: no BLAS call (np.dot spins BLAS threads)
+                    if self.norm == "l2":
+                        part[k] += float(np.multiply(tt, tt, out=tt).sum())
+                    else:
+                        part[k] += float(np.abs(tt, out=tt).sum())
+            out[name] = part
         return out
 
     def coefficients(self, d: np.ndarray, updates: list[ClientUpdate]) -> np.ndarray:
@@ -136,7 +158,7 @@ class IDA(Aggregator):
         if not updates:
             return global_params, {"weights": []}
         updates = sorted_updates(updates)
-        check_updates(updates, global_params)
+        check_updates(updates, global_params, finite=False)
         if len(updates) == 1:
             out = {k: np.array(v, copy=True) for k, v in updates[0].params.items()}
             return out, {**weights_metrics(updates, np.ones(1)), "ida_distances": [0.0]}
@@ -144,6 +166,8 @@ class IDA(Aggregator):
         total = np.zeros(len(updates))
         for v in parts.values():
             total += v
+        if not np.all(np.isfinite(total)):  # a non-finite input: name the client
+            check_updates(updates, global_params)
         d_model = self._finish(total)
         alpha_model = self.coefficients(d_model, updates)
         per_tensor: dict[str, np.ndarray] = {}
@@ -156,11 +180,8 @@ class IDA(Aggregator):
                 out[name] = np.array(updates[top].params[name], copy=True)
                 continue
             a = per_tensor.get(name, alpha_model)
-            acc = np.zeros(ref.shape, dtype=np.float64)
-            for w, u in zip(a, updates):
-                acc += w * u.params[name]
-            out[name] = acc.astype(ref.dtype)
+            out[name] = weighted_sum([u.params[name] for u in updates], a, out_dtype=ref.dtype)
         shown = np.mean(list(per_tensor.values()), axis=0) if per_tensor else alpha_model
         metrics = weights_metrics(updates, shown)
         metrics["ida_distances"] = [float(x) for x in d_model]
-        return check_finite(out, self.name), metrics
+        return finite_or_blame(out, updates, global_params, self.name), metrics
