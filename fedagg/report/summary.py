@@ -224,7 +224,7 @@ def build_tables(root: Path, last_k: int = 5, target: float | None = None):
     if target is not None:
         runs_df["rounds_to_target"] = runs_df["rounds_to_target"].astype("Int64")
     # groups in sorted order, seeds ascending inside; index labels keep pointing into `runs`
-    key = runs_df[group_keys].astype(str).agg("|".join, axis=1) if group_keys else pd.Series("", index=runs_df.index)
+    key = runs_df[group_keys].map(str).agg("|".join, axis=1) if group_keys else pd.Series("", index=runs_df.index)
     seed = pd.to_numeric(runs_df["seed"], errors="coerce")
     runs_df = runs_df.loc[pd.DataFrame({"k": key, "s": seed}).sort_values(["k", "s"], kind="stable").index]
 
