@@ -32,18 +32,12 @@ def call_client(client_app: Any, msg: Message, ctx: Context) -> Message:
     return reply
 
 
-class InProcessGrid(Grid):
-    def __init__(self, client_app: Any, num_nodes: int, node_config: dict[str, Any] | None = None) -> None:
-        self.client_app = client_app
-        self.node_ids = [1000 + i for i in range(num_nodes)]
-        self.contexts = {
-            nid: Context(run_id=1, node_id=nid,
-                         node_config={"partition-id": i, "num-partitions": num_nodes, **(node_config or {})},
-                         state=RecordDict(), run_config={})
-            for i, nid in enumerate(self.node_ids)
-        }
-        self._replies: dict[str, Message] = {}
-        self._run = None
+class SimulatedGrid(Grid):
+    """Grid plumbing shared by fedagg's simulation grids: a fixed list of
+    simulated node ids; subclasses deliver the messages."""
+
+    node_ids: list[int]
+    _run: Any = None
 
     def set_run(self, run: Any) -> None:
         self._run = run
@@ -57,6 +51,19 @@ class InProcessGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
+
+
+class InProcessGrid(SimulatedGrid):
+    def __init__(self, client_app: Any, num_nodes: int, node_config: dict[str, Any] | None = None) -> None:
+        self.client_app = client_app
+        self.node_ids = [1000 + i for i in range(num_nodes)]
+        self.contexts = {
+            nid: Context(run_id=1, node_id=nid,
+                         node_config={"partition-id": i, "num-partitions": num_nodes, **(node_config or {})},
+                         state=RecordDict(), run_config={})
+            for i, nid in enumerate(self.node_ids)
+        }
+        self._replies: dict[str, Message] = {}
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []

@@ -56,9 +56,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
-from flwr.serverapp import Grid
 
-from .inprocess import call_client, set_task_identity
+from .inprocess import SimulatedGrid, call_client, set_task_identity
 
 log = logging.getLogger("fedagg")
 
@@ -293,7 +292,7 @@ def get_pool(rt: dict[str, Any], num_clients: int) -> _Pool:
 
 
 # --------------------------------------------------------------------------- the grid
-class RayGrid(Grid):
+class RayGrid(SimulatedGrid):
     def __init__(self, pool: _Pool, num_nodes: int, batch_size: int | str = 8, max_retries: int = 2,
                  node_config: dict[str, Any] | None = None) -> None:
         self.pool = pool
@@ -308,21 +307,6 @@ class RayGrid(Grid):
         self._pending: dict[Any, tuple[int, list[Message], int]] = {}  # ref -> (actor, msgs, attempt)
         self._replies: dict[str, Message] = {}
         self._pushes = 0
-        self._run = None
-
-    # -- Grid plumbing ---------------------------------------------------------
-    def set_run(self, run: Any) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Any:
-        return self._run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # noqa: ANN001
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.node_ids)
 
     @property
     def num_workers(self) -> int:
