@@ -4,33 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..registry import Registry
 from .base import Aggregator, AggregatorContext
 
-_REGISTRY: dict[str, type[Aggregator]] = {}
-
-
-def register(name: str):
-    def deco(cls: type[Aggregator]) -> type[Aggregator]:
-        if name in _REGISTRY:
-            raise ValueError(f"aggregator '{name}' registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def available() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> type[Aggregator]:
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"aggregator.name='{name}' is not a known aggregator; "
-            f"valid choices: {', '.join(available())}"
-        )
-    return _REGISTRY[name]
+_REGISTRY: Registry[type[Aggregator]] = Registry("aggregator.name")
+register = _REGISTRY.register
+available = _REGISTRY.available
+get = _REGISTRY.get
 
 
 def build(name: str, ctx: AggregatorContext, **options: Any) -> Aggregator:

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from ..registry import Registry
 from ..seeding import rng as named_rng
 
 
@@ -69,25 +70,13 @@ def atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
-_LOADERS: dict[str, Callable[..., Dataset]] = {}
-
-
-def register_dataset(name: str):
-    def deco(fn):
-        _LOADERS[name] = fn
-        return fn
-
-    return deco
-
-
-def available() -> list[str]:
-    return sorted(_LOADERS)
+_LOADERS: Registry[Callable[..., Dataset]] = Registry("dataset.name")
+register_dataset = _LOADERS.register
+available = _LOADERS.available
 
 
 def load_dataset(name: str, seed: int = 0, **options: Any) -> Dataset:
-    if name not in _LOADERS:
-        raise ValueError(f"dataset.name='{name}' is not known; valid choices: {', '.join(available())}")
-    fn = _LOADERS[name]
+    fn = _LOADERS.get(name)
     options = {k: v for k, v in options.items() if v is not None and v != ""}
     params = inspect.signature(fn).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):

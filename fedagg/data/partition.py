@@ -25,23 +25,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..registry import Registry
 from ..seeding import rng as named_rng
 
-_PARTITIONERS: dict[str, Callable[..., list[np.ndarray]]] = {}
+_PARTITIONERS: Registry[Callable[..., list[np.ndarray]]] = Registry("partition.name")
 # partitions that may leave samples unassigned by design (FedDisco NIID-2 leftovers)
 PARTIAL_COVER = {"niid2"}
 
 
-def register_partition(name: str):
-    def deco(fn):
-        _PARTITIONERS[name] = fn
-        return fn
-
-    return deco
-
-
-def available() -> list[str]:
-    return sorted(_PARTITIONERS)
+register_partition = _PARTITIONERS.register
+available = _PARTITIONERS.available
 
 
 def _drop_none(options: dict[str, Any]) -> dict[str, Any]:
@@ -61,8 +54,7 @@ def partition(
 
     ``groups`` (one natural client id per sample) is only used by ``natural``.
     """
-    if name not in _PARTITIONERS:
-        raise ValueError(f"partition.name='{name}' is not known; valid choices: {', '.join(available())}")
+    fn = _PARTITIONERS.get(name)
     num_clients = int(num_clients)
     if num_clients < 1:
         raise ValueError(f"num_clients={num_clients} must be >= 1")
@@ -74,10 +66,10 @@ def partition(
     labels = np.asarray(labels)
     r = named_rng(seed, "partition")
     if name == "natural":
-        parts = _PARTITIONERS[name](labels, num_clients, r, groups=groups, **options)
+        parts = fn(labels, num_clients, r, groups=groups, **options)
     else:
         try:
-            parts = _PARTITIONERS[name](labels, num_clients, r, **options)
+            parts = fn(labels, num_clients, r, **options)
         except TypeError as e:  # unknown option
             raise ValueError(f"partition '{name}': bad option ({e}); check the partition.* keys") from e
     empty = [i for i, p in enumerate(parts) if len(p) == 0]

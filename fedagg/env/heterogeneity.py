@@ -28,30 +28,21 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..registry import Registry
 from ..seeding import rng as named_rng
 
-_MODELS: dict[str, Callable[..., "Heterogeneity"]] = {}
+_MODELS: Registry[Callable[..., "Heterogeneity"]] = Registry("heterogeneity.name")
 
 
-def register_heterogeneity(name: str):
-    def deco(cls):
-        _MODELS[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
-
-
-def available() -> list[str]:
-    return sorted(_MODELS)
+register_heterogeneity = _MODELS.register
+available = _MODELS.available
 
 
 def build_heterogeneity(name: str, num_clients: int, seed: int, **options: Any) -> "Heterogeneity":
-    if name not in _MODELS:
-        raise ValueError(f"heterogeneity.name='{name}' is not known; valid choices: {', '.join(available())}")
+    cls = _MODELS.get(name)
     options = {k: v for k, v in options.items() if k != "name" and v is not None}
     try:
-        return _MODELS[name](num_clients, seed, **options)
+        return cls(num_clients, seed, **options)
     except TypeError as e:
         raise ValueError(f"heterogeneity '{name}': bad option ({e}); check the heterogeneity.* keys") from e
 

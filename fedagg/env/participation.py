@@ -38,35 +38,26 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..registry import Registry
 from ..seeding import rng as named_rng
 
-_PATTERNS: dict[str, Callable[..., "Participation"]] = {}
+_PATTERNS: Registry[Callable[..., "Participation"]] = Registry("participation.name")
 _BLOCK = 1024
 
 
-def register_participation(name: str):
-    def deco(cls):
-        _PATTERNS[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
-
-
-def available() -> list[str]:
-    return sorted(_PATTERNS)
+register_participation = _PATTERNS.register
+available = _PATTERNS.available
 
 
 def build_participation(
     name: str, num_clients: int, seed: int, label_dists: np.ndarray | None = None, **options: Any
 ) -> "Participation":
-    if name not in _PATTERNS:
-        raise ValueError(f"participation.name='{name}' is not known; valid choices: {', '.join(available())}")
+    cls = _PATTERNS.get(name)
     if int(num_clients) < 1:
         raise ValueError(f"num_clients={num_clients} must be >= 1")
     options = {k: v for k, v in options.items() if k != "name"}
     try:
-        return _PATTERNS[name](num_clients, seed, label_dists, **options)
+        return cls(num_clients, seed, label_dists, **options)
     except TypeError as e:
         raise ValueError(f"participation '{name}': bad option ({e}); check the participation.* keys") from e
 

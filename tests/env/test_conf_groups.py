@@ -25,7 +25,10 @@ def load(path: Path) -> dict:
     d = yaml.safe_load(path.read_text())
     assert isinstance(d, dict) and "name" in d, path
     assert all(not isinstance(v, dict) for v in d.values()), f"{path} must be flat"
-    assert d["name"] == path.stem, f"{path}: name should match the file name"
+    # a file is either the entry itself or a named variant of a registered entry
+    # (e.g. partition/niid1.yaml = dirichlet with FedDisco's settings); the name
+    # must be registered -- each test below builds it
+    assert isinstance(d["name"], str) and d["name"], path
     return d
 
 
@@ -33,7 +36,7 @@ def load(path: Path) -> dict:
 def test_dataset_conf(path):
     d = load(path)
     assert d["name"] in datasets.available()
-    params = inspect.signature(datasets._LOADERS[d["name"]]).parameters
+    params = inspect.signature(datasets._LOADERS.get(d["name"])).parameters
     assert set(d) - {"name"} <= set(params)
 
 
