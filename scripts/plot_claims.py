@@ -1,0 +1,206 @@
+#!/usr/bin/env python
+"""Figures for experiments/RESULTS.md, read from the claim sweeps' run folders
+(each run: config.yaml + metrics.csv, as written by ``fedagg -m``).
+
+    python scripts/plot_claims.py [--runs experiments/runs] [--out experiments/figures] [claim ...]
+
+claims: fedau feddisco fedlaw ida gossip (default: every one whose sweep
+folder ``<runs>/claim_<name>`` exists). Curves are the mean over seeds with a
+±1 std band; nothing is smoothed or dropped (failed / unfinished runs, i.e.
+without status "completed", are skipped and counted on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+DPI = 80
+
+
+def load_runs(sweep: Path) -> list[dict]:
+    runs, skipped = [], 0
+    for cfg_path in sorted(sweep.glob("*/config.yaml")):
+        run = cfg_path.parent
+        st = run / "status.json"
+        m = run / "metrics.csv"
+        ok = st.exists() and json.loads(st.read_text()).get("status") == "completed" and m.exists()
+        if not ok:
+            skipped += 1
+            continue
+        runs.append({"cfg": yaml.safe_load(cfg_path.read_text()), "df": pd.read_csv(m), "dir": run})
+    if skipped:
+        print(f"{sweep.name}: skipped {skipped} run(s) that are not completed", file=sys.stderr)
+    return runs
+
+
+def group(runs: list[dict], key) -> dict:
+    out = defaultdict(list)
+    for r in runs:
+        out[key(r["cfg"])].append(r["df"])
+    return out
+
+
+def band(ax, dfs: list[pd.DataFrame], col: str, label: str, **kw) -> None:
+    dfs = [d for d in dfs if col in d.columns]
+    if not dfs:
+        return
+    n = min(len(d) for d in dfs)
+    x = dfs[0]["round"].to_numpy()[:n]
+    y = np.stack([d[col].to_numpy(dtype=float)[:n] for d in dfs])
+    m, s = y.mean(0), y.std(0)
+    (line,) = ax.plot(x, m, label=f"{label} (n={len(dfs)})", lw=1.3, **kw)
+    ax.fill_between(x, m - s, m + s, color=line.get_color(), alpha=0.15, lw=0)
+
+
+def save(fig, out: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    print(f"wrote {out} ({out.stat().st_size // 1024} KB)")
+
+
+def method(cfg: dict) -> str:
+    a = cfg["aggregator"]
+    name = a["name"]
+    if name == "fedau":
+        return "FedAU K=∞" if a.get("K") is None else f"FedAU K={a['K']}"
+    if name == "ida":
+        return {"ida": "IDA", "intrac": "INTRAC", "ida_fedavg": "IDA+FedAvg", "ida_intrac": "IDA+INTRAC"}[a["variant"]]
+    if name == "gossip":
+        topo = {"ring": "ring", "k_regular": f"{a['degree']}-regular"}.get(a["topology"], a["topology"])
+        return f"gossip {topo} {'VC' if a['variance_correction'] else 'plain'}"
+    return name
+
+
+# --------------------------------------------------------------------------- claims
+def fedau(runs, out: Path) -> None:
+    pats = ["bernoulli", "markov", "cyclic"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
+    for ax, p in zip(axes, pats):
+        g = group([r for r in runs if r["cfg"]["participation"]["name"] == p], method)
+        for lab in sorted(g):
+            band(ax, g[lab], "test_accuracy", lab)
+        ax.set_title(f"participation={p}", fontsize=9)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy")
+    axes[0].legend(fontsize=7, loc="lower right")
+    save(fig, out / "claim_fedau_accuracy.png")
+
+
+def feddisco(runs, out: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, (pname, title) in zip(axes, [("dirichlet", "NIID-1 (Dirichlet β=0.5, 10 clients)"), ("niid2", "NIID-2 (5 biased + 1 unbiased)")]):
+        g = group([r for r in runs if r["cfg"]["partition"]["name"] == pname],
+                  lambda c: ("FedAvgM" if c["base"] == "fedavgm" else "FedAvg") + (" + Disco" if c["aggregator"]["name"] == "feddisco" else ""))
+        for lab in sorted(g):
+            band(ax, g[lab], "test_accuracy", lab, ls="-" if "Disco" in lab else "--")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy")
+    axes[0].legend(fontsize=7, loc="lower right")
+    save(fig, out / "claim_feddisco_accuracy.png")
+
+
+def fedlaw(runs, out: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    g = group(runs, lambda c: (c["partition"]["alpha"], c["aggregator"]["name"]))
+    for (alpha, name) in sorted(g):
+        band(axes[0], g[(alpha, name)], "test_accuracy", f"{name} α={alpha}", ls="-" if name == "fedlaw" else "--")
+        if name == "fedlaw":
+            band(axes[1], g[(alpha, name)], "fedlaw_gamma", f"FedLAW γ, α={alpha}")
+    axes[0].set_ylabel("test accuracy")
+    axes[1].axhline(1.0, color="k", lw=0.8, ls=":")
+    axes[1].set_ylabel("learned γ (global shrinking)")
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    save(fig, out / "claim_fedlaw_accuracy_gamma.png")
+
+
+def ida(runs, out: Path, last_k: int = 5) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    g = group(runs, lambda c: (method(c), float(c["noise"]["fraction"])))
+    methods = sorted({m for m, _ in g})
+    for m in methods:
+        fr = sorted(f for mm, f in g if mm == m)
+        finals = [np.array([d["test_accuracy"].to_numpy()[-last_k:].mean() for d in g[(m, f)]]) for f in fr]
+        axes[0].errorbar(fr, [x.mean() for x in finals], yerr=[x.std() for x in finals], marker="o", capsize=3,
+                         label=m, lw=1.3)
+    axes[0].set_xlabel("fraction of OOD clients (label_permute)")
+    axes[0].set_ylabel(f"final test accuracy (mean of last {last_k} rounds)")
+    axes[0].legend(fontsize=7)
+    axes[0].grid(alpha=0.3)
+    top = max(f for _, f in g)
+    for m in methods:
+        band(axes[1], g[(m, top)], "test_accuracy", m)
+    axes[1].set_title(f"OOD fraction {top}", fontsize=9)
+    axes[1].set_xlabel("round")
+    axes[1].grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    save(fig, out / "claim_ida_noise.png")
+
+
+def gossip(runs, out: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    g = group(runs, method)
+    for i, lab in enumerate(sorted(g)):
+        kw = {"ls": "-" if "VC" in lab else ("--" if "plain" in lab else ":"), "color": f"C{i}"}
+        band(axes[0], g[lab], "test_accuracy", lab, **kw)
+        if "gossip" in lab:
+            band(axes[1], g[lab], "node_layer_variance", lab, **kw)
+            band(axes[2], g[lab], "consensus_distance", lab, **kw)
+    axes[0].set_ylabel("test accuracy (mean of node models)")
+    axes[1].set_ylabel("weight variance of a node's layers")
+    axes[1].set_yscale("log")
+    axes[2].set_ylabel("consensus distance")
+    axes[2].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    save(fig, out / "claim_gossip.png")
+
+
+CLAIMS = {"fedau": fedau, "feddisco": feddisco, "fedlaw": fedlaw, "ida": ida, "gossip": gossip}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("claims", nargs="*", help=f"any of {', '.join(CLAIMS)} (default: all)")
+    ap.add_argument("--runs", default="experiments/runs")
+    ap.add_argument("--out", default="experiments/figures")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bad = sorted(set(a.claims) - set(CLAIMS))
+    if bad:
+        ap.error(f"unknown claim(s) {bad}; choose from {list(CLAIMS)}")
+    for name in a.claims or list(CLAIMS):
+        sweep = Path(a.runs) / f"claim_{name}"
+        if not sweep.is_dir():
+            print(f"{sweep}: no sweep folder, skipped", file=sys.stderr)
+            continue
+        runs = load_runs(sweep)
+        if not runs:
+            print(f"{sweep}: no completed runs", file=sys.stderr)
+            continue
+        CLAIMS[name](runs, out)
+
+
+if __name__ == "__main__":
+    main()
