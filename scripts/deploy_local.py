@@ -327,7 +327,13 @@ class Cluster:
         st = self.wait_run(rid, timeout, out_dir=out_dir)
         res = RunResult(rid, overrides, str(out_dir), st, time.time() - t0)
         if not res.ok:
-            res.error = self.run_log(rid)
+            # the ServerApp's own status.json names the cause reliably; flwr log may not be flushed yet
+            cause = ""
+            try:
+                cause = json.loads((Path(out_dir) / "status.json").read_text()).get("error", "")
+            except (OSError, ValueError):
+                pass
+            res.error = (f"ServerApp error: {cause}\n" if cause else "") + self.run_log(rid)
             if st.startswith("timeout"):
                 self.cli("stop", str(rid), "fedagg", timeout=60)
         _log(f"run {rid}: {st} after {res.seconds:.1f}s")
