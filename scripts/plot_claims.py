@@ -6,7 +6,7 @@
 
 claims: fedau feddisco fedlaw ida gossip (default: every one whose sweep
 folder ``<runs>/claim_<name>`` exists). Curves are the mean over seeds with a
-±1 std band; nothing is smoothed or dropped (failed / unfinished runs, i.e.
+±1 sample-std band (ddof=1, as fedagg-report); nothing is smoothed or dropped (failed / unfinished runs, i.e.
 without status "completed", are skipped and counted on stderr).
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def band(ax, dfs: list[pd.DataFrame], col: str, label: str, **kw) -> None:
     n = min(len(d) for d in dfs)
     x = dfs[0]["round"].to_numpy()[:n]
     y = np.stack([d[col].to_numpy(dtype=float)[:n] for d in dfs])
-    m, s = y.mean(0), y.std(0)
+    m, s = y.mean(0), (y.std(0, ddof=1) if len(y) > 1 else np.zeros(y.shape[1]))
     (line,) = ax.plot(x, m, label=f"{label} (n={len(dfs)})", lw=1.3, **kw)
     ax.fill_between(x, m - s, m + s, color=line.get_color(), alpha=0.15, lw=0)
 
@@ -139,7 +139,7 @@ def ida(runs, out: Path, last_k: int = 5) -> None:
     for m in methods:
         fr = sorted(f for mm, f in g if mm == m)
         finals = [np.array([d["test_accuracy"].to_numpy()[-last_k:].mean() for d in g[(m, f)]]) for f in fr]
-        axes[0].errorbar(fr, [x.mean() for x in finals], yerr=[x.std() for x in finals], marker="o", capsize=3,
+        axes[0].errorbar(fr, [x.mean() for x in finals], yerr=[x.std(ddof=1) if len(x) > 1 else 0.0 for x in finals], marker="o", capsize=3,
                          label=m, lw=1.3)
     axes[0].set_xlabel("fraction of OOD clients (label_permute)")
     axes[0].set_ylabel(f"final test accuracy (mean of last {last_k} rounds)")
