@@ -36,3 +36,23 @@ def test_aggregator_runs_through_flower_host(name, tmp_path):
         assert "fedlaw_gamma" in rows[0]
     if name == "gossip":
         assert rows[0]["consensus_distance"] > 0
+
+
+def test_feddisco_keeps_the_clients_fedprox_term(tmp_path, monkeypatch):
+    """train.proximal_mu reaches the clients under FedDisco as under FedAvg
+    (an unset aggregator.proximal_mu must not override it to 0)."""
+    import fedagg.flower.client_app as ca
+
+    seen: list[float] = []
+    real = ca.train_local
+
+    def spy(*a, **k):
+        seen.append(k["proximal_mu"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(ca, "train_local", spy)
+    run(compose(*MNIST1D, "rounds=1", "aggregator=feddisco", "train.proximal_mu=0.01"), tmp_path / "a")
+    assert seen and set(seen) == {0.01}
+    seen.clear()
+    run(compose(*MNIST1D, "rounds=1", "aggregator=feddisco", "aggregator.proximal_mu=0.05"), tmp_path / "b")
+    assert set(seen) == {0.05}

@@ -121,7 +121,9 @@ class FedDisco(Aggregator):
         self.opt = ServerOptimizer(server_lr, server_momentum)
 
     def client_config(self) -> dict[str, Any]:
-        return {"proximal_mu": self.proximal_mu}
+        # only a FedProx term the aggregator itself sets: an unset one (0) must not
+        # override the client's own train.proximal_mu
+        return {"proximal_mu": self.proximal_mu} if self.proximal_mu > 0 else {}
 
     def weights(self, updates: list[ClientUpdate]) -> tuple[np.ndarray, np.ndarray, bool]:
         """(p_k, d_k, fell_back) for the participants, in the given order."""

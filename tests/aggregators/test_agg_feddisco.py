@@ -103,6 +103,6 @@ def test_composes_with_server_lr_and_momentum():
 
 def test_fedprox_term_goes_to_clients():
     assert build("feddisco", ctx(), proximal_mu=0.01).client_config() == {"proximal_mu": 0.01}
-    assert build("feddisco", ctx()).client_config() == {"proximal_mu": 0.0}
+    assert build("feddisco", ctx()).client_config() == {}  # never overrides train.proximal_mu
     with pytest.raises(ValueError):
         build("feddisco", ctx(), metric="kl_div")
