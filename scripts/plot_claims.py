@@ -4,7 +4,7 @@
 
     python scripts/plot_claims.py [--runs experiments/runs] [--out experiments/figures] [claim ...]
 
-claims: fedau feddisco fedlaw ida gossip (default: every one whose sweep
+claims: fedau feddisco fedlaw ida gossip, and the IDA follow-ups ida_iid ida_flip (default: every one whose sweep
 folder ``<runs>/claim_<name>`` exists). Curves are the mean over seeds with a
 ±1 sample-std band (ddof=1, as fedagg-report); nothing is smoothed or dropped (failed / unfinished runs, i.e.
 without status "completed", are skipped and counted on stderr).
@@ -132,7 +132,7 @@ def fedlaw(runs, out: Path) -> None:
     save(fig, out / "claim_fedlaw_accuracy_gamma.png")
 
 
-def ida(runs, out: Path, last_k: int = 5) -> None:
+def ida(runs, out: Path, last_k: int = 5, name: str = "claim_ida") -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     g = group(runs, lambda c: (method(c), float(c["noise"]["fraction"])))
     methods = sorted({m for m, _ in g})
@@ -141,18 +141,19 @@ def ida(runs, out: Path, last_k: int = 5) -> None:
         finals = [np.array([d["test_accuracy"].to_numpy()[-last_k:].mean() for d in g[(m, f)]]) for f in fr]
         axes[0].errorbar(fr, [x.mean() for x in finals], yerr=[x.std(ddof=1) if len(x) > 1 else 0.0 for x in finals], marker="o", capsize=3,
                          label=m, lw=1.3)
-    axes[0].set_xlabel("fraction of OOD clients (label_permute)")
+    noise = runs[0]["cfg"]["noise"]["kind"]
+    axes[0].set_xlabel(f"fraction of noisy clients ({noise})")
     axes[0].set_ylabel(f"final test accuracy (mean of last {last_k} rounds)")
     axes[0].legend(fontsize=7)
     axes[0].grid(alpha=0.3)
     top = max(f for _, f in g)
     for m in methods:
         band(axes[1], g[(m, top)], "test_accuracy", m)
-    axes[1].set_title(f"OOD fraction {top}", fontsize=9)
+    axes[1].set_title(f"noisy fraction {top}", fontsize=9)
     axes[1].set_xlabel("round")
     axes[1].grid(alpha=0.3)
     axes[1].legend(fontsize=7)
-    save(fig, out / "claim_ida_noise.png")
+    save(fig, out / f"{name}_noise.png")
 
 
 def gossip(runs, out: Path) -> None:
@@ -176,7 +177,10 @@ def gossip(runs, out: Path) -> None:
     save(fig, out / "claim_gossip.png")
 
 
-CLAIMS = {"fedau": fedau, "feddisco": feddisco, "fedlaw": fedlaw, "ida": ida, "gossip": gossip}
+CLAIMS = {"fedau": fedau, "feddisco": feddisco, "fedlaw": fedlaw, "ida": ida, "gossip": gossip,
+          # follow-up sweeps of the IDA claim (commands in RESULTS.md)
+          "ida_iid": lambda runs, out: ida(runs, out, name="claim_ida_iid"),
+          "ida_flip": lambda runs, out: ida(runs, out, name="claim_ida_flip")}
 
 
 def main() -> None:
