@@ -1,0 +1,34 @@
+"""CI smoke test of every evidence preset: the whole claim grid (every
+method and condition, seed 0, 2 rounds) through `fedagg -m`, then
+`fedagg-report` on it. The full sweeps are in experiments/RESULTS.md."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fedagg_testing import ROOT, fedagg_cmd
+
+CLAIMS = sorted(p.stem[: -len("_small")] for p in (ROOT / "conf" / "experiment").glob("claim_*_small.yaml"))
+
+
+def test_every_claim_has_a_small_variant():
+    full = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("claim_*.yaml") if not p.stem.endswith("_small"))
+    assert full == CLAIMS and len(CLAIMS) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("claim", CLAIMS)
+def test_claim_small_sweep_runs_and_reports(claim, tmp_path):
+    sweep = tmp_path / "sweep"
+    p = subprocess.run(fedagg_cmd() + ["-m", f"+experiment={claim}_small", f"hydra.sweep.dir={sweep}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    statuses = [json.loads(s.read_text())["status"] for s in sweep.glob("*/status.json")]
+    assert len(statuses) >= 4 and set(statuses) == {"completed"}, statuses
+    r = subprocess.run([sys.executable, "-m", "fedagg.report", str(sweep), "--no-plots"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (sweep / "summary.md").exists() and "±" in r.stdout
