@@ -117,12 +117,8 @@ def train(msg: Message, context: Context) -> Message:
     steps = int(cfg.get("train.steps", 0))
     batch = int(cfg.get("train.batch_size", 32))
     n = len(data.y_train)
-    full_steps = steps if steps > 0 else epochs * max(1, -(-n // batch))
-    max_steps = None
-    if "sim.work_fraction" in cfg:
-        max_steps = max(1, int(full_steps * float(cfg["sim.work_fraction"])))
-    if fault == "dropout":  # trains part of the round, then disappears
-        max_steps = max(1, full_steps // 2)
+    # a dropout trains half the round, then disappears; a straggler does part of it
+    work = 0.5 if fault == "dropout" else float(cfg.get("sim.work_fraction", 1.0))
     res = train_local(
         model, data.x_train, data.y_train,
         epochs=epochs, steps=steps, batch_size=batch,
@@ -130,7 +126,7 @@ def train(msg: Message, context: Context) -> Message:
         momentum=float(cfg.get("train.momentum", 0.0)),
         weight_decay=float(cfg.get("train.weight_decay", 0.0)),
         proximal_mu=float(cfg.get("proximal_mu", cfg.get("train.proximal_mu", 0.0))),
-        max_steps=max_steps, seed=int(cfg["seed"]), round=rnd, client=pid, device=_device(cfg),
+        work_fraction=work, seed=int(cfg["seed"]), round=rnd, client=pid, device=_device(cfg),
     )
     if fault == "dropout":
         raise InjectedFault(f"client {pid}: dropped out mid-round after {res.steps} steps")

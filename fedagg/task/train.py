@@ -29,7 +29,7 @@ def train_local(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     proximal_mu: float = 0.0,
-    max_steps: int | None = None,
+    work_fraction: float = 1.0,
     seed: int = 0,
     round: int = 0,
     client: int = 0,
@@ -38,8 +38,9 @@ def train_local(
     """Minibatch SGD on (x, y).
 
     ``steps > 0`` runs exactly that many minibatch steps (FedAU's I), cycling
-    over reshuffled epochs; otherwise ``epochs`` full passes. ``max_steps``
-    cuts work short (a straggler's partial work). The shuffling order comes
+    over reshuffled epochs; otherwise ``epochs`` full passes. ``work_fraction``
+    < 1 does only that share of the steps, at least one (a straggler's partial
+    work, a client that drops out mid-round). The shuffling order comes
     from the named stream (seed, "shuffle", round, client). ``proximal_mu``
     adds FedProx's (mu/2)||w - w_global||^2.
     """
@@ -52,8 +53,8 @@ def train_local(
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     loss_fn = nn.CrossEntropyLoss()
     total_steps = steps if steps > 0 else epochs * max(1, -(-n // batch_size))
-    if max_steps is not None:
-        total_steps = min(total_steps, max_steps)
+    if work_fraction < 1.0:
+        total_steps = max(1, int(total_steps * work_fraction))
     done, loss_sum, correct, seen = 0, 0.0, 0, 0
     while done < total_steps:
         perm = torch.randperm(n, generator=gen)
