@@ -49,23 +49,34 @@ def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def load(run_dir: Path) -> dict[str, Any]:
+class ResumeError(ValueError):
+    """A resume that could not continue exactly."""
+
+
+def load_for_resume(run_dir: Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Read the checkpoint in ``run_dir`` once and refuse it, naming the key,
+    unless ``cfg`` can continue it exactly."""
     path = Path(run_dir) / NAME
     if not path.exists():
-        raise FileNotFoundError(f"resume={run_dir}: no {NAME} there; run with checkpoint.every=k to write one")
+        raise ResumeError(f"resume={run_dir}: no {NAME} there; run with checkpoint.every=k to write one")
     with open(path, "rb") as f:
-        return pickle.load(f)
-
-
-def restore(run_dir: Path, exp: Any, host: Any, rec: Any) -> int:
-    """Load a checkpoint into the components; returns the last finished round."""
-    state = load(run_dir)
-    changed = config_diff(state["config"], exp.cfg)
+        state = pickle.load(f)
+    changed = config_diff(state["config"], cfg)
     if changed:
-        raise ValueError(
+        raise ResumeError(
             f"resume={run_dir}: the checkpoint was written with a different value of "
-            f"{', '.join(changed[:5])}; use the original config to resume"
+            f"{', '.join(changed[:5])}; resume with the original value(s)"
         )
+    if int(state["round"]) >= int(cfg["rounds"]):
+        raise ResumeError(
+            f"resume={run_dir}: the checkpoint is at round {state['round']}, rounds={cfg['rounds']}; "
+            "nothing to do (raise rounds)"
+        )
+    return state
+
+
+def restore(state: Mapping[str, Any], exp: Any, host: Any, rec: Any) -> int:
+    """Put a loaded checkpoint into the components; returns its last finished round."""
     host.params = state["params"]
     exp.aggregator.load_state_dict(state["aggregator"])
     exp.participation.load_state_dict(state["participation"])

@@ -147,6 +147,7 @@ class Experiment:
     y_test: np.ndarray
     base_config: dict[str, Any]
     device: str
+    resume_state: dict[str, Any] | None = None  # a checked checkpoint (resume=...), restored by run_server
 
     def model(self) -> torch.nn.Module:
         s = self.model_spec
@@ -205,6 +206,13 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         exp.aggregator = agg.build(cfg["aggregator"]["name"], ctx, **aopts)
     except TypeError as e:
         raise ConfigError(f"aggregator options: {e}") from e
+    if cfg.get("resume"):  # read and checked once, before any runtime starts
+        from . import checkpoint as ckpt
+
+        try:
+            exp.resume_state = ckpt.load_for_resume(Path(cfg["resume"]), cfg)
+        except ckpt.ResumeError as e:
+            raise ConfigError(str(e)) from e
     tr = cfg.get("train", {})
     exp.base_config = {
         "fedagg.spec": json.dumps(data_spec(cfg), sort_keys=True),
@@ -241,10 +249,10 @@ def run_server(grid: Any, exp: Experiment, out_dir: str | Path) -> list[dict[str
     metric_logger = make_logger(cfg, out)  # issue 6
     host.params = exp.init_params(0)
     start = 1
-    resume_from = cfg.get("resume")
-    if resume_from:
-        start = ckpt.restore(Path(resume_from), exp, host, rec) + 1
-        log.info("resumed from %s at round %d", resume_from, start)
+    if exp.resume_state is not None:
+        start = ckpt.restore(exp.resume_state, exp, host, rec) + 1
+        exp.resume_state = None  # restored; do not hold its copy of the models for the whole run
+        log.info("resumed from %s at round %d", cfg["resume"], start)
     host.connect(grid)
     every = int((cfg.get("checkpoint") or {}).get("every", 0) or 0)
     total = cfg["rounds"]
@@ -282,24 +290,6 @@ def make_server_app(exp: Experiment, out_dir: str | Path, result: dict[str, Any]
     return app
 
 
-def check_resume(run_dir: Path, cfg: Mapping[str, Any]) -> None:
-    """Refuse a resume that could not continue exactly (before anything runs)."""
-    from . import checkpoint as ckpt
-
-    try:
-        state = ckpt.load(run_dir)
-    except FileNotFoundError as e:
-        raise ConfigError(str(e)) from e
-    changed = ckpt.config_diff(state["config"], cfg)
-    if changed:
-        raise ConfigError(
-            f"resume={run_dir}: the checkpoint was written with a different value of "
-            f"{', '.join(changed[:5])}; resume with the original value(s)"
-        )
-    if int(state["round"]) >= int(cfg["rounds"]):
-        raise ConfigError(f"resume={run_dir}: the checkpoint is at round {state['round']}, rounds={cfg['rounds']}; nothing to do (raise rounds)")
-
-
 def write_config(cfg: Mapping[str, Any], out: Path) -> None:
     import yaml
 
@@ -315,8 +305,6 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> list[dict[str, Any]]:
     if threads:  # small models: one thread avoids OpenMP oversubscription (2.6x faster on 2 loaded cores)
         torch.set_num_threads(int(threads))
     out = Path(out_dir)
-    if exp.cfg.get("resume"):
-        check_resume(Path(exp.cfg["resume"]), exp.cfg)
     write_config(exp.cfg, out)
     from .runtime import get_runtime
 
