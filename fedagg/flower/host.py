@@ -71,10 +71,8 @@ class AggregationHost(Strategy):
         self.max_update_norm = max_update_norm
         self.node_of: dict[int, int] = {}  # client id -> Flower node id
         self.client_of: dict[int, int] = {}  # Flower node id -> client id
-        self.label_hists: dict[int, np.ndarray] = {}
         self.params: Params = {}
-        self._sent: dict[str, tuple[int, Params]] = {}
-        self._asked: list[int] = []
+        self._sent: dict[int, tuple[Message, Params]] = {}  # this round: client id -> (message, model sent)
 
     # -- connection: wait for nodes (pitfall P1), learn stable client ids ----
     def connect(self, grid: Grid, wait: bool = True) -> None:
@@ -104,7 +102,6 @@ class AggregationHost(Strategy):
                 log.warning("client %d moved from node %s to node %s", cid, self.node_of[cid], node)
                 self.client_of.pop(self.node_of[cid], None)
             self.node_of[cid], self.client_of[node] = node, cid
-            self.label_hists[cid] = np.asarray(m["label-hist"])
         missing = sorted(set(range(self.num_clients)) - set(self.node_of))
         if missing:
             log.warning("no node serves client id(s) %s yet", missing[:20])
@@ -112,24 +109,22 @@ class AggregationHost(Strategy):
     # -- the five Strategy methods -----------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         available = np.asarray(self.participation.available(server_round), dtype=bool)
-        self._asked = [c for c in np.flatnonzero(available).tolist() if c in self.node_of]
+        asked = [c for c in np.flatnonzero(available).tolist() if c in self.node_of]
         shared = arrays if not self.aggregator.per_node_models else None
-        msgs, self._sent = [], {}
+        self._sent = {}
         extra = {**self.aggregator.client_config()}
-        for cid in self._asked:
+        for cid in asked:
             plan = self.heterogeneity.plan(server_round, cid)
             cfg = to_config({**config, **extra, **{f"sim.{k}": v for k, v in plan.items()}})
             params = self.aggregator.params_for(cid, self.params)
             rec = shared if shared is not None else params_to_record(params)
             msg = Message(RecordDict({"arrays": rec, "config": cfg}), dst_node_id=self.node_of[cid],
                           message_type=MessageType.TRAIN, group_id=str(server_round))
-            msgs.append(msg)
-            self._sent[cid] = params
-        return msgs
+            self._sent[cid] = (msg, params)
+        return [msg for msg, _ in self._sent.values()]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         rec = self._aggregate(server_round, list(replies))
-        self._last = rec
         return None, MetricRecord({"replied": len(rec.replied)})
 
     def configure_evaluate(self, server_round, arrays, config, grid) -> Iterable[Message]:
@@ -147,8 +142,8 @@ class AggregationHost(Strategy):
         updates: list[ClientUpdate] = []
         failed: dict[int, str] = {}
         rejected: dict[int, str] = {}
-        for cid, msg in zip(self._asked, self._sent_msgs):
-            reply = by_msg.get(msg.metadata.message_id)
+        for cid, (msg, sent) in self._sent.items():
+            reply = by_msg.get(msg.metadata.message_id)  # the grid set message_id when it pushed msg
             if reply is None:
                 failed[cid] = "no reply before the round timeout"
                 continue
@@ -156,7 +151,7 @@ class AggregationHost(Strategy):
                 failed[cid] = f"client error: {reply.error.reason.strip().splitlines()[-1][:300] if reply.error.reason else 'unknown'}"
                 continue
             try:
-                updates.append(reply_to_update(reply, cid, self._sent[cid], self.num_classes, self.max_update_norm))
+                updates.append(reply_to_update(reply, cid, sent, self.num_classes, self.max_update_norm))
             except InvalidUpdate as e:
                 rejected[cid] = str(e)
         for cid, why in failed.items():
@@ -164,7 +159,8 @@ class AggregationHost(Strategy):
         for cid, why in rejected.items():
             log.warning("round %d: update of client %d rejected: %s", rnd, cid, why)
         updates.sort(key=lambda u: u.client_id)
-        info = RoundInfo(rnd, self.num_clients, tuple(self._asked), tuple(u.client_id for u in updates))
+        asked = list(self._sent)
+        info = RoundInfo(rnd, self.num_clients, tuple(asked), tuple(u.client_id for u in updates))
         if not updates:
             log.warning("round %d: no valid update arrived; the global model is unchanged", rnd)
         new_params, agg_metrics = self.aggregator.aggregate(self.params, updates, info)
@@ -172,16 +168,14 @@ class AggregationHost(Strategy):
         n = np.array([u.num_examples for u in updates], dtype=float)
         losses = [u.train_loss for u in updates]
         train_loss = float(np.dot(n, losses) / n.sum()) if updates and None not in losses else None
-        return RoundRecord(rnd, list(self._asked), list(info.replied), failed, rejected, train_loss, agg_metrics)
+        return RoundRecord(rnd, asked, list(info.replied), failed, rejected, train_loss, agg_metrics)
 
     def run_round(self, grid: Grid, rnd: int) -> RoundRecord:
         t0 = time.perf_counter()
         self.connect(grid, wait=False)  # picks up late or reconnected nodes; cheap when nothing changed
         msgs = list(self.configure_train(rnd, params_to_record(self.params) if not self.aggregator.per_node_models else ArrayRecord(), {**self.base_config, "round": rnd}, grid))
         replies = list(grid.send_and_receive(msgs, timeout=self.round_timeout)) if msgs else []
-        self._sent_msgs = msgs
-        self.aggregate_train(rnd, replies)
-        rec = self._last
+        rec = self._aggregate(rnd, replies)
         if self.evaluate_fn is not None:
             rec.test_loss, rec.test_accuracy = self.evaluate_fn(self.params)
         rec.seconds = time.perf_counter() - t0
