@@ -48,6 +48,12 @@ def test_inprocess_run_writes_results_and_learns(tmp_path):
         ("runtime.num_gpus_per_client=0.5", "runtime.num_gpus_per_client"),
         ("device=cuda", "device"),
         ("runtime.num_cpus_per_client=999", "runtime.num_cpus_per_client"),
+        ("model.name=nosuch", "model.name"),
+        ("runtime.name=nosuch", "runtime.name"),
+        ("participation.name=nosuch", "participation.name"),
+        ("heterogeneity.name=nosuch", "heterogeneity.name"),
+        ("+aggregator.nosuch_option=1", "aggregator.nosuch_option"),
+        ("train.lr=0", "train.lr"),
     ],
 )
 def test_bad_config_fails_before_training(override, key, monkeypatch):
