@@ -8,7 +8,7 @@ round and a :class:`RoundInfo` that holds only what the server *observes*
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -126,6 +126,20 @@ class Aggregator:
 
 # -- helpers shared by the weighted-sum rules --------------------------------
 _CHUNK = 1 << 15  # elements per chunk: 256 KiB of float64 accumulator, fits in L2
+
+
+def chunked(size: int, buffers: int) -> Iterator[tuple[slice, list[np.ndarray]]]:
+    """Walk a flat array of ``size`` elements in cache-sized chunks: yields each
+    chunk's slice and ``buffers`` float64 scratch views of its length. The
+    scratch is reused across chunks, so it stays in cache and only the inputs
+    are read from memory."""
+    step = min(size, _CHUNK) or 1
+    scratch = [np.empty(step, dtype=np.float64) for _ in range(buffers)]
+    for s in range(0, size, step):
+        e = min(size, s + step)
+        yield slice(s, e), [b[: e - s] for b in scratch]
+
+
 def weighted_sum(
     arrays: list[np.ndarray], weights: np.ndarray, center: np.ndarray | None = None,
     out_dtype: Any = np.float64,
@@ -143,21 +157,16 @@ def weighted_sum(
     flat = [(float(w), np.asarray(a).reshape(-1)) for w, a in zip(weights, arrays) if w != 0.0]
     cflat = None if center is None else np.asarray(center).reshape(-1)
     res = np.empty(size, dtype=out_dtype)
-    step = min(size, _CHUNK) or 1
-    acc = np.empty(step, dtype=np.float64)
-    tmp = np.empty(step, dtype=np.float64)
-    for s in range(0, size, step):
-        e = min(size, s + step)
-        a, t = acc[: e - s], tmp[: e - s]
+    for sl, (a, t) in chunked(size, 2):
         a.fill(0.0)
         for w, arr in flat:
             if cflat is None:
-                np.multiply(arr[s:e], w, out=t)
+                np.multiply(arr[sl], w, out=t)
             else:
-                np.subtract(arr[s:e], cflat[s:e], out=t, dtype=np.float64)
+                np.subtract(arr[sl], cflat[sl], out=t, dtype=np.float64)
                 np.multiply(t, w, out=t)
             np.add(a, t, out=a)
-        res[s:e] = a
+        res[sl] = a
     return res.reshape(shape)
 
 

@@ -53,7 +53,7 @@ from .base import (
     sorted_updates,
     weights_metrics,
 )
-from .base import _CHUNK, weighted_sum
+from .base import chunked, weighted_sum
 from .fedau import check_finite, check_updates, finite_or_blame
 from .registry import register
 
@@ -111,20 +111,14 @@ class IDA(Aggregator):
             if not self.in_distance(name, ref):
                 continue
             flat = [np.asarray(u.params[name]).reshape(-1) for u in updates]
-            size = flat[0].size
-            step = min(size, _CHUNK) or 1
-            mean = np.empty(step, dtype=np.float64)
-            t = np.empty(step, dtype=np.float64)
             part = np.zeros(m, dtype=np.float64)
-            for s in range(0, size, step):
-                e = min(size, s + step)
-                mu, tt = mean[: e - s], t[: e - s]
+            for sl, (mu, tt) in chunked(flat[0].size, 2):
                 mu.fill(0.0)
                 for a in flat:
-                    np.add(mu, a[s:e], out=mu)
+                    np.add(mu, a[sl], out=mu)
                 mu /= m
                 for k, a in enumerate(flat):
-                    np.subtract(a[s:e], mu, out=tt)
+                    np.subtract(a[sl], mu, out=tt)
                     # square/abs in place + sum: no BLAS call (np.dot spins BLAS threads)
                     if self.norm == "l2":
                         part[k] += float(np.multiply(tt, tt, out=tt).sum())
