@@ -1,10 +1,12 @@
 """Per-run outputs: metrics.csv (one row per round), rounds.jsonl (who was
 asked, who replied, why others failed, aggregation weights) and the
-accuracy plot. Files are rewritten atomically so a killed run never leaves a
-half-written file."""
+accuracy plot. Each round appends one line to each file (constant work per
+round); the files are rewritten whole, atomically, only when the metric
+columns change or a resume loads earlier rounds."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -28,6 +30,7 @@ class Recorder:
         self.out.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         self.details: list[dict[str, Any]] = []
+        self._columns: list[str] | None = None  # metrics.csv's header as written; None = rewrite
 
     def add(self, rec: Any) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -54,25 +57,37 @@ class Recorder:
             "rejected": {str(k): v for k, v in rec.rejected.items()},
             **lists,
         })
-        self.flush()
+        if self._columns is None or any(k not in self._columns for k in row):
+            self.flush()
+        else:  # the usual round: append one line to each file
+            with open(self.out / "metrics.csv", "a") as f:
+                f.write(self._csv(self._columns, [row], header=False))
+            with open(self.out / "rounds.jsonl", "a") as f:
+                f.write(json.dumps(self.details[-1], default=float) + "\n")
         return row
 
     def load(self, rows: list[dict[str, Any]], details: list[dict[str, Any]]) -> None:
         self.rows, self.details = list(rows), list(details)
+        self._columns = None  # the next add() rewrites both files from these
+
+    @staticmethod
+    def _csv(cols: list[str], rows: list[dict[str, Any]], header: bool) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        if header:
+            w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+        return buf.getvalue()
 
     def flush(self) -> None:
+        """Rewrite both files whole (atomically) from the rows and details so far."""
         cols = list(BASE_COLUMNS)
         for r in self.rows:
             cols += [k for k in r if k not in cols]
-        import io
-
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-        w.writeheader()
-        for r in self.rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
-        atomic_write_text(self.out / "metrics.csv", buf.getvalue())
+        atomic_write_text(self.out / "metrics.csv", self._csv(cols, self.rows, header=True))
         atomic_write_text(self.out / "rounds.jsonl", "".join(json.dumps(d, default=float) + "\n" for d in self.details))
+        self._columns = cols
 
     def plot(self, title: str = "") -> Path | None:
         rows = [r for r in self.rows if r.get("test_accuracy") is not None]
