@@ -40,9 +40,9 @@ app = ServerApp()
 def conf_dir() -> Path:
     """``conf/`` next to the imported fedagg package (the repo in an editable
     install, the FAB's copy when the app runs from $FLWR_HOME/apps/...)."""
-    import fedagg
+    from ..cli import CONF_DIR  # the one place that says where conf/ is
 
-    d = Path(fedagg.__file__).resolve().parent.parent / "conf"
+    d = Path(CONF_DIR)
     if not (d / "config.yaml").is_file():
         raise FileNotFoundError(
             f"fedagg config dir not found at {d}; install fedagg from the repo (pip install -e .) "
