@@ -21,15 +21,21 @@ def set_task_identity(run_id: int = 1, node_id: int = 0, task_id: int = 1) -> No
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, node_id, task_id
 
 
+def reply_from_node(reply: Message, msg: Message) -> Message:
+    """Stamp the sender on a reply, as a SuperLink does: the node ``msg`` went to."""
+    reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+    return reply
+
+
 def call_client(client_app: Any, msg: Message, ctx: Context) -> Message:
     """Run the ClientApp on one message; an exception becomes an error reply,
-    as in Flower's real runtimes."""
+    as in Flower's real runtimes. The reply comes from ``msg``'s node."""
     try:
         reply = client_app(msg, ctx)
     except Exception as e:  # noqa: BLE001 - any client failure is a failed reply
         reason = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
         reply = Message(Error(code=ERROR_CODE_CLIENT_EXCEPTION, reason=reason), reply_to=msg)
-    return reply
+    return reply_from_node(reply, msg)
 
 
 class SimulatedGrid(Grid):
@@ -71,7 +77,6 @@ class InProcessGrid(SimulatedGrid):
             mid = uuid.uuid4().hex
             msg.metadata.__dict__["_message_id"] = mid
             reply = call_client(self.client_app, msg, self.contexts[msg.metadata.dst_node_id])
-            reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
             self._replies[mid] = reply
             ids.append(mid)
         return ids

@@ -57,7 +57,7 @@ from typing import Any, Callable, Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 
-from .inprocess import SimulatedGrid, call_client, set_task_identity
+from .inprocess import SimulatedGrid, call_client, reply_from_node, set_task_identity
 
 log = logging.getLogger("fedagg")
 
@@ -101,9 +101,7 @@ class ClientWorker:
                 ctx = self.contexts[nid] = Context(
                     run_id=1, node_id=nid, node_config=dict(node_config), state=RecordDict(), run_config={}
                 )
-            reply = call_client(self.app, msg, ctx)
-            reply.metadata.__dict__["_src_node_id"] = nid
-            replies.append(reply)
+            replies.append(call_client(self.app, msg, ctx))
         return replies
 
 
@@ -368,9 +366,7 @@ class RayGrid(SimulatedGrid):
 
     @staticmethod
     def _error_reply(msg: Message, reason: str) -> Message:
-        r = Message(Error(code=ERROR_CODE_WORKER_LOST, reason=reason), reply_to=msg)
-        r.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
-        return r
+        return reply_from_node(Message(Error(code=ERROR_CODE_WORKER_LOST, reason=reason), reply_to=msg), msg)
 
     def wait(self, timeout: float | None = None) -> None:
         """Collect replies as calls complete, until none is pending or the
