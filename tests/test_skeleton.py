@@ -6,7 +6,6 @@ import csv
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -6,7 +6,6 @@ import importlib.util
 import json
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import yaml

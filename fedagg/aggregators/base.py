@@ -200,3 +200,71 @@ def weights_metrics(updates: list[ClientUpdate], weights: np.ndarray) -> dict[st
         "weight_clients": [int(u.client_id) for u in updates],
         "weights": [float(w) for w in weights],
     }
+
+
+# -- shared input checks (used by every aggregator module) ---
+def check_updates(
+    updates: list[ClientUpdate], template: Params, num_clients: int | None = None,
+    finite: bool = True,
+) -> None:
+    """Raise ValueError naming the client if an update does not match the
+    global model (names, shapes), holds non-finite floats, has an id out of
+    range or appears twice. Aggregators must never turn bad input into NaN.
+    ``finite=False`` skips the (full-pass) finiteness scan: use it when the
+    output is checked instead and :func:`finite_or_blame` names the client."""
+    seen: set[int] = set()
+    for u in updates:
+        cid = u.client_id
+        if cid in seen:
+            raise ValueError(f"client {cid}: sent two updates in the same round")
+        seen.add(cid)
+        if num_clients is not None and not 0 <= cid < num_clients:
+            raise ValueError(f"client {cid}: id outside 0..{num_clients - 1}")
+        if set(u.params) != set(template):
+            missing = sorted(set(template) - set(u.params))
+            extra = sorted(set(u.params) - set(template))
+            raise ValueError(
+                f"client {cid}: parameter names differ from the global model "
+                f"(missing {missing}, unexpected {extra})"
+            )
+        for name, ref in template.items():
+            a = np.asarray(u.params[name])
+            if a.shape != ref.shape:
+                raise ValueError(
+                    f"client {cid}: '{name}' has shape {a.shape}, "
+                    f"the global model has {ref.shape}"
+                )
+            if finite and is_float(ref) and not np.all(np.isfinite(a)):
+                raise ValueError(f"client {cid}: '{name}' holds non-finite values")
+
+
+def check_finite(params: Params, who: str) -> Params:
+    """Refuse to hand back a model with NaN/inf (never silently)."""
+    for name, a in params.items():
+        if is_float(a) and not np.all(np.isfinite(a)):
+            raise FloatingPointError(f"aggregator '{who}' produced non-finite values in '{name}'")
+    return params
+
+
+def finite_or_blame(out: Params, updates: list[ClientUpdate], template: Params, who: str) -> Params:
+    """Check the aggregate; if it is not finite, find and name the client whose
+    update was (a non-finite input always makes the weighted output non-finite,
+    so scanning the output -- 1/M of the input bytes -- is enough)."""
+    for a in out.values():
+        if is_float(a) and not np.all(np.isfinite(a)):
+            check_updates(updates, template)  # raises naming the client
+            break
+    return check_finite(out, who)
+
+
+def check_info(info: RoundInfo, updates: list[ClientUpdate], num_clients: int) -> None:
+    if info.num_clients != num_clients:
+        raise ValueError(
+            f"RoundInfo.num_clients={info.num_clients} but the aggregator was built "
+            f"for {num_clients} clients"
+        )
+    got = sorted(u.client_id for u in updates)
+    if got != sorted(info.replied):
+        raise ValueError(
+            f"updates come from clients {got} but RoundInfo.replied is {sorted(info.replied)}"
+        )

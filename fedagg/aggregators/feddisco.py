@@ -39,7 +39,7 @@ from .base import (
     weighted_average,
     weights_metrics,
 )
-from .fedau import check_finite, check_updates
+from .base import check_finite, check_updates
 from .fedavg import ServerOptimizer
 from .registry import register
 

@@ -43,7 +43,7 @@ from .base import (
     sorted_updates,
     weights_metrics,
 )
-from .fedau import check_finite, check_updates
+from .base import check_finite, check_updates
 from .registry import register
 
 

@@ -55,7 +55,7 @@ from .base import (
     is_learnable,
     sorted_updates,
 )
-from .fedau import check_finite, check_info, check_updates
+from .base import check_finite, check_info, check_updates
 from .registry import register
 
 TOPOLOGIES = ("ring", "k_regular", "erdos_renyi", "complete")

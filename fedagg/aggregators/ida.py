@@ -54,7 +54,7 @@ from .base import (
     weights_metrics,
 )
 from .base import chunked, weighted_sum
-from .fedau import check_finite, check_updates, finite_or_blame
+from .base import check_updates, finite_or_blame
 from .registry import register
 
 VARIANTS = ("ida", "intrac", "ida_intrac", "ida_fedavg")

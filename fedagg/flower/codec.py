@@ -11,7 +11,7 @@ import json
 from typing import Any, Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
 from ..aggregators.base import ClientUpdate, Params
 
