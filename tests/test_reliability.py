@@ -207,3 +207,19 @@ def test_resume_with_changed_key_is_refused_and_overwrites_nothing(tmp_path):
     assert "train.lr" in str(e.value)
     after = {p.name: p.read_bytes() for p in old.iterdir() if p.is_file()}
     assert before == after
+
+
+def test_node_with_out_of_range_partition_id_is_refused_by_name():
+    """A SuperNode started with --node-config 'partition-id=9' in a 6-client run:
+    its ClientApp answers with an error naming the key and the valid range."""
+    from fedagg.flower.codec import to_config
+    from fedagg.runtime.inprocess import call_client
+    from flwr.app import MessageType, RecordDict as RD
+
+    exp = build(compose(*SMALL, "runtime=inprocess"))
+    set_task_identity()
+    msg = Message(RD({"config": to_config(exp.base_config)}), dst_node_id=7, message_type=MessageType.QUERY)
+    ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 9, "num-partitions": 6}, state=RD(), run_config={})
+    reply = call_client(real_client_app, msg, ctx)
+    assert reply.has_error()
+    assert "partition-id=9 is out of range 0..5" in reply.error.reason

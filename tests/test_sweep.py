@@ -159,3 +159,11 @@ def test_joblib_sweep_of_12_jobs_finishes(tmp_path):
         assert json.loads((d / "status.json").read_text())["status"] == "completed"
         assert yaml.safe_load((d / "config.yaml").read_text())["runtime"]["num_cpus"] == share
     print(f"12-job joblib sweep: {took:.1f}s")
+
+
+def test_unknown_preset_is_a_clear_error(tmp_path):
+    p = subprocess.run(fedagg_cmd() + ["+experiment=nosuch", "runtime=inprocess", f"hydra.run.dir={tmp_path}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "Could not find 'experiment/nosuch'" in p.stderr and "compare_participation" in p.stderr
+    assert "Traceback" not in p.stderr and not (tmp_path / "metrics.csv").exists()

@@ -183,3 +183,9 @@ def test_unknown_name_and_option():
         partition("nope", LABELS, 3)
     with pytest.raises(ValueError, match="partition"):
         partition("iid", LABELS, 3, alpha=0.1)
+
+
+def test_partition_that_leaves_a_client_empty_names_the_key():
+    y = np.repeat(np.arange(10), 20)  # 200 samples, 50 clients, extreme skew
+    with pytest.raises(ValueError, match=r"left client\(s\) .* empty; raise partition.alpha"):
+        partition("dirichlet_fedlaw", y, 50, seed=0, alpha=0.01)
