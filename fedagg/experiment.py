@@ -289,7 +289,7 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     exp = build(cfg)
     threads = exp.cfg.get("torch_threads")
-    if threads:  # small models: one thread avoids OpenMP oversubscription (2.6x faster on 2 loaded cores)
+    if threads:  # small models: one thread avoids OpenMP oversubscription (see README, Performance)
         torch.set_num_threads(int(threads))
     out = Path(out_dir)
     write_config(exp.cfg, out)
