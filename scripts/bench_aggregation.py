@@ -87,8 +87,8 @@ def main() -> None:
             rows.append((name, float("nan"), float("nan"), f"skipped: {type(e).__name__}: {e}"))
             continue
         try:
-            t = timed(lambda: a.aggregate(glob, ups, info()), args.repeat)
-            out, _ = a.aggregate(glob, ups, info())
+            t = timed(lambda: a.apply(glob, ups, info()), args.repeat)
+            out, _ = a.apply(glob, ups, info())
             note = ""
             if name == "fedavg":
                 rel = max(float(np.max(np.abs(out[k] - ref[k])) / (np.max(np.abs(ref[k])) + 1e-12)) for k in ref)

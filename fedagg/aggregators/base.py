@@ -1,18 +1,37 @@
 """The aggregator contract: plain values in, plain values out.
 
-Aggregators are framework-free (no Flower, Ray or Hydra). They receive the
-current global parameters, the validated :class:`ClientUpdate` values of one
-round and a :class:`RoundInfo` that holds only what the server *observes*
-(who was asked, who replied) -- never the simulation's hidden truth.
+Aggregators are framework-free (no Flower, Ray or Hydra). Callers use one
+entry point, :meth:`Aggregator.apply`, with the current global parameters,
+the :class:`ClientUpdate` values of one round and a :class:`RoundInfo` that
+holds only what the server *observes* (who was asked, who replied) -- never
+the simulation's hidden truth. ``apply`` checks the input (client ids in
+range and unique, the same parameter names and shapes as the global model,
+finite values, label histograms, a consistent RoundInfo), then calls the
+rule's own :meth:`Aggregator.aggregate`, then checks the output. A rule
+therefore never sees bad input and can never hand back NaN; a subclass
+implements ``aggregate`` only (overriding ``apply`` is refused).
+
+A rule declares what it needs from the host with class attributes
+(``needs_proxy``, ``needs_model_fn``, ``needs_init_params``,
+``needs_oracle_probs``, ``needs_label_hist``); its :class:`AggregatorContext`
+holds only what it declared -- everything else is ``None``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+from numpy.typing import DTypeLike
+
+if TYPE_CHECKING:  # typing only: aggregators stay importable without torch
+    import torch
 
 Params = dict[str, np.ndarray]  # ordered: name -> array, as in a torch state_dict
+MetricValue = int | float | list[int] | list[float]
+Metrics = dict[str, MetricValue]  # what a rule reports about a round (Flower MetricRecord values)
+State = dict[str, object]  # a rule's state_dict (pickled into checkpoints)
 
 BN_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -31,9 +50,13 @@ def is_learnable(name: str, arr: np.ndarray) -> bool:
     return is_float(arr) and not is_bn_buffer(name)
 
 
+class InvalidUpdate(ValueError):
+    """An update (or a round's bookkeeping) that breaks the aggregator contract."""
+
+
 @dataclass(frozen=True)
 class ClientUpdate:
-    """One client's validated reply for one round.
+    """One client's reply for one round.
 
     ``client_id`` is the stable partition id (0..N-1), never Flower's node id.
     ``params`` is the client's full model state after local training.
@@ -45,7 +68,7 @@ class ClientUpdate:
     label_hist: np.ndarray | None = None
     train_loss: float | None = None
     train_accuracy: float | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, int | float | str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,7 +87,11 @@ class RoundInfo:
         return q
 
 
-@dataclass
+ModelFn = Callable[[], "torch.nn.Module"]
+InitParamsFn = Callable[[int], Params]
+
+
+@dataclass(frozen=True)
 class AggregatorContext:
     """What the host knows when it builds an aggregator.
 
@@ -72,55 +99,91 @@ class AggregatorContext:
     ``init_params_fn(client_id)`` gives an independently initialised model
     (gossip), ``proxy_data`` is the server's proxy set (FedLAW), and
     ``oracle_participation_probs`` is the simulation truth that only the
-    explicitly named oracle baseline (``known_prob``) may read.
+    oracle baseline (``known_prob``) may read. An aggregator sees only the
+    fields its class declares it needs (:meth:`restricted_to`).
     """
 
     num_clients: int
     num_classes: int
     seed: int = 0
-    model_fn: Callable[[], Any] | None = None
-    init_params_fn: Callable[[int], Params] | None = None
+    model_fn: ModelFn | None = None
+    init_params_fn: InitParamsFn | None = None
     proxy_data: tuple[np.ndarray, np.ndarray] | None = None
     oracle_participation_probs: np.ndarray | None = None
 
+    def restricted_to(self, cls: type[Aggregator]) -> AggregatorContext:
+        """This context with every field ``cls`` does not declare set to None."""
+        return replace(
+            self,
+            model_fn=self.model_fn if cls.needs_model_fn else None,
+            init_params_fn=self.init_params_fn if cls.needs_init_params else None,
+            proxy_data=self.proxy_data if cls.needs_proxy else None,
+            oracle_participation_probs=self.oracle_participation_probs if cls.needs_oracle_probs else None,
+        )
+
 
 class Aggregator:
-    """Base class. Subclasses implement :meth:`aggregate`.
+    """Base class. Subclasses implement :meth:`aggregate`; callers call :meth:`apply`.
 
     ``streaming = True`` marks rules that are weighted sums and could add each
     update into one accumulator as it arrives; rules that need the whole set
-    (IDA, FedLAW, gossip) set it False.
+    (IDA, FedLAW, gossip) set it False. ``per_node_models`` marks rules that
+    keep one model per client (gossip: :meth:`params_for`).
     """
 
-    name: str = "base"
-    streaming: bool = False
-    per_node_models: bool = False  # gossip: each client gets its own model
+    name: ClassVar[str] = "base"
+    streaming: ClassVar[bool] = False
+    per_node_models: ClassVar[bool] = False
+    # what the rule needs from the host; the context carries only these
+    needs_proxy: ClassVar[bool] = False  # ctx.proxy_data: the server's labelled proxy set
+    needs_model_fn: ClassVar[bool] = False  # ctx.model_fn: a torch model factory
+    needs_init_params: ClassVar[bool] = False  # ctx.init_params_fn: per-client initial models
+    needs_oracle_probs: ClassVar[bool] = False  # ctx.oracle_participation_probs: simulation truth
+    needs_label_hist: ClassVar[bool] = False  # every update must carry its label histogram
 
-    def __init__(self, ctx: AggregatorContext, **options: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "apply" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__qualname__} overrides Aggregator.apply; implement aggregate() instead "
+                "(apply runs the input and output checks every rule relies on)"
+            )
+
+    def __init__(self, ctx: AggregatorContext, **options: object) -> None:
         if options:
             raise TypeError(
                 f"aggregator '{self.name}' got unknown option(s) {sorted(options)}"
             )
-        self.ctx = ctx
+        self.ctx = ctx.restricted_to(type(self))
 
     # -- the contract -------------------------------------------------------
+    def apply(self, global_params: Params, updates: Sequence[ClientUpdate], info: RoundInfo) -> tuple[Params, Metrics]:
+        """Check the input, run the rule, check the output. The only entry point."""
+        check_updates(updates, global_params, self.ctx.num_clients, self.ctx.num_classes,
+                      self.name if self.needs_label_hist else None)
+        check_round(info, updates, self.ctx.num_clients)
+        out, metrics = self.aggregate(global_params, list(updates), info)
+        check_output(out, global_params, self.name)
+        return {k: out[k] for k in global_params}, metrics
+
     def aggregate(
         self, global_params: Params, updates: list[ClientUpdate], info: RoundInfo
-    ) -> tuple[Params, dict[str, Any]]:
+    ) -> tuple[Params, Metrics]:
+        """The rule itself; its input has passed :meth:`apply`'s checks."""
         raise NotImplementedError
 
     def params_for(self, client_id: int, global_params: Params) -> Params:
         """The model sent to ``client_id`` this round (gossip overrides)."""
         return global_params
 
-    def client_config(self) -> dict[str, Any]:
-        """Extra scalar config sent to clients (e.g. a FedProx mu)."""
+    def client_config(self) -> dict[str, float]:
+        """Extra training options sent to clients (e.g. a FedProx ``proximal_mu``)."""
         return {}
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> State:
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
         return None
 
 
@@ -142,7 +205,7 @@ def chunked(size: int, buffers: int) -> Iterator[tuple[slice, list[np.ndarray]]]
 
 def weighted_sum(
     arrays: list[np.ndarray], weights: np.ndarray, center: np.ndarray | None = None,
-    out_dtype: Any = np.float64,
+    out_dtype: DTypeLike = np.float64,
 ) -> np.ndarray:
     """Σ_k w_k (a_k − center) (center optional), accumulated in float64.
 
@@ -194,7 +257,7 @@ def sorted_updates(updates: list[ClientUpdate]) -> list[ClientUpdate]:
     return sorted(updates, key=lambda u: u.client_id)
 
 
-def weights_metrics(updates: list[ClientUpdate], weights: np.ndarray) -> dict[str, Any]:
+def weights_metrics(updates: list[ClientUpdate], weights: np.ndarray) -> Metrics:
     """Per-client weights as metrics, so a user can see why the model moved."""
     return {
         "weight_clients": [int(u.client_id) for u in updates],
@@ -202,69 +265,93 @@ def weights_metrics(updates: list[ClientUpdate], weights: np.ndarray) -> dict[st
     }
 
 
-# -- shared input checks (used by every aggregator module) ---
+# -- the checks apply() runs (once, for every rule) ---------------------------
+def _all_finite(a: np.ndarray) -> bool:
+    """True if every element is finite: a float64 sum first (no temporary the
+    size of ``a``); only an overflowing sum needs the element-wise test."""
+    if np.isfinite(a.sum(dtype=np.float64)):
+        return True
+    return bool(np.all(np.isfinite(a)))
+
+
+def check_round(info: RoundInfo, updates: Sequence[ClientUpdate], num_clients: int) -> None:
+    """RoundInfo agrees with the aggregator and the updates."""
+    if info.num_clients != num_clients:
+        raise InvalidUpdate(
+            f"RoundInfo.num_clients={info.num_clients} but the aggregator was built for {num_clients} clients"
+        )
+    for what, ids in (("asked", info.asked), ("replied", info.replied)):
+        bad = [c for c in ids if not 0 <= int(c) < num_clients]
+        if bad:
+            raise InvalidUpdate(f"RoundInfo.{what} holds client id(s) {bad[:5]} outside 0..{num_clients - 1}")
+        if len(set(ids)) != len(ids):
+            raise InvalidUpdate(f"RoundInfo.{what} lists a client twice: {sorted(ids)}")
+    not_asked = sorted(set(info.replied) - set(info.asked))
+    if not_asked:
+        raise InvalidUpdate(f"RoundInfo.replied holds client(s) {not_asked[:5]} that were not asked")
+    got = sorted(u.client_id for u in updates)
+    if got != sorted(info.replied):
+        raise InvalidUpdate(f"updates come from clients {got} but RoundInfo.replied is {sorted(info.replied)}")
+
+
 def check_updates(
-    updates: list[ClientUpdate], template: Params, num_clients: int | None = None,
-    finite: bool = True,
+    updates: Sequence[ClientUpdate], template: Params, num_clients: int, num_classes: int,
+    needs_hist: str | None = None,
 ) -> None:
-    """Raise ValueError naming the client if an update does not match the
-    global model (names, shapes), holds non-finite floats, has an id out of
-    range or appears twice. Aggregators must never turn bad input into NaN.
-    ``finite=False`` skips the (full-pass) finiteness scan: use it when the
-    output is checked instead and :func:`finite_or_blame` names the client."""
+    """Raise InvalidUpdate naming the client if an update has an id out of
+    range or twice, parameter names or shapes unlike the global model,
+    non-finite values, no positive example count, or a malformed label
+    histogram (or none, when ``needs_hist`` names a rule that needs one)."""
     seen: set[int] = set()
     for u in updates:
         cid = u.client_id
+        if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)):
+            raise InvalidUpdate(f"client id {cid!r} is not an integer")
+        if not 0 <= cid < num_clients:
+            raise InvalidUpdate(f"client {cid}: id outside 0..{num_clients - 1}")
         if cid in seen:
-            raise ValueError(f"client {cid}: sent two updates in the same round")
+            raise InvalidUpdate(f"client {cid}: sent two updates in the same round")
         seen.add(cid)
-        if num_clients is not None and not 0 <= cid < num_clients:
-            raise ValueError(f"client {cid}: id outside 0..{num_clients - 1}")
         if set(u.params) != set(template):
             missing = sorted(set(template) - set(u.params))
             extra = sorted(set(u.params) - set(template))
-            raise ValueError(
+            raise InvalidUpdate(
                 f"client {cid}: parameter names differ from the global model "
-                f"(missing {missing}, unexpected {extra})"
+                f"(missing {missing[:5]}, unexpected {extra[:5]})"
             )
         for name, ref in template.items():
             a = np.asarray(u.params[name])
             if a.shape != ref.shape:
-                raise ValueError(
-                    f"client {cid}: '{name}' has shape {a.shape}, "
-                    f"the global model has {ref.shape}"
+                raise InvalidUpdate(f"client {cid}: '{name}' has shape {a.shape}, the global model has {ref.shape}")
+            if is_float(a) and not _all_finite(a):
+                raise InvalidUpdate(f"client {cid}: '{name}' holds non-finite values")
+        n = u.num_examples
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise InvalidUpdate(f"client {cid}: num_examples={n!r} must be a positive integer")
+        if u.label_hist is None:
+            if needs_hist:
+                raise InvalidUpdate(
+                    f"client {cid}: aggregator '{needs_hist}' needs each client's label_hist (a ClientApp "
+                    "sends it as 'label-hist', a list of per-class counts, in the reply's metrics); none was sent"
                 )
-            if finite and is_float(ref) and not np.all(np.isfinite(a)):
-                raise ValueError(f"client {cid}: '{name}' holds non-finite values")
+            continue
+        h = np.asarray(u.label_hist)
+        if h.shape != (num_classes,):
+            raise InvalidUpdate(f"client {cid}: label_hist has shape {h.shape}, expected ({num_classes},)")
+        if not np.issubdtype(h.dtype, np.number) or not np.all(np.isfinite(h)) or np.any(h < 0):
+            raise InvalidUpdate(f"client {cid}: label_hist has negative or non-finite counts")
+        if h.sum() <= 0:
+            raise InvalidUpdate(f"client {cid}: label_hist is all zero")
 
 
-def check_finite(params: Params, who: str) -> Params:
-    """Refuse to hand back a model with NaN/inf (never silently)."""
-    for name, a in params.items():
-        if is_float(a) and not np.all(np.isfinite(a)):
+def check_output(out: Params, template: Params, who: str) -> None:
+    """The rule handed back a model like the global one, with finite values."""
+    if set(out) != set(template):
+        raise InvalidUpdate(
+            f"aggregator '{who}' returned parameters {list(out)[:5]}..., the global model has {list(template)[:5]}..."
+        )
+    for name, a in out.items():
+        if np.shape(a) != template[name].shape:
+            raise InvalidUpdate(f"aggregator '{who}' returned '{name}' with shape {np.shape(a)}, expected {template[name].shape}")
+        if is_float(np.asarray(a)) and not _all_finite(np.asarray(a)):
             raise FloatingPointError(f"aggregator '{who}' produced non-finite values in '{name}'")
-    return params
-
-
-def finite_or_blame(out: Params, updates: list[ClientUpdate], template: Params, who: str) -> Params:
-    """Check the aggregate; if it is not finite, find and name the client whose
-    update was (a non-finite input always makes the weighted output non-finite,
-    so scanning the output -- 1/M of the input bytes -- is enough)."""
-    for a in out.values():
-        if is_float(a) and not np.all(np.isfinite(a)):
-            check_updates(updates, template)  # raises naming the client
-            break
-    return check_finite(out, who)
-
-
-def check_info(info: RoundInfo, updates: list[ClientUpdate], num_clients: int) -> None:
-    if info.num_clients != num_clients:
-        raise ValueError(
-            f"RoundInfo.num_clients={info.num_clients} but the aggregator was built "
-            f"for {num_clients} clients"
-        )
-    got = sorted(u.client_id for u in updates)
-    if got != sorted(info.replied):
-        raise ValueError(
-            f"updates come from clients {got} but RoundInfo.replied is {sorted(info.replied)}"
-        )

@@ -60,9 +60,6 @@ from .base import (
     RoundInfo,
     is_float,
     is_learnable,
-    check_info,
-    check_updates,
-    finite_or_blame,
     sorted_updates,
     weighted_sum,
     weights_metrics,
@@ -157,9 +154,7 @@ class _DeltaRule(Aggregator):
         self.last_round = rnd
 
     def aggregate(self, global_params, updates, info):
-        check_info(info, updates, self.num_clients)
         updates = sorted_updates(updates)
-        check_updates(updates, global_params, self.num_clients, finite=False)
         self._skip_to(info.round)
         c = np.asarray(self.coefficients(updates, info), dtype=np.float64)
         d = self.direction(global_params, updates, c, info)
@@ -178,7 +173,7 @@ class _DeltaRule(Aggregator):
         self.observe(info.participation())
         metrics = weights_metrics(updates, c)
         metrics.update(self.extra_metrics(updates, c))
-        return finite_or_blame(out, updates, global_params, self.name), metrics
+        return out, metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_round": self.last_round}
@@ -224,11 +219,14 @@ class FedAU(_DeltaRule):
 @register("known_prob")
 class KnownProb(_DeltaRule):
     """Oracle baseline: ω_n = 1/p_n with the simulation's true p_n, divisor N.
-    The only aggregator that reads ``ctx.oracle_participation_probs``."""
+    The only aggregator that reads ``ctx.oracle_participation_probs``
+    (``needs_oracle_probs``; every other rule's context has None there)."""
+
+    needs_oracle_probs = True
 
     def __init__(self, ctx: AggregatorContext, server_lr: float = 1.0, **kw):
         super().__init__(ctx, server_lr=server_lr, **kw)
-        p = ctx.oracle_participation_probs
+        p = self.ctx.oracle_participation_probs
         if p is None:
             raise ValueError(
                 "aggregator 'known_prob' is the oracle baseline and needs "

@@ -2,8 +2,6 @@
 ``aggregator=fedavg`` select it from Hydra."""
 from __future__ import annotations
 
-from typing import Any
-
 from ..registry import Registry
 from .base import Aggregator, AggregatorContext
 
@@ -13,5 +11,7 @@ available = _REGISTRY.available
 get = _REGISTRY.get
 
 
-def build(name: str, ctx: AggregatorContext, **options: Any) -> Aggregator:
-    return get(name)(ctx, **options)
+def build(name: str, ctx: AggregatorContext, **options: object) -> Aggregator:
+    """The rule ``name`` with ``options``; its context holds only what the rule declares it needs."""
+    cls = get(name)
+    return cls(ctx.restricted_to(cls), **options)

@@ -163,7 +163,7 @@ class AggregationHost(Strategy):
         info = RoundInfo(rnd, self.num_clients, tuple(asked), tuple(u.client_id for u in updates))
         if not updates:
             log.warning("round %d: no valid update arrived; the global model is unchanged", rnd)
-        new_params, agg_metrics = self.aggregator.aggregate(self.params, updates, info)
+        new_params, agg_metrics = self.aggregator.apply(self.params, updates, info)
         self.params = new_params
         n = np.array([u.num_examples for u in updates], dtype=float)
         losses = [u.train_loss for u in updates]

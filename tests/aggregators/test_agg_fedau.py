@@ -22,7 +22,7 @@ def run_single_client(pattern, K):
     prev_m, prev_o = 0, 0.0
     for t, q in enumerate(pattern):
         ups = [upd(0, scalar(1.0))] if q else []
-        out, m = agg.aggregate(scalar(0.0), ups, info(t + 1, 1, [0] if q else []))
+        out, m = agg.apply(scalar(0.0), ups, info(t + 1, 1, [0] if q else []))
         if q:
             used.append(float(out["w"][0]))
             assert m["omega"] == [pytest.approx(used[-1])]
@@ -105,46 +105,46 @@ def test_mean_weight_limit_under_bernoulli(p, K, expected):
 def test_fedau_divides_by_N_and_uses_eta():
     # round 1: every client has ω = 1; x + η/N Σ Δ with N = 4, two replied
     agg = build("fedau", ctx(n=4), server_lr=2.0)
-    out, m = agg.aggregate(scalar(1.0), [upd(0, scalar(3.0)), upd(2, scalar(5.0))], info(1, 4, [0, 2]))
+    out, m = agg.apply(scalar(1.0), [upd(0, scalar(3.0)), upd(2, scalar(5.0))], info(1, 4, [0, 2]))
     assert out["w"][0] == pytest.approx(1.0 + 2.0 * (2.0 + 4.0) / 4)
     assert m["weights"] == [0.25, 0.25] and m["weight_clients"] == [0, 2]
     # round 2: client 1 replies first (ω = 1) and records interval 2 (0-based t0+1);
     # round 3: client 1 uses ω = 2, client 3 replies first: ω = 1 (unscaled)
-    _, m = agg.aggregate(scalar(0.0), [upd(1, scalar(0.0))], info(2, 4, [1]))
+    _, m = agg.apply(scalar(0.0), [upd(1, scalar(0.0))], info(2, 4, [1]))
     assert m["omega"] == [1.0]
-    _, m = agg.aggregate(scalar(0.0), [upd(1, scalar(1.0)), upd(3, scalar(1.0))], info(3, 4, [1, 3]))
+    _, m = agg.apply(scalar(0.0), [upd(1, scalar(1.0)), upd(3, scalar(1.0))], info(3, 4, [1, 3]))
     assert m["omega"] == [2.0, 1.0]
 
 
 def test_skipped_rounds_count_as_absences():
     a, b = build("fedau", ctx(n=2), K=None), build("fedau", ctx(n=2), K=None)
-    a.aggregate(scalar(0.0), [upd(0, scalar(1.0))], info(1, 2, [0]))
-    b.aggregate(scalar(0.0), [upd(0, scalar(1.0))], info(1, 2, [0]))
-    a.aggregate(scalar(0.0), [], info(2, 2, []))
-    a.aggregate(scalar(0.0), [], info(3, 2, []))
-    a.aggregate(scalar(0.0), [upd(0, scalar(1.0))], info(4, 2, [0]))
-    b.aggregate(scalar(0.0), [upd(0, scalar(1.0))], info(4, 2, [0]))  # rounds 2, 3 skipped
+    a.apply(scalar(0.0), [upd(0, scalar(1.0))], info(1, 2, [0]))
+    b.apply(scalar(0.0), [upd(0, scalar(1.0))], info(1, 2, [0]))
+    a.apply(scalar(0.0), [], info(2, 2, []))
+    a.apply(scalar(0.0), [], info(3, 2, []))
+    a.apply(scalar(0.0), [upd(0, scalar(1.0))], info(4, 2, [0]))
+    b.apply(scalar(0.0), [upd(0, scalar(1.0))], info(4, 2, [0]))  # rounds 2, 3 skipped
     np.testing.assert_array_equal(a.estimator.omega, b.estimator.omega)
     assert float(a.estimator.omega[0]) == pytest.approx((1 + 3) / 2)
     with pytest.raises(ValueError, match="round 4 after round 4"):
-        b.aggregate(scalar(0.0), [], info(4, 2, []))
+        b.apply(scalar(0.0), [], info(4, 2, []))
 
 
 def test_baselines_hand_computed():
     x = scalar(0.0)
     ups = [upd(0, scalar(2.0)), upd(1, scalar(4.0))]
     i1 = info(1, 4, [0, 1])
-    out, m = build("avg_participating", ctx(n=4)).aggregate(x, ups, i1)
+    out, m = build("avg_participating", ctx(n=4)).apply(x, ups, i1)
     assert out["w"][0] == pytest.approx(3.0) and sum(m["weights"]) == pytest.approx(1.0)
-    out, _ = build("avg_all", ctx(n=4)).aggregate(x, ups, i1)
+    out, _ = build("avg_all", ctx(n=4)).apply(x, ups, i1)
     assert out["w"][0] == pytest.approx(6.0 / 4)
     kp = build("known_prob", ctx(n=4, oracle_participation_probs=np.array([0.5, 0.25, 1.0, 1.0])))
-    out, m = kp.aggregate(x, ups, i1)
+    out, m = kp.apply(x, ups, i1)
     assert out["w"][0] == pytest.approx((2 / 0.5 + 4 / 0.25) / 4)
     assert m["weights"] == pytest.approx([0.5, 1.0])
     # empty round: no move for the participation-averaged rules
     for name in ("avg_participating", "avg_all", "fedau", "fedvarp"):
-        out, _ = build(name, ctx(n=4)).aggregate(scalar(7.0), [], info(1, 4, []))
+        out, _ = build(name, ctx(n=4)).apply(scalar(7.0), [], info(1, 4, []))
         assert out["w"][0] == 7.0
 
 
@@ -156,8 +156,8 @@ def test_known_prob_is_the_only_oracle_reader():
     # the other rules ignore the oracle: same output with or without it
     for name in ("fedau", "avg_all", "mifa", "fedvarp", "avg_participating"):
         ups = [upd(1, scalar(2.0))]
-        a, _ = build(name, ctx(n=4)).aggregate(scalar(0.0), ups, info(1, 4, [1]))
-        b, _ = build(name, ctx(n=4, oracle_participation_probs=np.full(4, 0.01))).aggregate(
+        a, _ = build(name, ctx(n=4)).apply(scalar(0.0), ups, info(1, 4, [1]))
+        b, _ = build(name, ctx(n=4, oracle_participation_probs=np.full(4, 0.01))).apply(
             scalar(0.0), ups, info(1, 4, [1])
         )
         assert a["w"][0] == b["w"][0]
@@ -165,25 +165,25 @@ def test_known_prob_is_the_only_oracle_reader():
 
 def test_mifa_uses_stored_updates_of_absent_clients():
     agg = build("mifa", ctx(n=4))
-    out, _ = agg.aggregate(scalar(0.0), [upd(0, scalar(4.0)), upd(1, scalar(8.0))], info(1, 4, [0, 1]))
+    out, _ = agg.apply(scalar(0.0), [upd(0, scalar(4.0)), upd(1, scalar(8.0))], info(1, 4, [0, 1]))
     assert out["w"][0] == pytest.approx((4 + 8) / 4)
     # round 2 from x=3: client 0 sends Δ=1; client 1's stored Δ=8 still counts
-    out, _ = agg.aggregate(scalar(3.0), [upd(0, scalar(4.0))], info(2, 4, [0]))
+    out, _ = agg.apply(scalar(3.0), [upd(0, scalar(4.0))], info(2, 4, [0]))
     assert out["w"][0] == pytest.approx(3.0 + (1 + 8) / 4)
-    out, _ = agg.aggregate(scalar(5.0), [], info(3, 4, []))  # empty round still moves
+    out, _ = agg.apply(scalar(5.0), [], info(3, 4, []))  # empty round still moves
     assert out["w"][0] == pytest.approx(5.0 + 9 / 4)
 
 
 def test_fedvarp_hand_computed():
     agg = build("fedvarp", ctx(n=4))
     # round 1: y = 0: (1/2)(4 + 8) + 0 = 6; then y0 = 4, y1 = 8, ȳ = 3
-    out, m = agg.aggregate(scalar(0.0), [upd(0, scalar(4.0)), upd(1, scalar(8.0))], info(1, 4, [0, 1]))
+    out, m = agg.apply(scalar(0.0), [upd(0, scalar(4.0)), upd(1, scalar(8.0))], info(1, 4, [0, 1]))
     assert out["w"][0] == pytest.approx(6.0) and sum(m["weights"]) == pytest.approx(1.0)
     # round 2 from x=10: client 0 Δ=2 (y0=4), client 2 Δ=4 (y2=0): ((2−4)+(4−0))/2 + 3 = 4
-    out, _ = agg.aggregate(scalar(10.0), [upd(0, scalar(12.0)), upd(2, scalar(14.0))], info(2, 4, [0, 2]))
+    out, _ = agg.apply(scalar(10.0), [upd(0, scalar(12.0)), upd(2, scalar(14.0))], info(2, 4, [0, 2]))
     assert out["w"][0] == pytest.approx(14.0)
     # now y = (2, 8, 4, 0): ȳ = 3.5; client 3 Δ=1: (1 − 0) + 3.5
-    out, _ = agg.aggregate(scalar(0.0), [upd(3, scalar(1.0))], info(3, 4, [3]))
+    out, _ = agg.apply(scalar(0.0), [upd(3, scalar(1.0))], info(3, 4, [3]))
     assert out["w"][0] == pytest.approx(4.5)
 
 
@@ -195,9 +195,9 @@ def test_bn_buffers_and_integer_tensors():
     # client 1 first replies in round 5 (interval 5 -> ω = 5 in round 6), client 0 is new
     agg = build("fedau", ctx(n=2), server_lr=3.0)
     for r in range(1, 6):
-        agg.aggregate(x, [upd(1, model(0.0, 1.0, r))] if r == 5 else [], info(r, 2, [1] if r == 5 else []))
+        agg.apply(x, [upd(1, model(0.0, 1.0, r))] if r == 5 else [], info(r, 2, [1] if r == 5 else []))
     ups = [upd(0, model(1.0, 2.0, 7)), upd(1, model(1.0, 4.0, 9))]
-    out, m = agg.aggregate(x, ups, info(6, 2, [0, 1]))
+    out, m = agg.apply(x, ups, info(6, 2, [0, 1]))
     assert m["omega"] == [1.0, 5.0]
     assert out["w"][0] == pytest.approx(3.0 * (1 + 5) / 2)
     assert out["bn.running_var"][0] == pytest.approx(3.0)  # plain mean, never extrapolated
@@ -209,10 +209,10 @@ def test_rejects_mismatched_and_nonfinite_updates():
     agg = build("fedau", ctx(n=3))
     bad = {"w": np.zeros(2)}
     with pytest.raises(ValueError, match="client 2"):
-        agg.aggregate(scalar(0.0), [upd(0, scalar(1.0)), upd(2, bad)], info(1, 3, [0, 2]))
+        agg.apply(scalar(0.0), [upd(0, scalar(1.0)), upd(2, bad)], info(1, 3, [0, 2]))
     with pytest.raises(ValueError, match="client 1.*non-finite"):
-        agg.aggregate(scalar(0.0), [upd(1, scalar(np.nan))], info(1, 3, [1]))
+        agg.apply(scalar(0.0), [upd(1, scalar(np.nan))], info(1, 3, [1]))
     with pytest.raises(ValueError, match="replied"):
-        agg.aggregate(scalar(0.0), [upd(1, scalar(1.0))], info(1, 3, [0]))
+        agg.apply(scalar(0.0), [upd(1, scalar(1.0))], info(1, 3, [0]))
     with pytest.raises(ValueError, match="K=0"):
         build("fedau", ctx(n=3), K=0)

@@ -22,7 +22,7 @@ def niid2_updates():
 
 def test_worked_example_kl():
     agg = build("feddisco", ctx(n=6, c=10))
-    out, m = agg.aggregate({"w": np.zeros(1)}, niid2_updates(), info(1, 6, range(6)))
+    out, m = agg.apply({"w": np.zeros(1)}, niid2_updates(), info(1, 6, range(6)))
     assert m["discrepancy"] == pytest.approx([0.2] * 5 + [0.0])  # log 5 each, normalised
     # w̃ = 1/6 − 0.5·0.2 + 0.1 = 1/6 (biased), 1/6 + 0.1 (unbiased); sum 1.1
     assert m["weights"] == pytest.approx([5 / 33] * 5 + [8 / 33])
@@ -33,7 +33,7 @@ def test_worked_example_kl():
 
 def test_worked_example_l2():
     agg = build("feddisco", ctx(n=6, c=10), metric="l2")
-    out, m = agg.aggregate({"w": np.zeros(1)}, niid2_updates(), info(1, 6, range(6)))
+    out, m = agg.apply({"w": np.zeros(1)}, niid2_updates(), info(1, 6, range(6)))
     assert m["discrepancy"] == pytest.approx([np.sqrt(0.4)] * 5 + [0.0])
     assert m["weights"] == pytest.approx([0.0] * 5 + [1.0])
     assert out["w"][0] == pytest.approx(5.0)
@@ -41,14 +41,14 @@ def test_worked_example_l2():
 
 def test_l1_cosine_and_target():
     ups = niid2_updates()
-    _, m = build("feddisco", ctx(n=6, c=10), metric="l1").aggregate({"w": np.zeros(1)}, ups, info(1, 6, range(6)))
+    _, m = build("feddisco", ctx(n=6, c=10), metric="l1").apply({"w": np.zeros(1)}, ups, info(1, 6, range(6)))
     assert m["discrepancy"][0] == pytest.approx(2 * 0.4 + 8 * 0.1)
-    _, m = build("feddisco", ctx(n=6, c=10), metric="cosine").aggregate({"w": np.zeros(1)}, ups, info(1, 6, range(6)))
+    _, m = build("feddisco", ctx(n=6, c=10), metric="cosine").apply({"w": np.zeros(1)}, ups, info(1, 6, range(6)))
     assert m["discrepancy"][0] == pytest.approx(1 - 0.1 / (np.sqrt(0.5) * np.sqrt(0.1)))
     assert m["discrepancy"][5] == pytest.approx(0.0, abs=1e-12)
     # a target equal to client 0's distribution makes client 0 the "unbiased" one
     target = [0.5, 0.5] + [0.0] * 8
-    _, m = build("feddisco", ctx(n=6, c=10), metric="l2", target=target).aggregate(
+    _, m = build("feddisco", ctx(n=6, c=10), metric="l2", target=target).apply(
         {"w": np.zeros(1)}, ups, info(1, 6, range(6))
     )
     assert m["discrepancy"][0] == 0.0 and m["weights"][0] > 0.5
@@ -62,7 +62,7 @@ def test_size_weights_enter_as_fractions():
     # equal histograms (d equal for l2): w̃ = n_k − a·d + b with n_k = N_k/ΣN
     h = [5, 5, 0]
     ups = [upd(0, {"w": np.zeros(1)}, n=30, hist=h), upd(1, {"w": np.ones(1)}, n=10, hist=h)]
-    _, m = build("feddisco", ctx(n=2, c=3), metric="l2").aggregate({"w": np.zeros(1)}, ups, info(1, 2, [0, 1]))
+    _, m = build("feddisco", ctx(n=2, c=3), metric="l2").apply({"w": np.zeros(1)}, ups, info(1, 2, [0, 1]))
     d = np.linalg.norm(np.array([0.5, 0.5, 0]) - 1 / 3)
     w = np.array([0.75 - 0.5 * d + 0.1, 0.25 - 0.5 * d + 0.1])
     assert m["weights"] == pytest.approx(list(w / w.sum()))
@@ -70,7 +70,7 @@ def test_size_weights_enter_as_fractions():
 
 def test_fallback_to_size_weights_when_all_clip():
     ups = [upd(k, {"w": np.array([float(k)])}, n=n, hist=[9, 1, 0]) for k, n in ((0, 10), (1, 30))]
-    out, m = build("feddisco", ctx(n=2, c=3), metric="l2", a=10.0, b=0.0).aggregate(
+    out, m = build("feddisco", ctx(n=2, c=3), metric="l2", a=10.0, b=0.0).apply(
         {"w": np.zeros(1)}, ups, info(1, 2, [0, 1])
     )
     assert m["disco_fallback"] == 1
@@ -86,18 +86,18 @@ def test_fallback_to_size_weights_when_all_clip():
 def test_rejects_bad_histograms_naming_the_client(hist, match):
     ups = [upd(0, {"w": np.zeros(1)}, hist=[1, 1, 1]), upd(3, {"w": np.zeros(1)}, hist=hist)]
     with pytest.raises(ValueError, match=match):
-        build("feddisco", ctx(n=4, c=3)).aggregate({"w": np.zeros(1)}, ups, info(1, 4, [0, 3]))
+        build("feddisco", ctx(n=4, c=3)).apply({"w": np.zeros(1)}, ups, info(1, 4, [0, 3]))
 
 
 def test_composes_with_server_lr_and_momentum():
     ups = [upd(0, {"w": np.array([2.0])}, hist=[1, 1]), upd(1, {"w": np.array([4.0])}, hist=[1, 1])]
     agg = build("feddisco", ctx(n=2, c=2), server_lr=0.5)
-    out, _ = agg.aggregate({"w": np.array([0.0])}, ups, info(1, 2, [0, 1]))
+    out, _ = agg.apply({"w": np.array([0.0])}, ups, info(1, 2, [0, 1]))
     assert out["w"][0] == pytest.approx(0.5 * 3.0)  # x + η(x̄ − x)
     agg = build("feddisco", ctx(n=2, c=2), server_momentum=0.5)
-    out, _ = agg.aggregate({"w": np.array([0.0])}, ups, info(1, 2, [0, 1]))  # v = −3
+    out, _ = agg.apply({"w": np.array([0.0])}, ups, info(1, 2, [0, 1]))  # v = −3
     assert out["w"][0] == pytest.approx(3.0)
-    out, _ = agg.aggregate({"w": np.array([0.0])}, ups, info(2, 2, [0, 1]))  # v = 0.5·(−3) − 3
+    out, _ = agg.apply({"w": np.array([0.0])}, ups, info(2, 2, [0, 1]))  # v = 0.5·(−3) − 3
     assert out["w"][0] == pytest.approx(4.5)
 
 

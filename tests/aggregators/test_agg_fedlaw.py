@@ -53,20 +53,20 @@ def fedavg_of(ups, key):
 
 def test_zero_server_epochs_is_fedavg_of_learnable_params():
     proxy, ups = toy()
-    out, m = fedlaw(proxy, server_epochs=0).aggregate(state(linear()), ups, info(1, 3, range(3)))
+    out, m = fedlaw(proxy, server_epochs=0).apply(state(linear()), ups, info(1, 3, range(3)))
     for k in ("weight", "bias"):
         np.testing.assert_allclose(out[k], fedavg_of(ups, k), rtol=1e-6, atol=1e-7)
     assert m["fedlaw_gamma"] == 1.0
     assert m["weights"] == pytest.approx([1 / 6, 2 / 6, 3 / 6])
     # quad starts from uniform λ, γ = 1
-    out, m = fedlaw(proxy, server_epochs=0, param="quad").aggregate(state(linear()), ups, info(1, 3, range(3)))
+    out, m = fedlaw(proxy, server_epochs=0, param="quad").apply(state(linear()), ups, info(1, 3, range(3)))
     assert m["weights"] == pytest.approx([1 / 3] * 3)
     np.testing.assert_allclose(out["weight"], np.mean([u.params["weight"] for u in ups], 0), rtol=1e-6)
 
 
 def test_first_inner_step_evaluates_the_fedavg_model():
     proxy, ups = toy()
-    _, m = fedlaw(proxy, server_epochs=1, batch_size=1000).aggregate(state(linear()), ups, info(1, 3, range(3)))
+    _, m = fedlaw(proxy, server_epochs=1, batch_size=1000).apply(state(linear()), ups, info(1, 3, range(3)))
     lin = linear()
     with torch.no_grad():
         lin.weight.copy_(torch.tensor(fedavg_of(ups, "weight")))
@@ -77,7 +77,7 @@ def test_first_inner_step_evaluates_the_fedavg_model():
 
 def test_learns_to_shrink_when_weights_are_inflated():
     proxy, ups = toy(inflate=4.0)
-    out, m = fedlaw(proxy, server_lr=0.05).aggregate(state(linear()), ups, info(1, 3, range(3)))
+    out, m = fedlaw(proxy, server_lr=0.05).apply(state(linear()), ups, info(1, 3, range(3)))
     gamma, lam = m["fedlaw_gamma"], np.array(m["weights"])
     assert gamma < 0.8
     assert m["fedlaw_proxy_loss_last"] < m["fedlaw_proxy_loss_first"]
@@ -86,13 +86,13 @@ def test_learns_to_shrink_when_weights_are_inflated():
     np.testing.assert_allclose(out["weight"], expect, rtol=1e-5)
     # control: clients already at the right scale -> γ stays near 1
     proxy, ups = toy(inflate=1.0)
-    _, m = fedlaw(proxy, server_lr=0.05).aggregate(state(linear()), ups, info(1, 3, range(3)))
+    _, m = fedlaw(proxy, server_lr=0.05).apply(state(linear()), ups, info(1, 3, range(3)))
     assert m["fedlaw_gamma"] > gamma + 0.1
 
 
 def test_single_client_learns_gamma_only():
     proxy, ups = toy()
-    _, m = fedlaw(proxy, server_lr=0.05).aggregate(state(linear()), ups[:1], info(1, 3, [0]))
+    _, m = fedlaw(proxy, server_lr=0.05).apply(state(linear()), ups[:1], info(1, 3, [0]))
     assert m["weights"] == [1.0] and m["fedlaw_gamma"] < 1.0
 
 
@@ -109,9 +109,9 @@ def test_bn_buffers_come_from_server_forward_passes():
         p["1.running_mean"] = np.full(4, 100.0 + k, np.float32)  # client stats: never aggregated
         p["1.num_batches_tracked"] = np.array(1000 + k)
         ups.append(upd(k, p, n=10))
-    out, _ = fedlaw(proxy, model_fn=bn_model, server_epochs=0).aggregate(g, ups, info(1, 3, range(3)))
+    out, _ = fedlaw(proxy, model_fn=bn_model, server_epochs=0).apply(g, ups, info(1, 3, range(3)))
     np.testing.assert_array_equal(out["1.running_mean"], g["1.running_mean"])
-    out, _ = fedlaw(proxy, model_fn=bn_model, server_epochs=2).aggregate(g, ups, info(1, 3, range(3)))
+    out, _ = fedlaw(proxy, model_fn=bn_model, server_epochs=2).apply(g, ups, info(1, 3, range(3)))
     assert not np.allclose(out["1.running_mean"], g["1.running_mean"])  # re-estimated on proxy data
     assert np.all(np.abs(out["1.running_mean"]) < 10)  # not the clients' (100+)
     assert int(out["1.num_batches_tracked"]) == 17  # integer buffer: the global's
@@ -121,7 +121,7 @@ def test_bn_buffers_come_from_server_forward_passes():
 def test_minibatch_order_is_seeded():
     proxy, ups = toy()
     runs = [
-        fedlaw(proxy, seed=s, batch_size=64).aggregate(state(linear()), ups, info(1, 3, range(3)))[0]["weight"]
+        fedlaw(proxy, seed=s, batch_size=64).apply(state(linear()), ups, info(1, 3, range(3)))[0]["weight"]
         for s in (0, 0, 1)
     ]
     np.testing.assert_array_equal(runs[0], runs[1])

@@ -50,7 +50,7 @@ def test_correction_gives_exact_target_variance_and_keeps_mean():
 def test_node_average_is_corrected_to_mean_received_variance():
     agg = make(4, topology="complete")
     before = {c: agg.params_for(c, None) for c in range(4)}
-    agg.aggregate(before[0], trained(agg, range(4)), info(1, 4, range(4)))
+    agg.apply(before[0], trained(agg, range(4)), info(1, 4, range(4)))
     k0 = agg.nodes[0]["fc.weight"]
     recv = [before[j]["fc.weight"] for j in (1, 2, 3)]
     assert np.var(k0) == pytest.approx(np.mean([np.var(r) for r in recv]), rel=1e-10)
@@ -63,7 +63,7 @@ def test_node_average_is_corrected_to_mean_received_variance():
     assert int(agg.nodes[0]["bn.num_batches_tracked"]) == 0  # integers: the node's own
     # correct='all_float': the bias is rescaled too
     agg = make(4, topology="complete", correct="all_float")
-    agg.aggregate(before[0], trained(agg, range(4)), info(1, 4, range(4)))
+    agg.apply(before[0], trained(agg, range(4)), info(1, 4, range(4)))
     assert np.var(agg.nodes[0]["fc.bias"]) == pytest.approx(
         np.mean([np.var(before[j]["fc.bias"]) for j in (1, 2, 3)]), rel=1e-10
     )
@@ -72,11 +72,11 @@ def test_node_average_is_corrected_to_mean_received_variance():
 def test_half_self_mix():
     agg = make(4, topology="complete", mix="half_self", variance_correction=False)
     before = {c: agg.params_for(c, None) for c in range(4)}
-    agg.aggregate(before[0], trained(agg, range(4)), info(1, 4, range(4)))
+    agg.apply(before[0], trained(agg, range(4)), info(1, 4, range(4)))
     others = np.mean([before[j]["fc.weight"] for j in (1, 2, 3)], axis=0)
     np.testing.assert_allclose(agg.nodes[0]["fc.weight"], 0.5 * before[0]["fc.weight"] + 0.5 * others)
     agg = make(4, topology="complete", mix="half_self")
-    agg.aggregate(before[0], trained(agg, range(4)), info(1, 4, range(4)))
+    agg.apply(before[0], trained(agg, range(4)), info(1, 4, range(4)))
     target = np.mean([np.var(before[j]["fc.weight"]) for j in (1, 2, 3)])  # own not included
     assert np.var(agg.nodes[0]["fc.weight"]) == pytest.approx(target, rel=1e-10)
 
@@ -85,7 +85,7 @@ def test_partial_participation_on_a_ring():
     agg = make(5, topology="ring")
     assert agg.neighbours[0] == [1, 4] and agg.neighbours[2] == [1, 3]
     before = {c: agg.params_for(c, None) for c in range(5)}
-    out, m = agg.aggregate(before[0], trained(agg, [2], shift=1.0), info(1, 5, [2]))
+    out, m = agg.apply(before[0], trained(agg, [2], shift=1.0), info(1, 5, [2]))
     t2 = before[2]["fc.weight"] + 1.0
     # nodes 1 and 3 receive only node 2's trained model: the average is that model
     np.testing.assert_allclose(agg.nodes[1]["fc.weight"], t2)
@@ -111,7 +111,7 @@ def test_variance_vanishes_without_correction_and_not_with_it():
     for vc in (False, True):
         agg = make(n, topology="complete", variance_correction=vc)
         init_var = np.mean([np.var(agg.params_for(c, None)["fc.weight"]) for c in range(n)])
-        _, m = agg.aggregate(agg.params_for(0, None), trained(agg, range(n)), info(1, n, range(n)))
+        _, m = agg.apply(agg.params_for(0, None), trained(agg, range(n)), info(1, n, range(n)))
         res[vc] = m["node_layer_variance"] / init_var
     assert res[False] < 0.2  # ≈ 1/15: the mean of 15 independent inits
     assert res[True] == pytest.approx(1.0, abs=0.05)
@@ -151,4 +151,4 @@ def test_rejects_mismatched_update_naming_the_client():
     bad = dict(ups[1].params)
     bad["fc.weight"] = np.zeros((2, 2))
     with pytest.raises(ValueError, match="client 1"):
-        agg.aggregate(ups[0].params, [ups[0], upd(1, bad)], info(1, 3, [0, 1]))
+        agg.apply(ups[0].params, [ups[0], upd(1, bad)], info(1, 3, [0, 1]))

@@ -12,7 +12,7 @@ from fedagg.seeding import rng
 def run(ups, **opts):
     n = max(u.client_id for u in ups) + 1
     x = {k: np.zeros_like(v) for k, v in ups[0].params.items()}
-    return build("ida", ctx(n=n), **opts).aggregate(x, ups, info(1, n, [u.client_id for u in ups]))
+    return build("ida", ctx(n=n), **opts).apply(x, ups, info(1, n, [u.client_id for u in ups]))
 
 
 def test_two_clients_give_uniform_weights():
