@@ -21,6 +21,10 @@ EXTRA = {
     "known_prob": ["participation=bernoulli", "participation.p_min=0.3"],
     "feddisco": ["aggregator.proximal_mu=0.01", "aggregator.server_momentum=0.5"],
     "fedlaw": ["aggregator.server_epochs=2"],
+    # the FedOpt server optimisers compose with the delta-based rules
+    "fedavg": ["aggregator.server_opt=adam"],
+    "mifa": ["aggregator.server_opt=adagrad"],
+    "avg_all": ["aggregator.server_opt=yogi", "aggregator.server_lr=0.05"],
 }
 
 

@@ -1,11 +1,12 @@
 """FedAU (Wang & Ji, ICLR 2024, arXiv 2306.03401) and the baselines shipped
-with its official code (ALGORITHMS.md §3): ``avg_participating``,
+with its official code (docs/algorithms.md): ``avg_participating``,
 ``avg_all``, ``mifa``, ``fedvarp`` and the oracle ``known_prob``.
 
 All of them move the global model by a combination of updates
 Δ_n = θ_n − x_t:
 
-    x_{t+1} = x_t + η · direction_t
+    x_{t+1} = x_t + η · direction_t     (server_opt=sgd, the default; FedAdam,
+                                        FedYogi, FedAdagrad take Δ = direction_t)
 
 ==================  =========================================================
 rule                direction_t
@@ -19,9 +20,9 @@ fedvarp             (1/|S_t|) Σ_{n∈S_t} (Δ_n − y_n) + ȳ_old  (0 when S_t 
 ==================  =========================================================
 
 N = ``info.num_clients``; S_t = ``info.replied`` (``info.participation()``).
-Weights are *not* normalised (§3.6): only in expectation Σ ω q ≈ N.
+Weights are *not* normalised: only in expectation Σ ω q ≈ N.
 
-FedAU's estimator (§3.3, equivalent to the official loop): per client M_n
+FedAU's estimator (equivalent to the official loop): per client M_n
 (completed intervals), S_n (rounds in the current interval), Ω_n (running
 mean). The weight used in round t is Ω_n if M_n ≥ 1 else 1 -- it depends on
 rounds < t only. After the round, for every n: S_n += 1; if q_n = 1 or
@@ -32,7 +33,7 @@ records m intervals of K, then r+1. ``K=None`` means K = ∞ (the official
 default 100000 is the same thing for runs shorter than 100000 rounds).
 
 Which tensors (a choice; the official models have no BN and the code applies
-the same ω to the whole flattened state_dict, §3.6 "UNVERIFIED"):
+the same ω to the whole flattened state_dict; not covered by the paper):
 
 * learnable float tensors (weights, biases, BN affine) follow the rule above;
 * BN running statistics are set to the plain mean of the participants'
@@ -65,11 +66,12 @@ from .base import (
     weights_metrics,
 )
 from .registry import register
+from .server_opt import server_optimizer
 
 
 # -- FedAU's participation-interval estimator ---------------------------------
 class IntervalEstimator:
-    """Vectorised over clients; O(1) scalars per client (§3.2, §3.3)."""
+    """Vectorised over clients; O(1) scalars per client."""
 
     def __init__(self, num_clients: int, K: float | None = None) -> None:
         if K is None:
@@ -110,13 +112,30 @@ class _DeltaRule(Aggregator):
 
     streaming = True
 
-    def __init__(self, ctx: AggregatorContext, server_lr: float = 1.0, **kw: Any) -> None:
+    def __init__(
+        self,
+        ctx: AggregatorContext,
+        server_opt: str = "sgd",
+        server_lr: float | None = None,
+        server_momentum: float = 0.0,
+        server_momentum_form: str = "heavy_ball",
+        server_beta_1: float = 0.9,
+        server_beta_2: float = 0.99,
+        server_tau: float = 1e-3,
+        **kw: Any,
+    ) -> None:
         super().__init__(ctx, **kw)
-        if not server_lr > 0:
-            raise ValueError(f"aggregator.server_lr={server_lr} must be > 0")
-        self.server_lr = float(server_lr)
+        # x_{t+1} = optimiser step with Δ = direction (sgd, η, no momentum: x + η·direction)
+        self.opt = server_optimizer(
+            server_opt, server_lr, server_momentum, server_momentum_form,
+            server_beta_1, server_beta_2, server_tau,
+        )
         self.num_clients = int(ctx.num_clients)
         self.last_round = 0
+        self.setup()
+
+    def setup(self) -> None:
+        """Rule-specific state and checks (after the common fields are set)."""
 
     # subclasses: coefficients c_k (for metrics, integer tensors) and the
     # direction for the learnable tensors; `observe` updates state afterwards.
@@ -158,10 +177,10 @@ class _DeltaRule(Aggregator):
         self._skip_to(info.round)
         c = np.asarray(self.coefficients(updates, info), dtype=np.float64)
         d = self.direction(global_params, updates, c, info)
-        out: Params = {}
+        out: Params = self.opt.step(global_params, d, info.round)
         for name, ref in global_params.items():
             if name in d:
-                out[name] = (ref.astype(np.float64) + self.server_lr * d[name]).astype(ref.dtype)
+                continue
             elif not updates:
                 out[name] = ref.copy()
             elif is_float(ref):  # BN running statistics: plain participant mean
@@ -176,24 +195,41 @@ class _DeltaRule(Aggregator):
         return out, metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_round": self.last_round}
+        return {"last_round": self.last_round, "opt": self.opt.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.last_round = int(state.get("last_round", 0))
+        self.opt.load_state_dict(state.get("opt", {}))
 
 
 @register("fedau")
 class FedAU(_DeltaRule):
     """FedAU: ω_n = running mean of participation intervals (cutoff K).
 
-    Options: ``K`` (None = ∞; the README also runs K=50), ``server_lr`` η=1.
+    Options: ``K`` (None = ∞; the README also runs K=50), the server optimiser
+    (default sgd, η = 1; see :mod:`.server_opt`).
     Metrics: ``weights`` = ω_n/N (the coefficient on Δ_n before η),
     ``omega`` = ω_n, ``omega_sum_over_N`` = Σ_{S_t} ω_n / N.
     """
 
-    def __init__(self, ctx: AggregatorContext, K: int | None = None, server_lr: float = 1.0, **kw):
-        super().__init__(ctx, server_lr=server_lr, **kw)
-        self.estimator = IntervalEstimator(self.num_clients, K)
+    def __init__(
+        self,
+        ctx: AggregatorContext,
+        K: int | None = None,
+        server_opt: str = "sgd",
+        server_lr: float | None = None,
+        server_momentum: float = 0.0,
+        server_momentum_form: str = "heavy_ball",
+        server_beta_1: float = 0.9,
+        server_beta_2: float = 0.99,
+        server_tau: float = 1e-3,
+        **kw: Any,
+    ) -> None:
+        self.estimator = IntervalEstimator(int(ctx.num_clients), K)
+        super().__init__(
+            ctx, server_opt, server_lr, server_momentum, server_momentum_form,
+            server_beta_1, server_beta_2, server_tau, **kw,
+        )
 
     def coefficients(self, updates, info):
         w = self.estimator.weights()
@@ -224,8 +260,7 @@ class KnownProb(_DeltaRule):
 
     needs_oracle_probs = True
 
-    def __init__(self, ctx: AggregatorContext, server_lr: float = 1.0, **kw):
-        super().__init__(ctx, server_lr=server_lr, **kw)
+    def setup(self) -> None:
         p = self.ctx.oracle_participation_probs
         if p is None:
             raise ValueError(
@@ -268,8 +303,7 @@ class _StoredUpdates(_DeltaRule):
 
     streaming = False
 
-    def __init__(self, ctx: AggregatorContext, server_lr: float = 1.0, **kw):
-        super().__init__(ctx, server_lr=server_lr, **kw)
+    def setup(self) -> None:
         self.stored: dict[int, dict[str, np.ndarray]] = {}
         self.total: dict[str, np.ndarray] | None = None
 

@@ -1,4 +1,4 @@
-"""FedDisco (Ye et al., ICML 2023, arXiv 2305.19229), ALGORITHMS.md §5.3.
+"""FedDisco (Ye et al., ICML 2023, arXiv 2305.19229); docs/algorithms.md.
 
 Per round, over the participants S_t:
     n_k = N_k / Σ_{j∈S_t} N_j
@@ -7,9 +7,14 @@ Per round, over the participants S_t:
     p_k = ReLU(w̃_k) / Σ_j ReLU(w̃_j)
     x̄   = Σ_k p_k θ_k        (every float tensor; integer tensors from the
                                client with the largest p_k, as in base.py)
-    x_{t+1} = ServerOptimizer(server_lr, server_momentum).step(x_t, x̄)
+    x_{t+1} = server optimiser step from x_t towards x̄ (:mod:`.server_opt`)
 so ``server_lr=1, server_momentum=0`` is plain "FedAvg+FedDisco" and a
-momentum β > 0 is "FedAvgM+FedDisco".
+momentum β > 0 is "FedAvgM+FedDisco" in the official code's form
+(``server_momentum_form='ema'``, the default here):
+    v ← β v + (1−β)(x_t − x̄),  x_{t+1} = x_t − η v   (official: η = 1)
+``server_momentum_form='heavy_ball'`` is fedavg's form v ← β v + (x_t − x̄),
+x_{t+1} = x_t − η v; the two agree when η_heavy_ball = (1−β)·η_ema.
+``server_opt=adam|yogi|adagrad`` composes FedOpt with the FedDisco weights.
 
 Metrics ``metric``: ``kl`` (default, as in every shipped script): KL(D_k‖T)
 with 0·log 0 = 0, then normalised across the participants so Σ d_k = 1 (all
@@ -39,7 +44,7 @@ from .base import (
     weighted_average,
     weights_metrics,
 )
-from .fedavg import ServerOptimizer
+from .server_opt import apply_server_step, server_optimizer
 from .registry import register
 
 METRICS = ("kl", "l2", "l1", "cosine")
@@ -82,9 +87,14 @@ class FedDisco(Aggregator):
         b: float = 0.1,
         metric: str = "kl",
         target: Sequence[float] | None = None,
-        server_lr: float = 1.0,
-        server_momentum: float = 0.0,
         proximal_mu: float = 0.0,
+        server_opt: str = "sgd",
+        server_lr: float | None = None,
+        server_momentum: float = 0.0,
+        server_momentum_form: str = "ema",
+        server_beta_1: float = 0.9,
+        server_beta_2: float = 0.99,
+        server_tau: float = 1e-3,
         **kw: Any,
     ) -> None:
         super().__init__(ctx, **kw)
@@ -106,7 +116,10 @@ class FedDisco(Aggregator):
                 raise ValueError("aggregator.target has a zero class: KL to it is infinite")
         self.a, self.b, self.metric, self.target = float(a), float(b), metric, T
         self.proximal_mu = float(proximal_mu)
-        self.opt = ServerOptimizer(server_lr, server_momentum)
+        self.opt = server_optimizer(
+            server_opt, server_lr, server_momentum, server_momentum_form,
+            server_beta_1, server_beta_2, server_tau,
+        )
 
     def client_config(self) -> dict[str, Any]:
         # only a FedProx term the aggregator itself sets: an unset one (0) must not
@@ -130,7 +143,7 @@ class FedDisco(Aggregator):
         updates = sorted_updates(updates)
         p, d, fell_back = self.weights(updates)
         avg = weighted_average(updates, p, global_params)
-        out = self.opt.step(global_params, avg)
+        out = apply_server_step(self.opt, global_params, avg, info.round)
         metrics = weights_metrics(updates, p)
         metrics["discrepancy"] = [float(x) for x in d]
         metrics["disco_fallback"] = int(fell_back)

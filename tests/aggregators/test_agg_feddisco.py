@@ -1,4 +1,4 @@
-"""FedDisco (ALGORITHMS.md §5.3, worked example §5.7)."""
+"""FedDisco (docs/algorithms.md), with the NIID-2 worked example."""
 from __future__ import annotations
 
 import numpy as np
@@ -94,7 +94,7 @@ def test_composes_with_server_lr_and_momentum():
     agg = build("feddisco", ctx(n=2, c=2), server_lr=0.5)
     out, _ = agg.apply({"w": np.array([0.0])}, ups, info(1, 2, [0, 1]))
     assert out["w"][0] == pytest.approx(0.5 * 3.0)  # x + η(x̄ − x)
-    agg = build("feddisco", ctx(n=2, c=2), server_momentum=0.5)
+    agg = build("feddisco", ctx(n=2, c=2), server_momentum=0.5, server_momentum_form="heavy_ball")
     out, _ = agg.apply({"w": np.array([0.0])}, ups, info(1, 2, [0, 1]))  # v = −3
     assert out["w"][0] == pytest.approx(3.0)
     out, _ = agg.apply({"w": np.array([0.0])}, ups, info(2, 2, [0, 1]))  # v = 0.5·(−3) − 3
