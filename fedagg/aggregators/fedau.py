@@ -49,7 +49,8 @@ a round in which nobody participated, so FedAU's intervals stay in rounds.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -31,7 +31,8 @@ FedProx composes on the client side: ``proximal_mu`` is sent to clients via
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +45,8 @@ from .base import (
     weighted_average,
     weights_metrics,
 )
-from .server_opt import apply_server_step, server_optimizer
 from .registry import register
+from .server_opt import apply_server_step, server_optimizer
 
 METRICS = ("kl", "l2", "l1", "cosine")
 
