@@ -185,7 +185,8 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
     exp = Experiment(cfg, fd, model_spec, None, participation, heterogeneity, x_test, y_test, {}, device)  # type: ignore[arg-type]
     ctx = AggregatorContext(
-        num_clients=cfg["num_clients"], num_classes=fd.num_classes, seed=seed, model_fn=exp.model,
+        num_clients=cfg["num_clients"], num_classes=fd.num_classes, seed=seed,
+        dataset=str(cfg["dataset"]["name"]), model_fn=exp.model,
         init_params_fn=lambda cid: exp.init_params(cid + 1), proxy_data=proxy,
         oracle_participation_probs=np.asarray(participation.probs, dtype=float),
     )

@@ -21,6 +21,7 @@ EXTRA = {
     "known_prob": ["participation=bernoulli", "participation.p_min=0.3"],
     "feddisco": ["aggregator.proximal_mu=0.01", "aggregator.server_momentum=0.5"],
     "fedlaw": ["aggregator.server_epochs=2"],
+    "fedlaw_swa": ["aggregator.server_epochs=2"],
     # the FedOpt server optimisers compose with the delta-based rules
     "fedavg": ["aggregator.server_opt=adam"],
     "mifa": ["aggregator.server_opt=adagrad"],
@@ -36,7 +37,7 @@ def test_aggregator_runs_through_flower_host(name, tmp_path):
     assert all(torch.isfinite(v).all() for v in sd.values())
     assert all(np.isfinite(r["test_loss"]) for r in rows)
     assert sum(r["clients_replied"] for r in rows) > 0
-    if name == "fedlaw":
+    if name.startswith("fedlaw"):
         assert "fedlaw_gamma" in rows[0]
     if name == "gossip":
         assert rows[0]["consensus_distance"] > 0

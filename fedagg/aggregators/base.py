@@ -106,6 +106,7 @@ class AggregatorContext:
     num_clients: int
     num_classes: int
     seed: int = 0
+    dataset: str = ""  # the dataset's name (FedLAW's official server lr depends on it)
     model_fn: ModelFn | None = None
     init_params_fn: InitParamsFn | None = None
     proxy_data: tuple[np.ndarray, np.ndarray] | None = None

@@ -50,10 +50,11 @@ CASES = {
     "feddisco": {"server_momentum": 0.5, "server_lr": 0.7},
     "ida": {"granularity": "layer"},
     "fedlaw": {"server_epochs": 2, "batch_size": 16},
+    "fedlaw_swa": {"server_epochs": 16, "batch_size": 16},  # 8 epochs per stage: epochs 6, 7 averaged
     "gossip": {"topology": "ring", "mix": "half_self"},
 }
 STATEFUL = {"fedavg", "fedau", "mifa", "fedvarp", "feddisco", "gossip"}
-SUMS_TO_ONE = {"fedavg", "avg_participating", "fedvarp", "feddisco", "ida", "fedlaw"}
+SUMS_TO_ONE = {"fedavg", "avg_participating", "fedvarp", "feddisco", "ida", "fedlaw", "fedlaw_swa"}
 PATTERN = [(1, 2), (0,), (0, 1, 3)]
 
 

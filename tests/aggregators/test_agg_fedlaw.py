@@ -1,12 +1,15 @@
-"""FedLAW (ALGORITHMS.md §4) on tiny torch models."""
+"""FedLAW and its SWA variant (docs/algorithms.md) on tiny torch models."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
-
 from aggtools import ctx, info, upd
+
 from fedagg.aggregators import build
+from fedagg.aggregators.fedlaw import step_lr, swa_stage_lr
 from fedagg.seeding import rng, torch_generator
 
 
@@ -138,3 +141,166 @@ def test_needs_proxy_and_model():
 
     assert FedLAW.needs_proxy is True
     assert fedlaw(proxy, proxy_fraction=0.05).proxy_fraction == 0.05
+
+
+# -- parity with the official code -------------------------------------------------
+def test_official_server_lr_per_dataset():
+    proxy, _ = toy()
+    assert fedlaw(proxy).server_lr == 0.005  # no dataset named: every dataset but CIFAR-10
+    mk = lambda ds, **o: build("fedlaw", ctx(n=3, c=3, model_fn=linear, proxy_data=proxy, dataset=ds), **o)
+    assert mk("cifar10").server_lr == 0.01
+    assert mk("mnist").server_lr == mk("cifar100").server_lr == 0.005
+    assert mk("cifar10", server_lr=0.2).server_lr == 0.2  # an explicit value wins
+
+
+def test_step_lr_and_swa_schedules_worked_numbers():
+    # StepLR(20, 0.5) stepped per epoch
+    assert [step_lr(0.01, e) for e in (0, 19, 20, 39, 40)] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025])
+    # SWA stage 1 (swa_start 5): cosine T_max=100 for epochs 0..6, then SWALR towards 0.05 over 10 epochs
+    L6 = 0.01 * (1 + math.cos(6 * math.pi / 100)) / 2  # 0.0099114
+    a1 = (1 - math.cos(math.pi / 10)) / 2  # 0.0244717
+    got = [swa_stage_lr(0.01, e, 5, 0.05) for e in (0, 3, 6, 7, 16, 30)]
+    assert got == pytest.approx([0.01, 0.01 * (1 + math.cos(0.03 * math.pi)) / 2, L6, 0.05 * a1 + L6 * (1 - a1), 0.05, 0.05])
+    assert L6 == pytest.approx(0.0099114, abs=1e-7) and got[3] == pytest.approx(0.0108925, abs=1e-7)
+
+
+def test_swa_schedule_equals_torchs_chained_schedulers():
+    """The official construction: CosineAnnealingLR(T_max=100), then SWALR(swa_lr=0.05)
+    on the same optimiser; SWALR steps after epochs > 5, the cosine one before."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR
+    from torch.optim.swa_utils import SWALR
+
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.005)
+    cos, swa = CosineAnnealingLR(opt, T_max=100), SWALR(opt, swa_lr=0.05)
+    for e in range(25):
+        assert opt.param_groups[0]["lr"] == pytest.approx(swa_stage_lr(0.005, e, 5, 0.05), rel=1e-12)
+        opt.step()
+        (swa if e > 5 else cos).step()
+
+
+def reference_fedlaw(agg, ups, rnd, epochs):
+    """The official loop, written from its description: one optimizee vector
+    [u..., g], Adam(betas 0.5/0.999), torch's StepLR(20, 0.5) stepped per
+    epoch, every minibatch of the epoch's order kept."""
+    W = torch.tensor(np.stack([u.params["weight"] for u in ups]), dtype=torch.float64)
+    b = torch.tensor(np.stack([u.params["bias"] for u in ups]), dtype=torch.float64)
+    n = np.array([u.num_examples for u in ups], float)
+    z = torch.tensor(list(np.log(n / n.sum())) + [0.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([z], lr=agg.server_lr, betas=(0.5, 0.999))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=20, gamma=0.5)
+    x, y = agg.proxy_x.double(), agg.proxy_y
+    for order in agg._batches(rnd, epochs, has_bn=False):
+        for idx in order:
+            c = torch.exp(z[-1]) * torch.softmax(z[:-1], 0)
+            w, bb = torch.tensordot(c, W, 1), torch.tensordot(c, b, 1)
+            loss = torch.nn.functional.cross_entropy(x[idx] @ w.T + bb, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    with torch.no_grad():
+        return torch.softmax(z[:-1], 0).numpy(), float(torch.exp(z[-1]))
+
+
+@pytest.mark.parametrize("n_proxy,batch", [(256, 128), (129, 64)])  # 129 = 64 + 64 + a batch of one
+def test_matches_the_official_loop_past_twenty_epochs(n_proxy, batch):
+    proxy, ups = toy(n_proxy=n_proxy)
+    agg = build("fedlaw", ctx(n=3, c=3, model_fn=lambda: linear().double(), proxy_data=proxy),
+                server_epochs=30, batch_size=batch, server_lr=0.05)
+    g = {k: v.astype(np.float64) for k, v in state(linear()).items()}
+    ups64 = [upd(u.client_id, {k: v.astype(np.float64) for k, v in u.params.items()}, n=u.num_examples) for u in ups]
+    _, m = agg.apply(g, ups64, info(1, 3, range(3)))
+    lam, gamma = reference_fedlaw(agg, ups64, 1, 30)
+    np.testing.assert_allclose(m["weights"], lam, rtol=1e-9)
+    assert m["fedlaw_gamma"] == pytest.approx(gamma, rel=1e-9)
+    if n_proxy == 129:
+        sizes = [len(b) for b in agg._batches(1, 1, has_bn=False)[0]]
+        assert sizes == [64, 64, 1]  # the one-sample batch is kept...
+        assert [len(b) for b in agg._batches(1, 1, has_bn=True)[0]] == [64, 64]  # ...except under BatchNorm
+
+
+def test_without_step_lr_or_with_the_tail_dropped_the_result_differs():
+    """The two parity points matter: the official schedule and the kept tail
+    change γ on this problem (so the equality above is not vacuous)."""
+    proxy, ups = toy(n_proxy=129)
+    agg = fedlaw(proxy, server_epochs=30, batch_size=64, server_lr=0.05)
+    _, m = agg.apply(state(linear()), ups, info(1, 3, range(3)))
+    flat = fedlaw(proxy, server_epochs=30, batch_size=64, server_lr=0.05)
+    import fedagg.aggregators.fedlaw as fl
+
+    orig = fl.step_lr
+    try:
+        fl.step_lr = lambda base, e: base  # no decay
+        _, m_flat = flat.apply(state(linear()), ups, info(1, 3, range(3)))
+    finally:
+        fl.step_lr = orig
+    assert abs(m_flat["fedlaw_gamma"] - m["fedlaw_gamma"]) > 1e-4
+    drop = fedlaw(proxy, server_epochs=30, batch_size=64, server_lr=0.05)
+    drop._batches = lambda rnd, epochs, has_bn: type(agg)._batches(drop, rnd, epochs, True)
+    _, m_drop = drop.apply(state(linear()), ups, info(1, 3, range(3)))
+    assert abs(m_drop["fedlaw_gamma"] - m["fedlaw_gamma"]) > 1e-4
+
+
+def reference_swa(agg, ups, rnd, epochs, swa_start=5):
+    """The official two-stage loop with torch's own schedulers: λ with
+    CosineAnnealingLR(100) then SWALR(0.05), u averaged after epochs > 5; then γ."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, StepLR
+    from torch.optim.swa_utils import SWALR
+
+    W = torch.tensor(np.stack([u.params["weight"] for u in ups]), dtype=torch.float64)
+    b = torch.tensor(np.stack([u.params["bias"] for u in ups]), dtype=torch.float64)
+    n = np.array([u.num_examples for u in ups], float)
+    x, y = agg.proxy_x.double(), agg.proxy_y
+    half = epochs // 2
+    batches = agg._batches(rnd, 2 * half, has_bn=False)
+
+    def run(params, coef, opt, scheds_after, orders):
+        for e, order in enumerate(orders):
+            for idx in order:
+                c = coef()
+                loss = torch.nn.functional.cross_entropy(
+                    x[idx] @ torch.tensordot(c, W, 1).T + torch.tensordot(c, b, 1), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            scheds_after(e)
+
+    u = torch.tensor(np.log(n / n.sum()), dtype=torch.float64, requires_grad=True)
+    u0, snaps = u.detach().clone(), []  # AveragedModel starts as a copy of the initial u
+    opt = torch.optim.Adam([u], lr=agg.server_lr, betas=(0.5, 0.999))
+    cos, swa = CosineAnnealingLR(opt, T_max=100), SWALR(opt, swa_lr=0.05)
+
+    def after1(e):
+        if e > swa_start:
+            snaps.append(u.detach().clone())
+            swa.step()
+        else:
+            cos.step()
+
+    run([u], lambda: torch.softmax(u, 0), opt, after1, batches[:half])
+    lam = torch.softmax(torch.stack(snaps).mean(0) if snaps else u0, 0).detach()
+    g = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([g], lr=agg.server_lr, betas=(0.5, 0.999))
+    step = StepLR(opt, step_size=20, gamma=0.5)
+    run([g], lambda: torch.exp(g) * lam, opt, lambda e: step.step(), batches[half:])
+    return lam.numpy(), float(torch.exp(g).detach())
+
+
+@pytest.mark.parametrize("epochs", [20, 10])  # 10: stage 1 ends before any average -> initial λ
+def test_swa_variant_matches_the_official_two_stage_loop(epochs):
+    proxy, ups = toy()
+    agg = build("fedlaw_swa", ctx(n=3, c=3, model_fn=lambda: linear().double(), proxy_data=proxy),
+                server_epochs=epochs, server_lr=0.05)
+    ups64 = [upd(u.client_id, {k: v.astype(np.float64) for k, v in u.params.items()}, n=u.num_examples) for u in ups]
+    g = {k: v.astype(np.float64) for k, v in state(linear()).items()}
+    out, m = agg.apply(g, ups64, info(1, 3, range(3)))
+    lam, gamma = reference_swa(agg, ups64, 1, epochs)
+    np.testing.assert_allclose(m["weights"], lam, rtol=1e-9)
+    assert m["fedlaw_gamma"] == pytest.approx(gamma, rel=1e-9)
+    if epochs == 10:
+        assert m["weights"] == pytest.approx([1 / 6, 2 / 6, 3 / 6], rel=1e-12)
+    else:
+        assert m["weights"] != pytest.approx([1 / 6, 2 / 6, 3 / 6], rel=1e-3)
+    expect = gamma * sum(l_ * u.params["weight"] for l_, u in zip(lam, ups64))
+    np.testing.assert_allclose(out["weight"], expect, rtol=1e-9)
+    assert gamma < 1.0  # inflated clients: stage 2 shrinks
