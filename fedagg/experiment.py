@@ -26,7 +26,7 @@ from .env import heterogeneity as het
 from .env import participation as part
 from .seeding import rng as named_rng
 from .seeding import stream_key
-from .task.models import build_model
+from .task.models import build_model, fit_error
 from .task.train import evaluate, get_params, set_params
 
 log = logging.getLogger("fedagg")
@@ -73,12 +73,12 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"seed={cfg['seed']!r} must be an integer")
     from .data.datasets import available as datasets
     from .data.partition import available as partitions
-    from .task.models import MODELS
+    from .task.models import available as models
 
     for key, choices in (
         ("aggregator.name", agg.available()), ("dataset.name", datasets()), ("partition.name", partitions()),
         ("participation.name", part.available()), ("heterogeneity.name", het.available()),
-        ("model.name", sorted(MODELS)), ("runtime.name", list(RUNTIMES)),
+        ("model.name", models()), ("runtime.name", list(RUNTIMES)),
     ):
         if need(key) not in choices:
             raise ConfigError(f"{key}='{need(key)}' is not known; valid choices: {', '.join(choices)}")
@@ -159,7 +159,13 @@ def data_spec(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def build(cfg: Mapping[str, Any]) -> Experiment:
     cfg = to_plain(cfg)
     validate(cfg)
-    fd = get_federated_data(data_spec(cfg))
+    try:
+        fd = get_federated_data(data_spec(cfg))
+    except ValueError as e:  # missing / malformed data, bad partition options: one line, exit 2
+        raise ConfigError(str(e)) from e
+    misfit = fit_error(cfg["model"]["name"], cfg["dataset"]["name"], fd.data.input_kind, fd.data.input_shape)
+    if misfit:
+        raise ConfigError(misfit)
     model_spec = {
         "name": cfg["model"]["name"], "options": _opts(cfg["model"]),
         "input_shape": list(fd.data.input_shape), "num_classes": fd.num_classes,

