@@ -10,9 +10,14 @@ import subprocess
 import numpy as np
 import pytest
 from fedagg_testing import ROOT, compose, fedagg_cmd
-from standins import femnist_dataset, image_dataset, save_standin, shakespeare_dataset
 
 from fedagg.data.federated import FederatedData
+from fedagg.data.standins import (
+    femnist_dataset,
+    image_dataset,
+    save_standin,
+    shakespeare_dataset,
+)
 from fedagg.experiment import ConfigError, build, data_spec, run, to_plain
 
 FAST = ["runtime=inprocess", "train.steps=2", "train.batch_size=8", "rounds=2"]

@@ -1,13 +1,20 @@
 """Tiny stand-ins for the Hub datasets, with each Hub dataset's exact schema
 (column names, image feature of the right mode and size, label feature), saved
-with ``save_to_disk`` so that fedagg loads them through ``dataset.path``."""
+with ``save_to_disk`` so that fedagg loads them through ``dataset.path``: for
+tests, CI and dry runs of a preset on a machine without the real data::
+
+    python -m fedagg.data.standins DIR      # writes DIR/<name> for every Hub dataset
+    fedagg +experiment=bench_cifar10 dataset.path=DIR/cifar10 ...
+
+Images are noise with a bright class-dependent square; Shakespeare lines are
+random characters of LEAF's vocabulary. They check plumbing, not accuracy."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from fedagg.data.hub import LEAF_VOCAB
+from .hub import LEAF_VOCAB
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FASHION_NAMES = ["T - shirt / top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -114,3 +121,17 @@ def save_standin(name: str, root: Path) -> Path:
     if name in ("femnist", "shakespeare"):
         return save_leaf_standin(name, root)
     return save_image_standin(name, root)
+
+
+def main() -> None:
+    import sys
+
+    from .hub import HUB_DATASETS
+
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "standins")
+    for name in HUB_DATASETS:
+        print(save_standin(name, root))
+
+
+if __name__ == "__main__":
+    main()
