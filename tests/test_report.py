@@ -9,10 +9,9 @@ import sys
 import pandas as pd
 import pytest
 import yaml
+from fedagg_testing import ROOT
 
 from fedagg.report.summary import main, report
-
-from fedagg_testing import ROOT
 
 
 def fake_run(folder, agg, seed, accs, status="completed", extra_cols=None, rounds_jsonl=None, alpha=0.3):
@@ -139,6 +138,102 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, make):
 
 def test_module_entry_point_no_traceback(tmp_path):
     p = subprocess.run([sys.executable, "-m", "fedagg.report", str(tmp_path / "nope")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+                       check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert "Traceback" not in p.stderr and "does not exist" in p.stderr
+
+
+# -- paired comparisons, the true last-k, fixed settings, figures -----------------------
+FINAL = {0: 0.50, 1: 0.60, 2: 0.55, 3: 0.70, 4: 0.65}  # fedavg's final accuracy per seed
+GAIN = {0: 0.01, 1: 0.02, 2: 0.03, 3: 0.04, 4: 0.05}  # feddisco − fedavg, per seed
+
+
+@pytest.fixture
+def paired_sweep(tmp_path):
+    """Two data settings (α) × three rules × five seeds; with --last-k 1 the
+    final accuracy is the last round's. ida has no seed-4 run and a failed seed 3."""
+    root = tmp_path / "paired"
+    for alpha, shift in ((0.1, 0.0), (0.5, 0.1)):
+        for seed, base in FINAL.items():
+            fake_run(root / f"a{alpha}_fedavg_{seed}", "fedavg", seed, [0.1, base + shift], alpha=alpha)
+            fake_run(root / f"a{alpha}_feddisco_{seed}", "feddisco", seed, [0.1, base + shift + GAIN[seed]],
+                     alpha=alpha)
+            if seed < 4:
+                fake_run(root / f"a{alpha}_ida_{seed}", "ida", seed, [0.1, base + shift - 0.02],
+                         status="failed" if seed == 3 else "completed", alpha=alpha)
+    return root
+
+
+def test_paired_differences_with_bootstrap_ci(paired_sweep, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main([str(paired_sweep), "--last-k", "1", "--paired-against", "fedavg", "--out", str(out),
+                 "--no-plots"]) == 0
+    summ = pd.read_csv(out / "summary.csv").set_index(["aggregator.name", "partition.alpha"])
+    for alpha in (0.1, 0.5):  # the α shift cancels: pairs share the data setting
+        d = summ.loc[("feddisco", alpha)]
+        assert d["paired_n"] == 5 and d["paired_diff_mean"] == pytest.approx(0.03, abs=1e-12)
+        assert 0.01 <= d["paired_ci_low"] < 0.03 < d["paired_ci_high"] <= 0.05  # within the range of the diffs
+        i = summ.loc[("ida", alpha)]  # seeds 0-2 pair (3 failed, 4 missing): a constant −0.02 -> CI collapses
+        assert i["paired_n"] == 3
+        assert (i["paired_diff_mean"], i["paired_ci_low"], i["paired_ci_high"]) == pytest.approx((-0.02,) * 3)
+        assert pd.isna(summ.loc[("fedavg", alpha), "paired_diff_mean"])
+    md = (out / "summary.md").read_text()
+    assert "Δ final vs fedavg [95% CI]" in md and "(reference)" in md
+    assert "| ida | 0.1 | 3 | 1 |" in md and "-0.0200 [-0.0200, -0.0200] (n=3)" in md
+    again = report(paired_sweep, tmp_path / "rep2", last_k=1, plots=False, paired_ref="fedavg")
+    assert again["summary"]["paired_ci_low"].equals(summ.reset_index()["paired_ci_low"])  # seeded
+
+
+def test_paired_bootstrap_ci_worked_case():
+    from fedagg.report.summary import paired_bootstrap_ci
+
+    # two pairs with differences 0 and 1: a resample's mean is 0, ½ or 1 with
+    # probabilities ¼, ½, ¼, so the 2.5 % and 97.5 % percentiles are 0 and 1
+    assert paired_bootstrap_ci([0.0, 1.0]) == (0.0, 1.0)
+    lo, hi = paired_bootstrap_ci([0.01, 0.02, 0.03, 0.04, 0.05], resamples=20000, seed=3)
+    assert lo == pytest.approx(0.018, abs=0.002) and hi == pytest.approx(0.042, abs=0.002)  # ≈ ±1.96·σ/√n
+    assert paired_bootstrap_ci([0.2]) == (0.2, 0.2)
+
+
+def test_paired_against_unknown_rule_is_one_line_exit_2(paired_sweep, capsys):
+    assert main([str(paired_sweep), "--paired-against", "fedprox", "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedagg-report: --paired-against fedprox: no run") and "\n" not in err
+
+
+def test_summary_states_true_last_k_and_fixed_settings(tmp_path, capsys):
+    root = tmp_path / "short"
+    for seed in (0, 1):
+        fake_run(root / f"fedavg_{seed}", "fedavg", seed, [0.1, 0.2, 0.3])  # only 3 rounds ran
+    res = report(root, last_k=5, plots=False)
+    text = res["text"]
+    assert "last 3 rounds (--last-k 5; fewer rounds ran)" in text and "final acc (last 3)" in text
+    assert "last 5" not in text
+    assert "- **run**: num_clients=4, rounds=4" in text
+    assert "- **aggregator**: name=fedavg, server_lr=1.0" in text
+    assert "- **partition**: alpha=0.3, name=dirichlet" in text
+    assert res["summary"].iloc[0]["final_accuracy_mean"] == pytest.approx(0.2)
+
+
+def test_figures_legend_outside_integer_ticks_every_seed(sweep):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fedagg.report import summary as S
+
+    runs_df, _, keys, curves, dirs, _ = S.build_tables(sweep, 2)
+    groups = S._groups(runs_df, keys, dirs)
+    fig = S.accuracy_figure(groups, runs_df, curves, dirs)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    leg = fig.legends[0].get_window_extent()
+    assert not leg.overlaps(ax.get_window_extent())  # the legend covers no curve
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    # participation: fedau's two completed seeds and its failed one have rounds.jsonl? only 0 and 1 do
+    fig = S.heatmap_figure(groups, runs_df, dirs, "participation")
+    titles = [a.get_title() for a in fig.axes if a.get_title()]
+    assert titles == ["aggregator=fedau, seed 0", "aggregator=fedau, seed 1"]  # every seed, not seed 0 only
+    for a in fig.axes:
+        if a.get_title():
+            assert all(float(t).is_integer() for t in a.get_xticks())
+            assert all(float(t).is_integer() for t in a.get_yticks())

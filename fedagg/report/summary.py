@@ -1,4 +1,4 @@
-"""``fedagg-report <sweep folder> [--last-k 5] [--target 0.6] [--out DIR]``
+"""``fedagg-report <sweep folder> [--last-k 5] [--target 0.6] [--paired-against RULE] [--out DIR]``
 
 Reads every run folder under a sweep (any depth; a run is a folder with
 config.yaml, or with status.json for a job that failed before writing its
@@ -8,11 +8,21 @@ config) and writes into ``--out`` (default: the sweep folder):
   (mean of the last k rounds), best accuracy, rounds to reach ``--target``;
 * ``summary.csv`` / ``summary.md``: one row per group of runs that differ
   only in the seed: n completed, failed, mean ± sample std (ddof=1) over
-  seeds; the Markdown table is printed to stdout too;
-* ``accuracy.png`` (test accuracy vs round, mean ± std band per group),
-  ``participation.png`` (who replied in each round, one run per group) and
-  ``weights.png`` (aggregation weights per client and round, when the
-  aggregator reported them).
+  seeds; the Markdown table is printed to stdout too. summary.md also states
+  the settings every run shares and the number of rounds the final accuracy
+  really averages (k, or fewer when fewer rounds ran);
+* with ``--paired-against RULE`` (an ``aggregator.name``): for every other
+  group, the mean over seeds of (final accuracy − RULE's final accuracy),
+  pairing the runs with the same seed and the same non-aggregator settings
+  (so the same data, partition, participation and initial model), with a
+  paired bootstrap 95 % confidence interval (percentiles of the mean of
+  ``--bootstrap`` resamples of the seed pairs, drawn from the named stream
+  ``(--bootstrap-seed, "report-bootstrap")``);
+* ``accuracy.png`` (test accuracy vs round, mean ± std band per group, with
+  a zoomed panel on the last rounds; legend outside the axes),
+  ``participation.png`` (who replied in each round) and ``weights.png``
+  (aggregation weights per client and round, when the aggregator reported
+  them): one panel per run -- a row per group, a column per seed.
 
 Swept keys are the config keys (nested keys flattened with dots) that take
 two or more different values across the runs. Failed runs (status.json says
@@ -135,6 +145,7 @@ def run_stats(df: Any, last_k: int, target: float | None) -> dict[str, Any]:
     reached = df.loc[acc >= target, "round"] if target is not None else []
     return {
         "rounds_done": int(df["round"].max()),
+        "final_k": k,
         "final_accuracy": float(acc.iloc[-k:].mean()),
         "best_accuracy": float(acc.max()),
         "rounds_to_target": (int(reached.iloc[0]) if len(reached) else None) if target is not None else None,
@@ -214,7 +225,7 @@ def build_tables(root: Path, last_k: int = 5, target: float | None = None):
         row["status"] = status
         row["error"] = error
         stats = run_stats(df, last_k, target) if (df is not None and status == "completed") else {
-            "rounds_done": int(df["round"].max()) if df is not None else 0,
+            "rounds_done": int(df["round"].max()) if df is not None else 0, "final_k": None,
             "final_accuracy": None, "best_accuracy": None, "rounds_to_target": None}
         row.update(stats)
         rows.append(row)
@@ -247,10 +258,115 @@ def build_tables(root: Path, last_k: int = 5, target: float | None = None):
         summary.append(s)
     summary_df = pd.DataFrame(summary)
     curves = {run: df for run, df in zip(runs, metrics)}
-    return runs_df, summary_df, group_keys, curves, runs
+    return runs_df, summary_df, group_keys, curves, runs, configs
 
 
-def summary_markdown(summary_df: Any, group_keys: list[str], last_k: int, target: float | None) -> str:
+def fixed_settings(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Flattened config keys every run has, with one value across all runs."""
+    if not configs:
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in configs[0].items():
+        if all(k in c and _hashable(c[k]) == _hashable(v) for c in configs[1:]):
+            out[k] = v
+    return out
+
+
+def fixed_settings_markdown(fixed: dict[str, Any]) -> str:
+    """One line per config section: ``- **train**: lr=0.05, epochs=1``."""
+    sections: dict[str, list[str]] = {}
+    for k, v in fixed.items():
+        head, _, rest = k.partition(".")
+        sec, name = (head, rest) if rest else ("run", head)
+        sections.setdefault(sec, []).append(f"{name}={'null' if v is None else v}")
+    order = ["run"] + [s for s in sections if s != "run"]
+    return "".join(f"- **{sec}**: {', '.join(sections[sec])}\n" for sec in order if sec in sections)
+
+
+# --------------------------------------------------------------------------- paired comparisons
+RULE_KEY = "aggregator.name"
+
+
+def paired_bootstrap_ci(diffs: Any, resamples: int = 10000, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of paired differences: resample
+    the pairs with replacement ``resamples`` times (named stream
+    ``(seed, "report-bootstrap")``), take each resample's mean."""
+    import numpy as np
+
+    from ..seeding import rng
+
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.size == 0:
+        return float("nan"), float("nan")
+    idx = rng(seed, "report-bootstrap").integers(0, d.size, size=(int(resamples), d.size))
+    means = d[idx].mean(axis=1)
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
+def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int = 10000,
+                   seed: int = 0) -> dict[tuple, dict[str, Any]]:
+    """For each group (tuple of its group-key values as str) whose rule is not
+    ``ref``: n pairs, mean of (final acc − ref's final acc) over seeds and its
+    paired bootstrap 95 % CI. Runs pair when they share the seed and every
+    group key outside ``aggregator.*`` (same data, partition, participation,
+    initial model); only completed runs pair."""
+    import numpy as np
+
+    if RULE_KEY not in group_keys:
+        raise ReportError(f"--paired-against {ref}: the runs do not differ in {RULE_KEY}")
+    rules = set(runs_df[RULE_KEY].astype(str))
+    if ref not in rules:
+        raise ReportError(f"--paired-against {ref}: no run has {RULE_KEY}={ref} (found: {', '.join(sorted(rules))})")
+    match_keys = [k for k in group_keys if not k.startswith("aggregator.")]
+    done = runs_df[runs_df["status"] == "completed"]
+    refs = done[done[RULE_KEY].astype(str) == ref]
+    ref_groups = refs.groupby(group_keys, dropna=False, sort=False).ngroups
+    per_setting = refs.groupby(match_keys, dropna=False, sort=False).ngroups if match_keys else 1
+    if ref_groups > per_setting:
+        raise ReportError(
+            f"--paired-against {ref}: several groups of {ref} share the same data settings (they differ in "
+            f"{', '.join(k for k in group_keys if k.startswith('aggregator.') and k != RULE_KEY)}); "
+            "report them in separate sweeps")
+
+    def setting(r: Any) -> tuple:
+        return tuple(str(r[k]) for k in match_keys) + (str(r["seed"]),)
+
+    ref_acc = {setting(r): float(r["final_accuracy"]) for _, r in refs.iterrows()}
+    out: dict[tuple, dict[str, Any]] = {}
+    for vals, g in runs_df.groupby(group_keys, dropna=False, sort=False):
+        vals = vals if isinstance(vals, tuple) else (vals,)
+        if str(dict(zip(group_keys, vals))[RULE_KEY]) == ref:
+            continue
+        diffs = [float(r["final_accuracy"]) - ref_acc[setting(r)]
+                 for _, r in g[g["status"] == "completed"].iterrows() if setting(r) in ref_acc]
+        lo, hi = paired_bootstrap_ci(diffs, resamples, seed)
+        out[tuple(str(v) for v in vals)] = {"paired_n": len(diffs), "paired_diff_mean": float(np.mean(diffs)) if diffs else float("nan"),
+                     "paired_ci_low": lo, "paired_ci_high": hi}
+    return out
+
+
+def _fmt_diff(p: dict[str, Any]) -> str:
+    n = p.get("paired_n")
+    if n is None or math.isnan(float(n)) or int(n) == 0:
+        return "— (no pairs)"
+    return (f"{p['paired_diff_mean']:+.4f} [{p['paired_ci_low']:+.4f}, {p['paired_ci_high']:+.4f}]"
+            f" (n={int(n)})")
+
+
+def _k_label(ks: Any, last_k: int) -> str:
+    """The number of rounds the final accuracy really averages: k, or fewer
+    when fewer rounds ran ("3" or "3–5" when runs differ)."""
+    ks = sorted({int(k) for k in ks if k is not None and not math.isnan(float(k))})
+    if not ks:
+        return str(last_k)
+    return str(ks[0]) if len(ks) == 1 else f"{ks[0]}–{ks[-1]}"
+
+
+def summary_markdown(summary_df: Any, group_keys: list[str], last_k: int, target: float | None,
+                     k_label: str | None = None, paired_ref: str | None = None) -> str:
     import pandas as pd
 
     table = []
@@ -258,7 +374,10 @@ def summary_markdown(summary_df: Any, group_keys: list[str], last_k: int, target
         r = {k: s[k] for k in group_keys}
         r["n"] = int(s["n"])
         r["failed"] = int(s["failed"])
-        r[f"final acc (last {last_k})"] = _fmt(s["final_accuracy_mean"], s["final_accuracy_std"], r["n"])
+        r[f"final acc (last {k_label or last_k})"] = _fmt(s["final_accuracy_mean"], s["final_accuracy_std"], r["n"])
+        if paired_ref is not None:
+            r[f"Δ final vs {paired_ref} [95% CI]"] = (
+                "(reference)" if str(s[RULE_KEY]) == paired_ref else _fmt_diff(s.to_dict()))
         r["best acc"] = _fmt(s["best_accuracy_mean"], s["best_accuracy_std"], r["n"])
         if target is not None:
             r[f"rounds to {target:g}"] = (
@@ -283,42 +402,65 @@ def _groups(runs_df: Any, group_keys: list[str], run_dirs: list[Path]) -> list[t
     return out
 
 
-def plot_accuracy(path: Path, groups, runs_df, curves, run_dirs) -> Path | None:
+def accuracy_figure(groups, runs_df, curves, run_dirs) -> Any:
+    """Mean ± std curves per group on the whole run (left) and zoomed on the
+    last rounds (right, y-range fitted there); the legend sits outside the
+    axes, below them. None when no completed run has metrics."""
     import matplotlib.pyplot as plt
     import pandas as pd
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    drawn = 0
+    stats = []
     for label, idx in groups:
         series = []
         for i in idx:
             df = curves[run_dirs[i]]
             if runs_df.loc[i, "status"] == "completed" and df is not None:
                 series.append(df.set_index("round")[ACC].astype(float).rename(i))
-        if not series:
-            continue
-        m = pd.concat(series, axis=1)
-        mean = m.mean(axis=1)
-        std = m.std(axis=1, ddof=1).fillna(0.0)
-        line, = ax.plot(mean.index, mean.values, label=f"{label} (n={len(series)})")
-        ax.fill_between(mean.index, (mean - std).values, (mean + std).values, alpha=0.2, color=line.get_color())
-        drawn += 1
-    if not drawn:
-        plt.close(fig)
+        if series:
+            m = pd.concat(series, axis=1)
+            stats.append((f"{label} (n={len(series)})", m.mean(axis=1), m.std(axis=1, ddof=1).fillna(0.0)))
+    if not stats:
         return None
-    ax.set_xlabel("round")
+    last = max(int(mean.index.max()) for _, mean, _ in stats)
+    first = min(int(mean.index.min()) for _, mean, _ in stats)
+    zoom_from = max(first, last - max(4, (last - first + 1) // 3) + 1)
+    fig, (ax, zx) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
+    lo, hi = math.inf, -math.inf
+    for label, mean, std in stats:
+        line, = ax.plot(mean.index, mean.values, label=label)
+        c = line.get_color()
+        ax.fill_between(mean.index, (mean - std).values, (mean + std).values, alpha=0.2, color=c)
+        z = mean.index >= zoom_from
+        zx.plot(mean.index[z], mean.values[z], color=c, marker="." if z.sum() < 30 else None)
+        zx.fill_between(mean.index[z], (mean - std).values[z], (mean + std).values[z], alpha=0.2, color=c)
+        if z.any():
+            lo, hi = min(lo, float((mean - std)[z].min())), max(hi, float((mean + std)[z].max()))
+    if math.isfinite(lo):
+        pad = max(0.005, 0.1 * (hi - lo))
+        zx.set_ylim(lo - pad, hi + pad)
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    zx.set_title(f"zoom: rounds {zoom_from}–{last}", fontsize=8)
+    for a in (ax, zx):
+        a.set_xlabel("round")
+        a.grid(alpha=0.3)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", fontsize=7,
+               ncol=min(3, len(stats)), frameon=False)
+    rows = math.ceil(len(stats) / min(3, len(stats)))
+    fig.tight_layout(rect=(0, min(0.45, 0.06 + 0.05 * rows), 1, 1))
+    return fig
+
+
+def plot_accuracy(path: Path, groups, runs_df, curves, run_dirs) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    fig = accuracy_figure(groups, runs_df, curves, run_dirs)
+    if fig is None:
+        return None
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def _representative(idx: list[int], runs_df: Any) -> int:
-    done = [i for i in idx if runs_df.loc[i, "status"] == "completed"]
-    return (done or idx)[0]
 
 
 def _num_clients(run: Path, rounds: list[dict[str, Any]]) -> int:
@@ -328,63 +470,100 @@ def _num_clients(run: Path, rounds: list[dict[str, Any]]) -> int:
     return max(cands) if cands else 0
 
 
-def plot_heatmaps(path: Path, groups, runs_df, run_dirs, kind: str) -> Path | None:
-    """kind='participation': 1 replied, 0.5 asked but no usable reply, 0 not
-    asked. kind='weights': aggregation weight per client (blank = none)."""
-    import matplotlib.pyplot as plt
+def _heatmap(run: Path, kind: str) -> tuple[Any, list[int]] | None:
+    """(client × round matrix, round numbers) of one run, or None."""
     import numpy as np
 
-    panels = []
-    for label, idx in groups:
-        i = _representative(idx, runs_df)
-        rounds = load_rounds(run_dirs[i])
-        if not rounds:
-            continue
-        if kind == "weights" and not any(d.get("weights") is not None and d.get("weight_clients") is not None
-                                         for d in rounds):
-            continue
-        n = _num_clients(run_dirs[i], rounds)
-        mat = np.full((n, len(rounds)), np.nan if kind == "weights" else 0.0)
-        for j, d in enumerate(rounds):
-            if kind == "participation":
-                for c in d.get("asked", []) or []:
-                    mat[int(c), j] = 0.5
-                for c in d.get("replied", []) or []:
-                    mat[int(c), j] = 1.0
-            else:
-                w, wc = d.get("weights"), d.get("weight_clients")
-                if w is None or wc is None:
-                    continue
-                for c, v in zip(wc, np.ravel(np.asarray(w, dtype=float))):
-                    mat[int(c), j] = v
-        seed = runs_df.loc[i, "seed"]
-        panels.append((f"{label}, seed {seed}", mat, [d.get("round", j + 1) for j, d in enumerate(rounds)]))
-    if not panels:
+    rounds = load_rounds(run)
+    if not rounds:
         return None
-    max_panels = 16
-    if len(panels) > max_panels:
-        print(f"warning: {kind} plot shows the first {max_panels} of {len(panels)} groups", file=sys.stderr)
-        panels = panels[:max_panels]
-    ncols = 2 if len(panels) > 1 else 1
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 2.6 * nrows + 0.4), dpi=100, squeeze=False)
-    for ax in axes.ravel()[len(panels):]:
-        ax.axis("off")
-    for ax, (title, mat, rnds) in zip(axes.ravel(), panels):
+    if kind == "weights" and not any(d.get("weights") is not None and d.get("weight_clients") is not None
+                                     for d in rounds):
+        return None
+    n = _num_clients(run, rounds)
+    mat = np.full((n, len(rounds)), np.nan if kind == "weights" else 0.0)
+    for j, d in enumerate(rounds):
         if kind == "participation":
-            im = ax.imshow(mat, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0, vmax=1,
-                           extent=(rnds[0] - 0.5, rnds[-1] + 0.5, mat.shape[0] - 0.5, -0.5))
+            for c in d.get("asked", []) or []:
+                mat[int(c), j] = 0.5
+            for c in d.get("replied", []) or []:
+                mat[int(c), j] = 1.0
         else:
-            im = ax.imshow(np.ma.masked_invalid(mat), aspect="auto", interpolation="nearest", cmap="viridis",
-                           extent=(rnds[0] - 0.5, rnds[-1] + 0.5, mat.shape[0] - 0.5, -0.5))
-            fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
-        ax.set_title(title, fontsize=8)
-        ax.set_xlabel("round", fontsize=8)
-        ax.set_ylabel("client", fontsize=8)
-        ax.tick_params(labelsize=7)
+            w, wc = d.get("weights"), d.get("weight_clients")
+            if w is None or wc is None:
+                continue
+            for c, v in zip(wc, np.ravel(np.asarray(w, dtype=float))):
+                mat[int(c), j] = v
+    return mat, [int(d.get("round", j + 1)) for j, d in enumerate(rounds)]
+
+
+MAX_GROUPS, MAX_SEEDS = 16, 10
+
+
+def heatmap_figure(groups, runs_df, run_dirs, kind: str) -> Any:
+    """kind='participation': 1 replied, 0.5 asked but no usable reply, 0 not
+    asked. kind='weights': aggregation weight per client (blank = none). One
+    panel per run: a row per group, a column per seed; integer ticks."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    rows = []
+    for label, idx in groups:
+        panels = []
+        for i in sorted(idx, key=lambda i: (_as_number(runs_df.loc[i, "seed"]), i)):
+            hm = _heatmap(run_dirs[i], kind)
+            if hm is not None:
+                panels.append((f"{label}, seed {runs_df.loc[i, 'seed']}", *hm))
+        if panels:
+            rows.append(panels)
+    if not rows:
+        return None
+    if len(rows) > MAX_GROUPS:
+        print(f"warning: {kind} plot shows the first {MAX_GROUPS} of {len(rows)} groups", file=sys.stderr)
+        rows = rows[:MAX_GROUPS]
+    if any(len(r) > MAX_SEEDS for r in rows):
+        print(f"warning: {kind} plot shows the first {MAX_SEEDS} seeds of each group", file=sys.stderr)
+        rows = [r[:MAX_SEEDS] for r in rows]
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(4.2 * ncols + 0.6, 2.4 * len(rows) + 0.5), dpi=100,
+                             squeeze=False)
+    for r, panels in enumerate(rows):
+        for ax in axes[r, len(panels):]:
+            ax.axis("off")
+        for ax, (title, mat, rnds) in zip(axes[r], panels):
+            extent = (rnds[0] - 0.5, rnds[-1] + 0.5, mat.shape[0] - 0.5, -0.5)
+            if kind == "participation":
+                ax.imshow(mat, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0, vmax=1, extent=extent)
+            else:
+                im = ax.imshow(np.ma.masked_invalid(mat), aspect="auto", interpolation="nearest", cmap="viridis",
+                               extent=extent)
+                fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+            ax.set_title(title, fontsize=8)
+            ax.set_xlabel("round", fontsize=8)
+            ax.set_ylabel("client", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelsize=7)
     fig.suptitle("replied (black), asked but no reply (grey)" if kind == "participation"
                  else "aggregation weight per client (blank = not aggregated)", fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def _as_number(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.inf
+
+
+def plot_heatmaps(path: Path, groups, runs_df, run_dirs, kind: str) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    fig = heatmap_figure(groups, runs_df, run_dirs, kind)
+    if fig is None:
+        return None
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -392,7 +571,8 @@ def plot_heatmaps(path: Path, groups, runs_df, run_dirs, kind: str) -> Path | No
 
 # --------------------------------------------------------------------------- entry
 def report(root: Path, out: Path | None = None, last_k: int = 5, target: float | None = None,
-           plots: bool = True) -> dict[str, Any]:
+           plots: bool = True, paired_ref: str | None = None, bootstrap: int = 10000,
+           bootstrap_seed: int = 0) -> dict[str, Any]:
     root = Path(root)
     if not root.exists():
         raise ReportError(f"{root} does not exist")
@@ -400,16 +580,30 @@ def report(root: Path, out: Path | None = None, last_k: int = 5, target: float |
         raise ReportError(f"{root} is not a folder")
     if last_k < 1:
         raise ReportError(f"--last-k {last_k} must be >= 1")
+    if bootstrap < 1:
+        raise ReportError(f"--bootstrap {bootstrap} must be >= 1")
     out = Path(out) if out is not None else root
-    runs_df, summary_df, group_keys, curves, run_dirs = build_tables(root, last_k, target)
+    runs_df, summary_df, group_keys, curves, run_dirs, configs = build_tables(root, last_k, target)
+    paired_note = ""
+    if paired_ref is not None:
+        pairs = paired_against(runs_df, group_keys, paired_ref, bootstrap, bootstrap_seed)
+        for col in ("paired_n", "paired_diff_mean", "paired_ci_low", "paired_ci_high"):
+            summary_df[col] = [pairs.get(tuple(str(r[k]) for k in group_keys), {}).get(col)
+                               for _, r in summary_df.iterrows()]
+        paired_note = (f" Δ = mean over seeds of (final acc − {paired_ref}'s final acc), runs paired by seed and "
+                       f"data settings; [95% CI] = paired bootstrap ({bootstrap} resamples, seed {bootstrap_seed}).")
     out.mkdir(parents=True, exist_ok=True)
     runs_df.to_csv(out / "runs.csv", index=False)
     summary_df.to_csv(out / "summary.csv", index=False)
-    md = summary_markdown(summary_df, group_keys, last_k, target)
+    k_label = _k_label(runs_df["final_k"], last_k)
+    md = summary_markdown(summary_df, group_keys, last_k, target, k_label, paired_ref)
     n_failed = int((runs_df["status"] != "completed").sum())
+    fewer = f" (--last-k {last_k}; fewer rounds ran)" if k_label != str(last_k) else ""
+    fixed = fixed_settings_markdown({k: v for k, v in fixed_settings(configs).items() if k != "seed"})
     head = (f"# Sweep {root}\n\n{len(runs_df)} runs, {n_failed} failed; grouped by "
             f"{', '.join(group_keys) or '(nothing differs but the seed)'}; mean ± sample std over seeds; "
-            f"final acc = mean test accuracy of the last {last_k} rounds.\n\n")
+            f"final acc = mean test accuracy of the last {k_label} rounds{fewer}.{paired_note}\n\n"
+            + (f"Settings shared by every run:\n\n{fixed}\n" if fixed else ""))
     fails = runs_df[runs_df["status"] != "completed"]
     tail = ""
     if len(fails):
@@ -438,9 +632,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", type=float, default=None, help="report rounds needed to reach this test accuracy")
     ap.add_argument("--out", default=None, help="where to write runs.csv, summary.md and plots (the sweep folder)")
     ap.add_argument("--no-plots", action="store_true", help="tables only")
+    ap.add_argument("--paired-against", default=None, metavar="RULE",
+                    help="an aggregator.name: report each other rule's mean paired difference in final accuracy "
+                         "to it over seeds, with a paired bootstrap 95%% CI")
+    ap.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the CI (10000)")
+    ap.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap's named stream (0)")
     a = ap.parse_args(argv)
     try:
-        res = report(Path(a.sweep), Path(a.out) if a.out else None, a.last_k, a.target, plots=not a.no_plots)
+        res = report(Path(a.sweep), Path(a.out) if a.out else None, a.last_k, a.target, plots=not a.no_plots,
+                     paired_ref=a.paired_against, bootstrap=a.bootstrap, bootstrap_seed=a.bootstrap_seed)
     except ReportError as e:
         print(f"fedagg-report: {e}", file=sys.stderr)
         return 2
