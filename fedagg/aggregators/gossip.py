@@ -1,5 +1,5 @@
 """Variance-corrected gossip averaging (Tian et al., arXiv 2404.04616),
-ALGORITHMS.md §7, as a synchronous round-based simulation.
+docs/algorithms.md §7, as a synchronous round-based simulation.
 
 Every node n keeps its own model θ_n (``per_node_models = True``;
 ``params_for(n, ·)`` returns θ_n). Nodes start from independent inits

@@ -1,5 +1,5 @@
 """IDA -- Inverse Distance Aggregation (Yeganeh et al., MICCAI-W 2020,
-arXiv 2008.07665), ALGORITHMS.md §6.
+arXiv 2008.07665); docs/algorithms.md §6.
 
     θ̄   = (1/|S_t|) Σ_k θ_k                  (unweighted mean, the reference)
     d_k = max(‖θ_k − θ̄‖, eps)
@@ -13,7 +13,7 @@ with c_k by ``variant``:
 * ``ida_fedavg``: c_k = N_k/d_k
 
 The paper could not be checked (no official code; everything beyond the
-abstract is recalled), so these defaults are choices, made as §6.2 recommends:
+abstract is recalled), so these defaults are choices:
 
 * ``norm='l2'`` over the concatenation of the tensors (``granularity='model'``):
   the natural reading of "distance between parameters"; ``l1`` is offered.
@@ -27,12 +27,12 @@ abstract is recalled), so these defaults are choices, made as §6.2 recommends:
   BN running statistics never enter the distance but are averaged with the
   same α; integer tensors are never averaged (taken from the client with the
   largest α, as :func:`weighted_average` does).
-* the reference is the *unweighted* mean (§6.2, [RECALL]).
+* the reference is the *unweighted* mean (as recalled from the paper, unverified).
 * ``eps=1e-12`` (absolute) floors distances and accuracies: when every
   distance is below eps (identical models) the weights are uniform; a single
-  client exactly at the mean would take almost all the weight (§6.4) -- with
+  client exactly at the mean would take almost all the weight -- with
   real, trained models this does not happen.
-* INTRAC's transform is unknown (§6.3): a plain inverse, no clipping.
+* INTRAC's transform is unknown: a plain inverse, no clipping.
 
 |S_t| = 1 returns that model; |S_t| = 2 gives uniform weights (both
 distances are half the gap). Stateless: nothing is kept across rounds.

@@ -1,4 +1,4 @@
-"""FedAU estimator/weights (ALGORITHMS.md §3.3, §8.2) and the §3.5 baselines."""
+"""FedAU estimator/weights and the baselines of its official code (docs/algorithms.md §3)."""
 from __future__ import annotations
 
 import math
@@ -37,7 +37,7 @@ def run_single_client(pattern, K):
 
 
 def test_hand_written_schedule_K3():
-    # Hand trace of §3.3 with K=3 (0-based rounds):
+    # Hand trace of the estimator with K=3 (0-based rounds):
     #  t0  q=1: ω=1 (no interval yet); closes interval 1 (first participation t0+1)
     #  t3  q=1: ω=mean[1]=1; closes 3 (two misses + 1)
     #  t4  q=1: ω=mean[1,3]=2; closes 1
@@ -83,7 +83,7 @@ def test_matches_official_loop_on_random_strings(K):
 
 
 def geometric_limit(p, K):
-    """E[G] / E[1 + ⌊(G−1)/K⌋] for G ~ Geometric(p) on {1, 2, ...} (§8.2)."""
+    """E[G] / E[1 + ⌊(G−1)/K⌋] for G ~ Geometric(p) on {1, 2, ...}."""
     g = np.arange(1, 20000)
     pmf = p * (1 - p) ** (g - 1)
     return float((g * pmf).sum() / ((1 + (g - 1) // K) * pmf).sum())

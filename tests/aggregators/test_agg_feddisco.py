@@ -9,7 +9,7 @@ from fedagg.aggregators import build
 
 
 def niid2_updates():
-    """§5.7: 5 biased clients with 2 classes × 4165 images, 1 unbiased client
+    """NIID-2: 5 biased clients with 2 classes × 4165 images, 1 unbiased client
     with 10 × 833: all 8330 images; client k's model is the scalar k."""
     ups = []
     for k in range(5):

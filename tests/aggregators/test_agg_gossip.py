@@ -1,4 +1,4 @@
-"""Variance-corrected gossip averaging (ALGORITHMS.md §7)."""
+"""Variance-corrected gossip averaging (docs/algorithms.md §7)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""IDA (ALGORITHMS.md §6)."""
+"""IDA (docs/algorithms.md §6)."""
 from __future__ import annotations
 
 import numpy as np
