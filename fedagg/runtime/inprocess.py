@@ -60,8 +60,10 @@ class SimulatedGrid(Grid):
 
 
 class InProcessGrid(SimulatedGrid):
-    def __init__(self, client_app: Any, num_nodes: int, node_config: dict[str, Any] | None = None) -> None:
+    def __init__(self, client_app: Any, num_nodes: int, node_config: dict[str, Any] | None = None,
+                 vector: Any = None) -> None:
         self.client_app = client_app
+        self.vector = vector  # VectorSettings: train cohorts vectorised (runtime.vectorize)
         self.node_ids = [1000 + i for i in range(num_nodes)]
         self.contexts = {
             nid: Context(run_id=1, node_id=nid,
@@ -72,13 +74,24 @@ class InProcessGrid(SimulatedGrid):
         self._replies: dict[str, Message] = {}
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
         ids = []
         for msg in messages:
             mid = uuid.uuid4().hex
             msg.metadata.__dict__["_message_id"] = mid
-            reply = call_client(self.client_app, msg, self.contexts[msg.metadata.dst_node_id])
-            self._replies[mid] = reply
             ids.append(mid)
+        rest = messages
+        if self.vector is not None and self.vector.enabled:
+            from .vectorised import plan_chunks, run_chunk
+
+            chunks, rest = plan_chunks(messages, lambda nid: self.contexts[nid].node_config, self.vector.chunk)
+            for chunk in chunks:
+                replies = run_chunk(self.client_app, [(m, self.contexts[m.metadata.dst_node_id]) for m in chunk])
+                for m, r in zip(chunk, replies):
+                    self._replies[m.metadata.message_id] = r
+        for msg in rest:
+            self._replies[msg.metadata.message_id] = call_client(self.client_app, msg,
+                                                                 self.contexts[msg.metadata.dst_node_id])
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -91,7 +104,11 @@ class InProcessGrid(SimulatedGrid):
 def run_inprocess(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
     from ..flower.client_app import app as client_app
 
+    from .vectorised import check_supported, settings_from
+
+    vector = settings_from(exp.cfg["runtime"])
+    vectorise = vector.enabled and check_supported(exp, vector) is None
     set_task_identity()
-    grid = InProcessGrid(client_app, exp.cfg["num_clients"])
+    grid = InProcessGrid(client_app, exp.cfg["num_clients"], vector=vector if vectorise else None)
     ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     server_app(grid, ctx)

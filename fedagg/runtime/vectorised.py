@@ -1,0 +1,183 @@
+"""Vectorised cohorts in the simulation grids (``runtime.vectorize``).
+
+A simulation grid hands a round's TRAIN messages to :func:`plan_chunks`,
+which groups them by training setup (model, data spec, batch size, learning
+rate, momentum, weight decay, FedProx mu, seed, round, device), orders each
+group by client id and cuts it into fixed-size chunks of
+``runtime.cohort_chunk`` clients -- so a chunk's composition, and therefore
+every number it produces, depends neither on the number of workers nor on
+scheduling. :func:`run_chunk` trains one chunk as one stacked model
+(:mod:`fedagg.task.cohort`) and builds, per message, exactly the reply the
+ClientApp would have built: the same metrics keys and label histogram, and
+the same error replies for injected faults (crash, dropout, deadline).
+Messages the cohort path does not handle (not TRAIN, a node with its own
+``data-path``, an unsupported model or optimiser) go through the ClientApp
+one by one; the reason is logged once. The ClientApp used in deployment is
+untouched.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from flwr.app import Context, Error, Message, MessageType, MetricRecord, RecordDict
+
+from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_reason
+from .inprocess import ERROR_CODE_CLIENT_EXCEPTION, reply_from_node
+
+log = logging.getLogger("fedagg")
+
+VECTORIZE_CHOICES = ("auto", "true", "false")
+# instruction keys that may differ between the clients of one cohort
+_PER_CLIENT_KEYS = ("sim.epochs", "sim.work_fraction", "sim.fault")
+
+
+@dataclass(frozen=True)
+class VectorSettings:
+    mode: str = "auto"  # auto | true | false
+    chunk: int = 10
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "false"
+
+
+def settings_from(rt: dict[str, Any]) -> VectorSettings:
+    """``runtime.vectorize`` / ``runtime.cohort_chunk``, checked."""
+    from ..experiment import ConfigError
+
+    raw = rt.get("vectorize", "auto")
+    mode = {True: "true", False: "false"}.get(raw, str(raw).lower()) if isinstance(raw, bool) else str(raw).lower()
+    if mode not in VECTORIZE_CHOICES:
+        raise ConfigError(f"runtime.vectorize={raw!r} is not allowed; use auto, true or false")
+    chunk = rt.get("cohort_chunk", 10)
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        raise ConfigError(f"runtime.cohort_chunk={chunk!r} must be an integer >= 1 (clients trained together)")
+    return VectorSettings(mode, chunk)
+
+
+def check_supported(exp: Any, settings: VectorSettings) -> str | None:
+    """Why this experiment's clients cannot be vectorised (None: they can).
+    ``runtime.vectorize=true`` turns a reason into a config error, before training."""
+    from ..experiment import ConfigError
+
+    if not settings.enabled:
+        return None
+    tr = exp.cfg.get("train", {}) or {}
+    reason = unsupported_reason(exp.model(), optimizer=str(tr.get("optimizer", "sgd") or "sgd"),
+                                input_shape=tuple(exp.model_spec["input_shape"]))
+    if reason and settings.mode == "true":
+        raise ConfigError(f"runtime.vectorize=true but this setup cannot be vectorised: {reason}; "
+                          "use runtime.vectorize=auto (falls back to per-client training) or false")
+    if reason:
+        log_fallback_once(reason)
+    return reason
+
+
+# --------------------------------------------------------------------------- planning (grid side)
+def _cfg(msg: Message) -> dict[str, Any]:
+    from ..flower.codec import from_config
+
+    return from_config(msg.content["config"])
+
+
+def _group_key(cfg: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in cfg.items() if k not in _PER_CLIENT_KEYS}, sort_keys=True, default=str)
+
+
+def plan_chunks(messages: Sequence[Message], node_config: Callable[[int], dict[str, Any]],
+                chunk: int) -> tuple[list[list[Message]], list[Message]]:
+    """Split a round's messages into cohort chunks and the rest (sent one by one).
+    Chunks: TRAIN messages with the same setup, ordered by client id, ``chunk`` at a time."""
+    groups: dict[str, list[tuple[int, Message]]] = {}
+    rest: list[Message] = []
+    for msg in messages:
+        nc = node_config(msg.metadata.dst_node_id)
+        if msg.metadata.message_type != MessageType.TRAIN or nc.get("data-path") or "partition-id" not in nc:
+            rest.append(msg)
+            continue
+        groups.setdefault(_group_key(_cfg(msg)), []).append((int(nc["partition-id"]), msg))
+    chunks = []
+    for key in sorted(groups):
+        ordered = [m for _, m in sorted(groups[key], key=lambda t: t[0])]
+        chunks += [ordered[s : s + chunk] for s in range(0, len(ordered), chunk)]
+    return chunks, rest
+
+
+# --------------------------------------------------------------------------- training (worker side)
+def _error(msg: Message, exc: BaseException) -> Message:
+    reason = f"{type(exc).__name__}: {exc}"
+    return reply_from_node(Message(Error(code=ERROR_CODE_CLIENT_EXCEPTION, reason=reason), reply_to=msg), msg)
+
+
+def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list[Message]:
+    """Train one chunk (same setup) vectorised; one reply per message, in order.
+    Falls back to ``client_app`` per message where the setup cannot be vectorised."""
+    from ..flower import client_app as ca
+    from ..flower.codec import params_to_record, record_to_params
+    from .inprocess import call_client
+
+    if not batch:
+        return []
+    cfg0 = _cfg(batch[0][0])
+    model = ca._model(cfg0["fedagg.model"])
+    reason = unsupported_reason(model, optimizer=str(cfg0.get("train.optimizer", "sgd")),
+                                input_shape=tuple(json.loads(cfg0["fedagg.model"])["input_shape"]))
+    if reason:
+        log_fallback_once(reason)
+        return [call_client(client_app, m, c) for m, c in batch]
+    replies: dict[int, Message] = {}
+    members: list[tuple[int, Member, int, np.ndarray, str | None]] = []
+    batch_size = int(cfg0.get("train.batch_size", 32))
+    for i, (msg, ctx) in enumerate(batch):
+        try:
+            cfg = _cfg(msg)
+            pid = ca._partition_id(ctx, cfg)
+            fault = cfg.get("sim.fault")
+            if fault == "crash":
+                raise ca.InjectedFault(f"client {pid}: injected crash (heterogeneity=crashes)")
+            data, k = ca._client_data(ctx, cfg, pid)
+            epochs = int(cfg.get("sim.epochs", cfg.get("train.epochs", 1)))
+            steps = int(cfg.get("train.steps", 0))
+            work = 0.5 if fault == "dropout" else float(cfg.get("sim.work_fraction", 1.0))
+            if fault == "dropout":  # its work is discarded: only the step count is reported
+                from ..task.cohort import planned_steps
+
+                done = planned_steps(len(data.y_train), epochs=epochs, steps=steps, batch_size=batch_size,
+                                     work_fraction=work)
+                raise ca.InjectedFault(f"client {pid}: dropped out mid-round after {done} steps")
+            if fault == "deadline":
+                raise ca.InjectedFault(f"client {pid}: straggler missed the round deadline")
+            m = Member(pid, data.x_train, data.y_train, record_to_params(msg.content["arrays"]),
+                       epochs=epochs, steps=steps, work_fraction=work)
+            hist = np.bincount(data.y_train, minlength=k)
+            members.append((i, m, len(data.y_train), hist, None))
+        except Exception as e:  # noqa: BLE001 - a failing client is an error reply, as in the ClientApp
+            replies[i] = _error(msg, e)
+    if members:
+        try:
+            results = train_cohort(
+                model, [m for _, m, _, _, _ in members], batch_size=batch_size,
+                lr=float(cfg0.get("train.lr", 0.05)), momentum=float(cfg0.get("train.momentum", 0.0)),
+                weight_decay=float(cfg0.get("train.weight_decay", 0.0)),
+                proximal_mu=float(cfg0.get("proximal_mu", cfg0.get("train.proximal_mu", 0.0))),
+                seed=int(cfg0["seed"]), round=int(cfg0["round"]), device=ca._device(cfg0),
+            )
+        except Exception as e:  # noqa: BLE001 - the whole chunk failed: each client gets the error
+            results = None
+            for i, *_ in members:
+                replies[i] = _error(batch[i][0], e)
+        if results is not None:
+            for (i, m, n, hist, _), (params, res) in zip(members, results):
+                msg = batch[i][0]
+                metrics = MetricRecord({
+                    "partition-id": m.client, "num-examples": int(n), "train-loss": float(res.loss),
+                    "train-accuracy": float(res.accuracy), "steps": int(res.steps),
+                    "label-hist": [int(c) for c in hist],
+                })
+                reply = Message(RecordDict({"arrays": params_to_record(params), "metrics": metrics}), reply_to=msg)
+                replies[i] = reply_from_node(reply, msg)
+    return [replies[i] for i in range(len(batch))]
