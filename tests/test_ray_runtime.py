@@ -43,8 +43,14 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("ray_runs")
     out = {}
     out["inprocess"] = run(compose(*SMALL, "runtime=inprocess"), base / "inprocess")
-    out["ray2"] = run(compose(*SMALL, "runtime=ray", "runtime.num_workers=2", "runtime.batch_size=2"), base / "ray2")
-    out["ray1"] = run(compose(*SMALL, "runtime=ray", "runtime.num_workers=1", "runtime.batch_size=auto"), base / "ray1")
+    # vectorised cohorts of 2 clients: 3 chunks spread over the workers
+    out["ray2"] = run(compose(*SMALL, "runtime=ray", "runtime.num_workers=2", "runtime.batch_size=2",
+                              "runtime.cohort_chunk=2"), base / "ray2")
+    out["ray1"] = run(compose(*SMALL, "runtime=ray", "runtime.num_workers=1", "runtime.batch_size=auto",
+                              "runtime.cohort_chunk=2"), base / "ray1")
+    # the per-client path on the actor pool
+    out["ray2_plain"] = run(compose(*SMALL, "runtime=ray", "runtime.num_workers=2", "runtime.vectorize=false"),
+                            base / "ray2_plain")
     return base, out
 
 
@@ -55,6 +61,16 @@ def test_ray_matches_inprocess(runs):
     diff = max(float((pa[k] - pb[k]).abs().max()) for k in pa)
     assert diff <= 1e-5, diff
     assert [r["clients_replied"] for r in rows["inprocess"]] == [r["clients_replied"] for r in rows["ray2"]]
+
+
+@pytest.mark.slow
+def test_ray_vectorised_matches_per_client(runs):
+    base, rows = runs
+    pa, pb = _params(base / "ray2_plain"), _params(base / "ray2")
+    diff = max(float((pa[k] - pb[k]).abs().max()) for k in pa)
+    assert diff <= 1e-5, diff
+    assert [r["train_loss"] for r in rows["ray2"]] == pytest.approx([r["train_loss"] for r in rows["ray2_plain"]],
+                                                                    abs=1e-5)
 
 
 @pytest.mark.slow
@@ -77,7 +93,8 @@ def test_killed_worker_is_retried_and_run_continues(runs, tmp_path):
 
     ray_grid.HOOKS["after_push"] = kill_first_worker
     try:
-        rows = run(compose(*SMALL, "runtime=ray", "runtime.num_workers=2", "runtime.batch_size=2"), tmp_path)
+        rows = run(compose(*SMALL, "runtime=ray", "runtime.num_workers=2", "runtime.batch_size=2",
+                           "runtime.cohort_chunk=2"), tmp_path)
     finally:
         ray_grid.HOOKS.clear()
     assert killed

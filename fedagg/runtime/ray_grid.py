@@ -90,19 +90,27 @@ class ClientWorker:
 
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
+    def _context(self, msg: Message, node_config: dict[str, Any]) -> Context:
+        nid = msg.metadata.dst_node_id
+        ctx = self.contexts.get(nid)
+        if ctx is None:
+            ctx = self.contexts[nid] = Context(
+                run_id=1, node_id=nid, node_config=dict(node_config), state=RecordDict(), run_config={}
+            )
+        return ctx
+
     def run(self, token: str, batch: list[tuple[Message, dict[str, Any]]]) -> list[Message]:
         if token != self.token:  # a new run: fresh node Contexts
             self.token, self.contexts = token, {}
-        replies = []
-        for msg, node_config in batch:
-            nid = msg.metadata.dst_node_id
-            ctx = self.contexts.get(nid)
-            if ctx is None:
-                ctx = self.contexts[nid] = Context(
-                    run_id=1, node_id=nid, node_config=dict(node_config), state=RecordDict(), run_config={}
-                )
-            replies.append(call_client(self.app, msg, ctx))
-        return replies
+        return [call_client(self.app, msg, self._context(msg, nc)) for msg, nc in batch]
+
+    def run_cohort(self, token: str, batch: list[tuple[Message, dict[str, Any]]]) -> list[Message]:
+        """Train one cohort chunk as a stacked model (runtime.vectorize)."""
+        from .vectorised import run_chunk
+
+        if token != self.token:
+            self.token, self.contexts = token, {}
+        return run_chunk(self.app, [(msg, self._context(msg, nc)) for msg, nc in batch])
 
 
 # --------------------------------------------------------------------------- the pool
@@ -292,8 +300,9 @@ def get_pool(rt: dict[str, Any], num_clients: int) -> _Pool:
 # --------------------------------------------------------------------------- the grid
 class RayGrid(SimulatedGrid):
     def __init__(self, pool: _Pool, num_nodes: int, batch_size: int | str = 8, max_retries: int = 2,
-                 node_config: dict[str, Any] | None = None) -> None:
+                 node_config: dict[str, Any] | None = None, vector: Any = None) -> None:
         self.pool = pool
+        self.vector = vector  # VectorSettings: cohort chunks trained vectorised, whole chunks per worker
         self.node_ids = [NODE_ID_BASE + i for i in range(num_nodes)]
         self.node_configs = {
             nid: {"partition-id": i, "num-partitions": num_nodes, **(node_config or {})}
@@ -302,7 +311,7 @@ class RayGrid(SimulatedGrid):
         self.batch_size = batch_size
         self.max_retries = int(max_retries)
         self.token = uuid.uuid4().hex
-        self._pending: dict[Any, tuple[int, list[Message], int]] = {}  # ref -> (actor, msgs, attempt)
+        self._pending: dict[Any, tuple[int, list[Message], int, bool]] = {}  # ref -> (actor, msgs, attempt, cohort)
         self._replies: dict[str, Message] = {}
         self._pushes = 0
 
@@ -314,22 +323,28 @@ class RayGrid(SimulatedGrid):
         return (node_id - NODE_ID_BASE) % self.num_workers
 
     # -- sending -----------------------------------------------------------------
-    def _submit(self, actor: int, msgs: list[Message], attempt: int) -> None:
+    def _submit(self, actor: int, msgs: list[Message], attempt: int, cohort: bool = False) -> None:
         batch = [(m, self.node_configs[m.metadata.dst_node_id]) for m in msgs]
-        ref = self.pool.actors[actor].run.remote(self.token, batch)
-        self._pending[ref] = (actor, msgs, attempt)
+        method = self.pool.actors[actor].run_cohort if cohort else self.pool.actors[actor].run
+        ref = method.remote(self.token, batch)
+        self._pending[ref] = (actor, msgs, attempt, cohort)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         per_actor: dict[int, list[Message]] = {}
-        ids = []
+        messages = list(messages)
         for msg in messages:
-            nid = msg.metadata.dst_node_id
-            if nid not in self.node_configs:
-                raise ValueError(f"message to unknown node {nid}")
-            mid = uuid.uuid4().hex
-            msg.metadata.__dict__["_message_id"] = mid
-            per_actor.setdefault(self.actor_of(nid), []).append(msg)
-            ids.append(mid)
+            if msg.metadata.dst_node_id not in self.node_configs:
+                raise ValueError(f"message to unknown node {msg.metadata.dst_node_id}")
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+        ids = [m.metadata.message_id for m in messages]
+        if self.vector is not None and self.vector.enabled:
+            from .vectorised import plan_chunks
+
+            chunks, messages = plan_chunks(messages, self.node_configs.__getitem__, self.vector.chunk)
+            for j, chunk in enumerate(chunks):  # whole chunks, round-robin: a chunk's numbers never depend on workers
+                self._submit(j % self.num_workers, chunk, 0, cohort=True)
+        for msg in messages:
+            per_actor.setdefault(self.actor_of(msg.metadata.dst_node_id), []).append(msg)
         for actor, msgs in per_actor.items():
             if self.batch_size == "auto":
                 size = len(msgs)
@@ -345,7 +360,7 @@ class RayGrid(SimulatedGrid):
     def _collect(self, ref: Any) -> None:
         import ray
 
-        actor, msgs, attempt = self._pending.pop(ref)
+        actor, msgs, attempt, cohort = self._pending.pop(ref)
         try:
             replies = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
@@ -355,7 +370,7 @@ class RayGrid(SimulatedGrid):
                 log.warning("ray runtime: worker %d lost with %d message(s) in flight (%s); retrying on worker %d "
                             "(attempt %d of %d)", actor, len(msgs), type(e).__name__, other, attempt + 1,
                             self.max_retries)
-                self._submit(other, msgs, attempt + 1)
+                self._submit(other, msgs, attempt + 1, cohort)
                 return
             replies = [self._error_reply(m, f"worker lost after {attempt + 1} attempts: {type(e).__name__}: {e}")
                        for m in msgs]
@@ -402,7 +417,11 @@ class RayGrid(SimulatedGrid):
 
 # --------------------------------------------------------------------------- entry point
 def run_ray(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
+    from .vectorised import check_supported, settings_from
+
     rt = dict(exp.cfg["runtime"])
+    vector = settings_from(rt)
+    vectorise = vector.enabled and check_supported(exp, vector) is None  # before Ray starts
     t0 = time.perf_counter()
     set_task_identity()
     init_ray(rt)
@@ -416,6 +435,6 @@ def run_ray(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
                               "worker_nodes": [i["node_id"] for i in pool.info]}
     bs = rt.get("batch_size", 8)
     grid = RayGrid(pool, exp.cfg["num_clients"], batch_size=bs if bs == "auto" else int(bs or 8),
-                   max_retries=int(rt.get("max_retries", 2) or 0))
+                   max_retries=int(rt.get("max_retries", 2) or 0), vector=vector if vectorise else None)
     ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     server_app(grid, ctx)
