@@ -184,7 +184,7 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         keep = np.setdiff1d(np.arange(len(y_test)), pick)
         x_test, y_test = x_test[keep], y_test[keep]
     participation = part.build_participation(
-        cfg["participation"]["name"], cfg["num_clients"], seed, fd.label_dists(), **_opts(cfg["participation"])
+        cfg["participation"]["name"], cfg["num_clients"], seed, fd.lazy_label_dists(), **_opts(cfg["participation"])
     )
     heterogeneity = het.build_heterogeneity(cfg["heterogeneity"]["name"], cfg["num_clients"], seed, **_opts(cfg["heterogeneity"]))
     dev = str(cfg.get("device", "cpu"))

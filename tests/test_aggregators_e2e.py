@@ -56,8 +56,11 @@ def test_feddisco_keeps_the_clients_fedprox_term(tmp_path, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(ca, "train_local", spy)
-    run(compose(*MNIST1D, "rounds=1", "aggregator=feddisco", "train.proximal_mu=0.01"), tmp_path / "a")
+    # the ClientApp's path (the vectorised one is checked against it in test_vectorised_e2e.py)
+    run(compose(*MNIST1D, "rounds=1", "aggregator=feddisco", "train.proximal_mu=0.01", "runtime.vectorize=false"),
+        tmp_path / "a")
     assert seen and set(seen) == {0.01}
     seen.clear()
-    run(compose(*MNIST1D, "rounds=1", "aggregator=feddisco", "aggregator.proximal_mu=0.05"), tmp_path / "b")
+    run(compose(*MNIST1D, "rounds=1", "aggregator=feddisco", "aggregator.proximal_mu=0.05", "runtime.vectorize=false"),
+        tmp_path / "b")
     assert set(seen) == {0.05}

@@ -183,6 +183,66 @@ def _split(n: int, test_fraction: float, seed: int, what: str) -> tuple[np.ndarr
 # ----------------------------------------------------------------------------------------------------------------
 # FedProx Synthetic(α, β)
 # ----------------------------------------------------------------------------------------------------------------
+class SyntheticUsers:
+    """The users of Synthetic(α, β), each generated on demand from (seed, user id):
+    ``train(k)`` / ``test(k)`` cost nothing until asked, so a million users
+    need no up-front array (only their sizes: one integer each)."""
+
+    def __init__(self, seed: int = 0, alpha: float = 1.0, beta: float = 1.0, num_samples: int = 10000,
+                 num_users: int = 30, dim: int = 60, classes: int = 10, test_fraction: float = 0.2,
+                 iid: bool = False, test_users: int | None = None) -> None:
+        alpha, beta = float(alpha), float(beta)
+        num_samples, num_users, dim, classes = int(num_samples), int(num_users), int(dim), int(classes)
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"dataset.alpha={alpha} / dataset.beta={beta} must be >= 0")
+        if num_users < 1 or dim < 1 or classes < 2:
+            raise ValueError("dataset.num_users >= 1, dataset.dim >= 1 and dataset.classes >= 2 are required")
+        if num_samples < 5 * num_users:
+            raise ValueError(f"dataset.num_samples={num_samples} must be >= 5 x dataset.num_users={num_users}")
+        if not 0.0 < float(test_fraction) < 1.0:
+            raise ValueError(f"dataset.test_fraction={test_fraction} must be in (0, 1)")
+        if test_users is not None and int(test_users) < 1:
+            raise ValueError(f"dataset.test_users={test_users} must be >= 1 (or null = every user)")
+        self.seed, self.alpha, self.beta, self.iid = int(seed), alpha, beta, bool(iid)
+        self.num_users, self.dim, self.classes, self.test_fraction = num_users, dim, classes, float(test_fraction)
+        self.test_users = num_users if test_users is None else min(int(test_users), num_users)
+        g = named_rng(seed, "synthetic")
+        raw = g.lognormal(4, 2, num_users).astype(int) + 50
+        sizes = np.floor(raw / raw.sum() * (num_samples - 5 * num_users)).astype(np.int64) + 5
+        sizes[np.argsort(-raw, kind="stable")[: num_samples - sizes.sum()]] += 1
+        self.sizes = sizes
+        self.cov_sqrt = np.sqrt(np.arange(1, dim + 1, dtype=np.float64) ** -1.2)
+        self.w_global, self.b_global = g.normal(0, 1, (dim, classes)), g.normal(0, 1, classes)
+
+    def user(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(x_train, y_train, x_test, y_test) of user ``k``: a pure function of (seed, k)."""
+        if not 0 <= k < self.num_users:
+            raise ValueError(f"user {k} is out of range 0..{self.num_users - 1}")
+        gk = named_rng(self.seed, "synthetic", k)
+        u_k, b_mean = gk.normal(0, self.alpha), gk.normal(0, self.beta)
+        if self.iid:
+            w, b, v = self.w_global, self.b_global, np.zeros(self.dim)
+        else:
+            w, b = gk.normal(u_k, 1, (self.dim, self.classes)), gk.normal(u_k, 1, self.classes)
+            v = gk.normal(b_mean, 1, self.dim)
+        x = v + gk.normal(0, 1, (int(self.sizes[k]), self.dim)) * self.cov_sqrt
+        y = np.argmax(x @ w + b, axis=1)
+        n_test = max(1, int(round(len(y) * self.test_fraction)))
+        return (x[n_test:].astype(np.float32), y[n_test:].astype(np.int64),
+                x[:n_test].astype(np.float32), y[:n_test].astype(np.int64))
+
+    def test_set(self) -> tuple[np.ndarray, np.ndarray]:
+        """The test samples of the first ``test_users`` users, concatenated."""
+        parts = [self.user(k)[2:] for k in range(self.test_users)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def server_dataset(self) -> Dataset:
+        """The server's view: the test set; training data stays with the users."""
+        x_te, y_te = self.test_set()
+        return Dataset("synthetic", np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64), x_te, y_te,
+                       self.classes)
+
+
 @register_dataset("synthetic")
 def synthetic(
     seed: int = 0,
@@ -194,6 +254,7 @@ def synthetic(
     classes: int = 10,
     test_fraction: float = 0.2,
     iid: bool = False,
+    test_users: int | None = None,
 ) -> Dataset:
     """Synthetic(α, β) of FedProx (Li et al., MLSys 2020; their generator
     ``generate_synthetic``), generated as one pool. For natural user k:
@@ -206,41 +267,22 @@ def synthetic(
     ``num_samples`` in total (≥ 5 each). Each user's samples are split
     train/test by ``test_fraction``; every training sample carries its user id
     in ``client_ids`` (``partition=natural`` uses them; then num_clients must
-    equal ``num_users``). All draws come from ``rng(seed, "synthetic", ...)``."""
-    alpha, beta = float(alpha), float(beta)
-    num_samples, num_users, dim, classes = int(num_samples), int(num_users), int(dim), int(classes)
-    if alpha < 0 or beta < 0:
-        raise ValueError(f"dataset.alpha={alpha} / dataset.beta={beta} must be >= 0")
-    if num_users < 1 or dim < 1 or classes < 2:
-        raise ValueError("dataset.num_users >= 1, dataset.dim >= 1 and dataset.classes >= 2 are required")
-    if num_samples < 5 * num_users:
-        raise ValueError(f"dataset.num_samples={num_samples} must be >= 5 x dataset.num_users={num_users}")
-    if not 0.0 < float(test_fraction) < 1.0:
-        raise ValueError(f"dataset.test_fraction={test_fraction} must be in (0, 1)")
-    g = named_rng(seed, "synthetic")
-    raw = g.lognormal(4, 2, num_users).astype(int) + 50
-    sizes = np.floor(raw / raw.sum() * (num_samples - 5 * num_users)).astype(np.int64) + 5
-    sizes[np.argsort(-raw, kind="stable")[: num_samples - sizes.sum()]] += 1
-    cov_diag = np.arange(1, dim + 1, dtype=np.float64) ** -1.2
-    w_global, b_global = g.normal(0, 1, (dim, classes)), g.normal(0, 1, classes)
+    equal ``num_users``). The test set holds the test samples of the first
+    ``test_users`` users (null: all). All draws come from
+    ``rng(seed, "synthetic", ...)``; user k's samples from
+    ``rng(seed, "synthetic", k)`` alone, so with ``partition=natural`` each
+    client generates its own shard when asked (:class:`SyntheticUsers`)."""
+    users = SyntheticUsers(seed, alpha, beta, num_samples, num_users, dim, classes, test_fraction, iid, test_users)
     xs_tr, ys_tr, ids_tr, xs_te, ys_te = [], [], [], [], []
     for k in range(num_users):
-        gk = named_rng(seed, "synthetic", k)
-        u_k, b_mean = gk.normal(0, alpha), gk.normal(0, beta)
-        if iid:
-            w, b, v = w_global, b_global, np.zeros(dim)
-        else:
-            w, b = gk.normal(u_k, 1, (dim, classes)), gk.normal(u_k, 1, classes)
-            v = gk.normal(b_mean, 1, dim)
-        x = v + gk.normal(0, 1, (int(sizes[k]), dim)) * np.sqrt(cov_diag)
-        y = np.argmax(x @ w + b, axis=1)
-        n_test = max(1, int(round(len(y) * float(test_fraction))))
-        xs_te.append(x[:n_test]), ys_te.append(y[:n_test])
-        xs_tr.append(x[n_test:]), ys_tr.append(y[n_test:]), ids_tr.append(np.full(len(y) - n_test, k))
+        x_tr, y_tr, x_te, y_te = users.user(k)
+        if k < users.test_users:
+            xs_te.append(x_te), ys_te.append(y_te)
+        xs_tr.append(x_tr), ys_tr.append(y_tr), ids_tr.append(np.full(len(y_tr), k))
     return Dataset(
         "synthetic",
         np.concatenate(xs_tr), np.concatenate(ys_tr), np.concatenate(xs_te), np.concatenate(ys_te),
-        classes, client_ids=np.concatenate(ids_tr),
+        users.classes, client_ids=np.concatenate(ids_tr),
     )
 
 

@@ -23,10 +23,18 @@ Spec keys: ``seed``, ``num_clients``, ``val_fraction``, ``dataset.*``,
 
 Noise is applied to the client's whole shard before its train/val split, so
 ``label_hist`` reports the labels the client actually holds.
+
+Shards are built when a client is asked and kept in a bounded LRU cache
+(``CLIENT_CACHE`` clients per process), never for all clients up front.
+With ``dataset=synthetic partition=natural`` not even the pool exists: each
+client generates its own samples from ``(seed, user id)`` when asked
+(:class:`fedagg.data.datasets.SyntheticUsers`), so a million registered
+clients cost one integer each until they train.
 """
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Mapping
@@ -34,8 +42,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..seeding import rng as named_rng
-from .datasets import Dataset, load_dataset
+from .datasets import Dataset, SyntheticUsers, load_dataset
 from .partition import partition
+
+CLIENT_CACHE = 4096  # shards kept per process (least recently used are rebuilt when asked again)
 
 SPEC_PREFIXES = ("dataset.", "partition.", "noise.")
 NOISE_KINDS = ("none", "label_flip", "label_permute", "gaussian")
@@ -93,14 +103,24 @@ class FederatedData:
         self.val_fraction = float(spec.get("val_fraction", 0.0) or 0.0)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
-        self.data: Dataset = load_dataset(str(spec["dataset.name"]), seed=seed, **sub(spec, "dataset"))
-        self.parts = partition(
-            str(spec.get("partition.name", "iid")), self.data.y_train, self.num_clients, seed=seed,
-            groups=self.data.client_ids, **sub(spec, "partition"),
-        )
+        self.users: SyntheticUsers | None = None
+        self.parts: list[np.ndarray] | None = None
+        pname = str(spec.get("partition.name", "iid"))
+        if pname == "natural" and spec["dataset.name"] == "synthetic":  # each user generates its own shard
+            self.users = SyntheticUsers(seed, **sub(spec, "dataset"))
+            if self.users.num_users != self.num_clients:
+                raise ValueError(f"partition=natural needs num_clients == dataset.num_users "
+                                 f"({self.users.num_users}); got num_clients={self.num_clients}")
+            self.data: Dataset = self.users.server_dataset()
+        else:
+            self.data = load_dataset(str(spec["dataset.name"]), seed=seed, **sub(spec, "dataset"))
+            self.parts = partition(
+                pname, self.data.y_train, self.num_clients, seed=seed,
+                groups=self.data.client_ids, **sub(spec, "partition"),
+            )
         self.noisy_clients = self._choose_noisy()
         self._permutation = self._derangement() if self.noise.kind == "label_permute" else None
-        self._clients: dict[int, ClientData] = {}
+        self._clients: OrderedDict[int, ClientData] = OrderedDict()
 
     @property
     def num_classes(self) -> int:
@@ -145,22 +165,49 @@ class FederatedData:
     def client(self, cid: int) -> ClientData:
         if not 0 <= cid < self.num_clients:
             raise ValueError(f"partition-id={cid} is out of range 0..{self.num_clients - 1}")
-        if cid not in self._clients:
+        if cid in self._clients:
+            self._clients.move_to_end(cid)
+            return self._clients[cid]
+        if self.users is not None:
+            x, y = self.users.user(cid)[:2]
+        else:
+            assert self.parts is not None
             idx = self.parts[cid]
-            x, y = self._apply_noise(cid, self.data.x_train[idx], self.data.y_train[idx])
-            n_val = int(round(len(y) * self.val_fraction))
-            perm = named_rng(self.seed, "val-split", cid).permutation(len(y))
-            va, tr = perm[:n_val], perm[n_val:]
-            self._clients[cid] = ClientData(x[tr], y[tr], x[va], y[va])
-        return self._clients[cid]
+            x, y = self.data.x_train[idx], self.data.y_train[idx]
+        x, y = self._apply_noise(cid, x, y)
+        n_val = int(round(len(y) * self.val_fraction))
+        perm = named_rng(self.seed, "val-split", cid).permutation(len(y))
+        va, tr = perm[:n_val], perm[n_val:]
+        data = self._clients[cid] = ClientData(x[tr], y[tr], x[va], y[va])
+        if len(self._clients) > CLIENT_CACHE:
+            self._clients.popitem(last=False)
+        return data
 
     def label_hist(self, cid: int) -> np.ndarray:
         return np.bincount(self.client(cid).y_train, minlength=self.num_classes)
 
     def label_dists(self) -> np.ndarray:
-        """D_n for every client (rows sum to 1): simulation truth."""
+        """D_n for every client (rows sum to 1): simulation truth. Builds every shard:
+        use :meth:`lazy_label_dists` where it may not be needed."""
         h = np.stack([self.label_hist(i) for i in range(self.num_clients)]).astype(np.float64)
         return h / np.maximum(h.sum(1, keepdims=True), 1.0)
+
+    def lazy_label_dists(self) -> "LazyLabelDists":
+        """:meth:`label_dists` computed only when something reads it as an array."""
+        return LazyLabelDists(self)
+
+
+class LazyLabelDists:
+    """An array-like N x C label-distribution matrix, built on first use
+    (participation patterns that never look at the data never pay for it)."""
+
+    def __init__(self, fd: FederatedData) -> None:
+        self._fd, self._value = fd, None
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if self._value is None:
+            self._value = self._fd.label_dists()
+        return self._value if dtype is None else self._value.astype(dtype)
 
 
 def spec_key(spec: Mapping[str, Any]) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -69,8 +69,8 @@ class AggregationHost(Strategy):
         self.round_timeout = round_timeout
         self.connect_timeout = connect_timeout
         self.max_update_norm = max_update_norm
-        self.node_of: dict[int, int] = {}  # client id -> Flower node id
-        self.client_of: dict[int, int] = {}  # Flower node id -> client id
+        self.node_of: Mapping[int, int] = {}  # client id -> Flower node id
+        self.client_of: Mapping[int, int] = {}  # Flower node id -> client id
         self.params: Params = {}
         self._sent: dict[int, tuple[Message, Params]] = {}  # this round: client id -> (message, model sent)
 
@@ -79,6 +79,9 @@ class AggregationHost(Strategy):
         """Learn the client id of every connected node. The first call waits
         until ``num_clients`` nodes are up; later calls (``wait=False``) only
         pick up nodes that joined or reconnected since."""
+        if hasattr(grid, "client_node_map"):  # a simulation grid knows the map by construction: no query round
+            self.node_of, self.client_of = grid.client_node_map()
+            return
         deadline = time.time() + self.connect_timeout
         while wait and len(list(grid.get_node_ids())) < self.num_clients:
             if time.time() > deadline:

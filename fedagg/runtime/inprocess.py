@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import traceback
 import uuid
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Mapping
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 
 ERROR_CODE_CLIENT_EXCEPTION = 1
+NODE_ID_BASE = 1000  # simulated node i (partition-id i) has id 1000 + i
 
 
 def set_task_identity(run_id: int = 1, node_id: int = 0, task_id: int = 1) -> None:
@@ -38,12 +39,52 @@ def call_client(client_app: Any, msg: Message, ctx: Context) -> Message:
     return reply_from_node(reply, msg)
 
 
-class SimulatedGrid(Grid):
-    """Grid plumbing shared by fedagg's simulation grids: a fixed list of
-    simulated node ids; subclasses deliver the messages."""
+class OffsetMap(Mapping[int, int]):
+    """The map ``k -> k + offset`` for ``k`` in ``range(start, start + size)``,
+    in O(1) memory: a million simulated clients need no dict."""
 
-    node_ids: list[int]
+    def __init__(self, start: int, size: int, offset: int) -> None:
+        self.start, self.size, self.offset = int(start), int(size), int(offset)
+
+    def __getitem__(self, key: int) -> int:
+        if not (isinstance(key, int) and self.start <= key < self.start + self.size):
+            raise KeyError(key)
+        return key + self.offset
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, int) and self.start <= key < self.start + self.size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.start + self.size))
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class SimulatedGrid(Grid):
+    """Grid plumbing shared by fedagg's simulation grids: simulated nodes
+    ``NODE_ID_BASE + i`` serving client (partition) ``i``; subclasses deliver
+    the messages. The node <-> client map is known by construction
+    (:meth:`client_node_map`), so no query round is needed, and nothing per
+    node exists until the node is sent a message."""
+
+    num_nodes: int
     _run: Any = None
+
+    @property
+    def node_ids(self) -> range:
+        return range(NODE_ID_BASE, NODE_ID_BASE + self.num_nodes)
+
+    def node_config(self, node_id: int) -> dict[str, Any]:
+        if node_id not in self.node_ids:
+            raise ValueError(f"message to unknown node {node_id}")
+        return {"partition-id": node_id - NODE_ID_BASE, "num-partitions": self.num_nodes,
+                **(getattr(self, "extra_node_config", None) or {})}
+
+    def client_node_map(self) -> tuple[Mapping[int, int], Mapping[int, int]]:
+        """(client id -> node id, node id -> client id), without asking the nodes."""
+        return (OffsetMap(0, self.num_nodes, NODE_ID_BASE),
+                OffsetMap(NODE_ID_BASE, self.num_nodes, -NODE_ID_BASE))
 
     def set_run(self, run: Any) -> None:
         self._run = run
@@ -56,7 +97,7 @@ class SimulatedGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        return list(self.node_ids)
+        return self.node_ids
 
 
 class InProcessGrid(SimulatedGrid):
@@ -64,14 +105,18 @@ class InProcessGrid(SimulatedGrid):
                  vector: Any = None) -> None:
         self.client_app = client_app
         self.vector = vector  # VectorSettings: train cohorts vectorised (runtime.vectorize)
-        self.node_ids = [1000 + i for i in range(num_nodes)]
-        self.contexts = {
-            nid: Context(run_id=1, node_id=nid,
-                         node_config={"partition-id": i, "num-partitions": num_nodes, **(node_config or {})},
-                         state=RecordDict(), run_config={})
-            for i, nid in enumerate(self.node_ids)
-        }
+        self.num_nodes = int(num_nodes)
+        self.extra_node_config = dict(node_config or {})
+        self._contexts: dict[int, Context] = {}  # built when a node is first sent a message
         self._replies: dict[str, Message] = {}
+
+    def context(self, node_id: int) -> Context:
+        """The node's persistent Context (created on its first message)."""
+        ctx = self._contexts.get(node_id)
+        if ctx is None:
+            ctx = self._contexts[node_id] = Context(run_id=1, node_id=node_id, node_config=self.node_config(node_id),
+                                                    state=RecordDict(), run_config={})
+        return ctx
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
@@ -84,14 +129,14 @@ class InProcessGrid(SimulatedGrid):
         if self.vector is not None and self.vector.enabled:
             from .vectorised import plan_chunks, run_chunk
 
-            chunks, rest = plan_chunks(messages, lambda nid: self.contexts[nid].node_config, self.vector.chunk)
+            chunks, rest = plan_chunks(messages, lambda nid: self.context(nid).node_config, self.vector.chunk)
             for chunk in chunks:
-                replies = run_chunk(self.client_app, [(m, self.contexts[m.metadata.dst_node_id]) for m in chunk])
+                replies = run_chunk(self.client_app, [(m, self.context(m.metadata.dst_node_id)) for m in chunk])
                 for m, r in zip(chunk, replies):
                     self._replies[m.metadata.message_id] = r
         for msg in rest:
             self._replies[msg.metadata.message_id] = call_client(self.client_app, msg,
-                                                                 self.contexts[msg.metadata.dst_node_id])
+                                                                 self.context(msg.metadata.dst_node_id))
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:

@@ -57,12 +57,11 @@ from typing import Any, Callable, Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 
-from .inprocess import SimulatedGrid, call_client, reply_from_node, set_task_identity
+from .inprocess import NODE_ID_BASE, SimulatedGrid, call_client, reply_from_node, set_task_identity
 
 log = logging.getLogger("fedagg")
 
 ERROR_CODE_WORKER_LOST = 2
-NODE_ID_BASE = 1000  # node i has id 1000 + i, as in the in-process grid
 
 # Test hooks: ``HOOKS["after_push"](grid, n)`` runs after the n-th push (n = 1
 # is the id query, n = 2 round 1, ...), e.g. to kill an actor mid-round.
@@ -303,11 +302,8 @@ class RayGrid(SimulatedGrid):
                  node_config: dict[str, Any] | None = None, vector: Any = None) -> None:
         self.pool = pool
         self.vector = vector  # VectorSettings: cohort chunks trained vectorised, whole chunks per worker
-        self.node_ids = [NODE_ID_BASE + i for i in range(num_nodes)]
-        self.node_configs = {
-            nid: {"partition-id": i, "num-partitions": num_nodes, **(node_config or {})}
-            for i, nid in enumerate(self.node_ids)
-        }
+        self.num_nodes = int(num_nodes)
+        self.extra_node_config = dict(node_config or {})
         self.batch_size = batch_size
         self.max_retries = int(max_retries)
         self.token = uuid.uuid4().hex
@@ -324,7 +320,7 @@ class RayGrid(SimulatedGrid):
 
     # -- sending -----------------------------------------------------------------
     def _submit(self, actor: int, msgs: list[Message], attempt: int, cohort: bool = False) -> None:
-        batch = [(m, self.node_configs[m.metadata.dst_node_id]) for m in msgs]
+        batch = [(m, self.node_config(m.metadata.dst_node_id)) for m in msgs]
         method = self.pool.actors[actor].run_cohort if cohort else self.pool.actors[actor].run
         ref = method.remote(self.token, batch)
         self._pending[ref] = (actor, msgs, attempt, cohort)
@@ -333,14 +329,13 @@ class RayGrid(SimulatedGrid):
         per_actor: dict[int, list[Message]] = {}
         messages = list(messages)
         for msg in messages:
-            if msg.metadata.dst_node_id not in self.node_configs:
-                raise ValueError(f"message to unknown node {msg.metadata.dst_node_id}")
+            self.node_config(msg.metadata.dst_node_id)  # an unknown node fails here
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
         ids = [m.metadata.message_id for m in messages]
         if self.vector is not None and self.vector.enabled:
             from .vectorised import plan_chunks
 
-            chunks, messages = plan_chunks(messages, self.node_configs.__getitem__, self.vector.chunk)
+            chunks, messages = plan_chunks(messages, self.node_config, self.vector.chunk)
             for j, chunk in enumerate(chunks):  # whole chunks, round-robin: a chunk's numbers never depend on workers
                 self._submit(j % self.num_workers, chunk, 0, cohort=True)
         for msg in messages:

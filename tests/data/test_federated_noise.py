@@ -88,8 +88,19 @@ def test_synthetic_natural_partition():
     spec = {"seed": 0, "num_clients": 8, "dataset.name": "synthetic", "dataset.num_samples": 2000,
             "dataset.num_users": 8, "partition.name": "natural"}
     fd = FederatedData(spec)
+    # each user generates its own shard on demand: exactly its slice of the whole pool, and the same test set
+    from fedagg.data.datasets import load_dataset
+
+    pool = load_dataset("synthetic", seed=0, num_samples=2000, num_users=8)
+    assert fd.parts is None and len(fd.data.x_train) == 0
+    from fedagg.seeding import rng
+
     for k in range(8):
-        assert np.all(fd.data.client_ids[fd.parts[k]] == k)
+        mine = np.flatnonzero(pool.client_ids == k)
+        mine = mine[rng(0, "val-split", k).permutation(len(mine))]  # the (empty) validation split's shuffle
+        assert np.array_equal(fd.client(k).x_train, pool.x_train[mine])
+        assert np.array_equal(fd.client(k).y_train, pool.y_train[mine])
+    assert np.array_equal(fd.data.x_test, pool.x_test) and np.array_equal(fd.data.y_test, pool.y_test)
     with pytest.raises(ValueError, match="num_clients"):
         FederatedData({**spec, "num_clients": 5})
     with pytest.raises(ValueError, match="dataset=synthetic"):
