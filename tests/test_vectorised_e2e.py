@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fedagg_testing import SMALL, compose
 
 from fedagg.experiment import ConfigError, run
-
-from fedagg_testing import SMALL, compose
 
 TOL = 1e-5
 

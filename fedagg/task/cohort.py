@@ -31,8 +31,8 @@ gradient at once. The result per client equals
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
 
 import numpy as np
 import torch
