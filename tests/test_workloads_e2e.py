@@ -151,3 +151,41 @@ def test_parquet_files_load_through_the_same_path(tmp_path):
     assert a.x_train.shape == (24, 3, 32, 32) and a.x_test.shape == (8, 3, 32, 32)
     assert np.array_equal(a.y_train, np.asarray(tr["label"]))
     assert np.allclose(a.x_train[0].transpose(1, 2, 0) * 255, np.asarray(tr[0]["img"]))
+
+
+PRESETS = {  # preset -> its Hub dataset and the extra shrink it needs on 4 clients
+    "paper_fedau": ("cifar10", []),
+    "paper_fedlaw": ("cifar10", []),
+    "paper_feddisco": ("cifar10", ["partition.min_size=2"]),
+    "paper_ida": ("cifar10", ["partition.min_size=2"]),
+    "paper_gossip": ("mnist", ["aggregator.degree=2", "partition.min_size=2"]),
+    "bench_cifar10": ("cifar10", ["partition.min_size=2", "participation.fraction=0.5"]),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_paper_preset_composes_and_runs_shrunk_to_one_round(preset, standins, tmp_path):
+    dataset, extra = PRESETS[preset]
+    cfg = compose(f"+experiment={preset}", f"dataset.path={standins[dataset]}", "num_clients=4", "rounds=1",
+                  "runtime=inprocess", "device=cpu", "train.epochs=1", "train.steps=1", "train.batch_size=8", *extra)
+    assert cfg.dataset.name == dataset
+    rows = run(cfg, tmp_path)
+    assert len(rows) == 1 and rows[0]["clients_failed"] == 0 and math.isfinite(rows[0]["test_loss"])
+
+
+def test_bench_sweep_covers_every_builtin_rule_and_each_runs(standins, tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    from fedagg_testing import CONF_DIR
+
+    sweep = yaml.safe_load((Path(CONF_DIR) / "experiment" / "bench_cifar10.yaml").read_text())["hydra"]["sweeper"]
+    rules = sweep["params"]["aggregator"].split(",")
+    assert sorted(rules) == sorted(p.stem for p in (Path(CONF_DIR) / "aggregator").glob("*.yaml"))
+    for rule in rules:
+        cfg = compose("+experiment=bench_cifar10", f"aggregator={rule}", f"dataset.path={standins['cifar10']}",
+                      "num_clients=6", "rounds=1", "runtime=inprocess", "device=cpu", "train.epochs=1",
+                      "train.steps=1", "train.batch_size=8", "partition.min_size=2", "participation.fraction=0.5")
+        rows = run(cfg, tmp_path / rule)
+        assert len(rows) == 1 and rows[0]["clients_failed"] == 0, rule
