@@ -88,15 +88,15 @@ def main() -> None:
         for name in names:
             n, ms = step_ms(name, args.steps, args.threads)
             sec = float("nan") if args.no_ray else round_seconds(name, Path(tmp), standins, args.round_steps)
-            rows.append((name, n, ms, sec))
-            print(f"  {name}: {n} params, {ms:.1f} ms/step, round {sec:.2f} s  (load {os.getloadavg()[0]:.2f})",
-                  flush=True)
+            load = os.getloadavg()[0]
+            rows.append((name, n, ms, sec, load))
+            print(f"  {name}: {n} params, {ms:.1f} ms/step, round {sec:.2f} s  (load {load:.2f})", flush=True)
     print(f"load average after: {os.getloadavg()}")
     print(f"\n| model | parameters | ms / local step (batch 32, {args.threads} thread) | "
-          f"{ROUND_CLIENTS}-client round on runtime=ray ({args.round_steps} step each) |")
-    print("|---|---:|---:|---:|")
-    for name, n, ms, sec in rows:
-        print(f"| `{name}` | {n:,} | {ms:.1f} | {sec:.1f} s |")
+          f"{ROUND_CLIENTS}-client round on runtime=ray ({args.round_steps} step each) | load average (1 min) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, n, ms, sec, load in rows:
+        print(f"| `{name}` | {n:,} | {ms:.1f} | {sec:.1f} s | {load:.1f} |")
 
 
 if __name__ == "__main__":
