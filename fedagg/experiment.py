@@ -110,6 +110,16 @@ def validate(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(f"train.{key}={v!r} must be a positive integer")
     if not (isinstance(tr.get("lr", 0.1), (int, float)) and tr.get("lr", 0.1) > 0):
         raise ConfigError(f"train.lr={tr.get('lr')!r} must be > 0")
+    from .task.train import OPTIMIZERS
+
+    if tr.get("optimizer", "sgd") not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer={tr.get('optimizer')!r} is not known; valid choices: {', '.join(OPTIMIZERS)}")
+    decay = tr.get("lr_decay", 1.0)
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+        raise ConfigError(f"train.lr_decay={decay!r} must be in (0, 1] (1 = constant learning rate)")
+    every = tr.get("lr_decay_every", 1)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"train.lr_decay_every={every!r} must be an integer >= 1 (rounds between decays)")
     # aggregator options, from the class signature (its **kw only forwards to the base, which refuses extras)
     sig = inspect.signature(agg.get(name).__init__)
     if not any(p.kind == p.VAR_KEYWORD and p.name != "kw" for p in sig.parameters.values()):

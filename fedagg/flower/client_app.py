@@ -21,7 +21,7 @@ from flwr.clientapp import ClientApp
 
 from ..data.federated import ClientData, get_federated_data
 from ..task.models import build_model
-from ..task.train import get_params, set_params, train_local
+from ..task.train import get_params, round_lr, set_params, train_local
 from .codec import from_config, params_to_record, record_to_params
 
 app = ClientApp()
@@ -122,7 +122,9 @@ def train(msg: Message, context: Context) -> Message:
     res = train_local(
         model, data.x_train, data.y_train,
         epochs=epochs, steps=steps, batch_size=batch,
-        lr=float(cfg.get("train.lr", 0.05)),
+        lr=round_lr(float(cfg.get("train.lr", 0.05)), rnd, float(cfg.get("train.lr_decay", 1.0)),
+                    int(cfg.get("train.lr_decay_every", 1))),
+        optimizer=str(cfg.get("train.optimizer", "sgd")),
         momentum=float(cfg.get("train.momentum", 0.0)),
         weight_decay=float(cfg.get("train.weight_decay", 0.0)),
         proximal_mu=float(cfg.get("proximal_mu", cfg.get("train.proximal_mu", 0.0))),

@@ -2,12 +2,40 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..seeding import torch_generator
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def round_lr(lr: float, round: int, decay: float = 1.0, every: int = 1) -> float:
+    """The client learning rate of (1-based) round ``round``: ``lr`` times
+    ``decay`` once per ``every`` completed rounds,
+    ``lr * decay ** ((round - 1) // every)``. ``every=1`` is exponential decay
+    per round (FedLAW's official code uses 0.99); ``every=k`` a step schedule.
+    ``decay=1`` (the default) keeps ``lr`` constant."""
+    if decay == 1.0:
+        return lr
+    return lr * decay ** ((max(round, 1) - 1) // max(every, 1))
+
+
+def make_optimizer(
+    name: str, params: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """``sgd`` (with ``momentum``) or ``adam`` (torch's defaults: betas (0.9,
+    0.999), eps 1e-8; ``momentum`` is SGD's and is not used). A client's
+    optimiser state starts fresh every round, as clients keep no state."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"train.optimizer='{name}' is not known; valid choices: {', '.join(OPTIMIZERS)}")
 
 
 @dataclass
@@ -29,13 +57,15 @@ def train_local(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     proximal_mu: float = 0.0,
+    optimizer: str = "sgd",
     work_fraction: float = 1.0,
     seed: int = 0,
     round: int = 0,
     client: int = 0,
     device: str = "cpu",
 ) -> TrainResult:
-    """Minibatch SGD on (x, y).
+    """Minibatch SGD (or Adam: ``optimizer="adam"``) on (x, y) at learning
+    rate ``lr`` (the round's, see ``round_lr``).
 
     ``steps > 0`` runs exactly that many minibatch steps (FedAU's I), cycling
     over reshuffled epochs; otherwise ``epochs`` full passes. ``work_fraction``
@@ -49,7 +79,7 @@ def train_local(
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long)
     n = len(yt)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     loss_fn = nn.CrossEntropyLoss()
     total_steps = steps if steps > 0 else epochs * max(1, -(-n // batch_size))
