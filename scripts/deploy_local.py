@@ -93,6 +93,8 @@ class Proc:
     name: str
     popen: subprocess.Popen
     log: Path
+    cmd: list[str] = field(default_factory=list)
+    home: Path | None = None
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -179,14 +181,14 @@ class Cluster:
         (self.cli_home / "config.toml").write_text("\n".join(lines) + "\n")
 
     # -- processes -------------------------------------------------------------
-    def _spawn(self, name: str, cmd: list[str], home: Path) -> Proc:
+    def _spawn(self, name: str, cmd: list[str], home: Path, log_name: str | None = None) -> Proc:
         home.mkdir(parents=True, exist_ok=True)
-        log = self.workdir / "logs" / f"{name}.log"
-        fh = open(log, "wb")
+        log = self.workdir / "logs" / f"{log_name or name}.log"
+        fh = open(log, "ab")
         p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=base_env(home), cwd=self.workdir,
                              start_new_session=True)  # own process group: its superexec/app children stop with it
         fh.close()
-        proc = Proc(name, p, log)
+        proc = Proc(name, p, log, list(cmd), home)
         self.procs.append(proc)
         _log(f"started {name} (pid {p.pid}), log {log}")
         return proc
@@ -257,6 +259,63 @@ class Cluster:
         p = self._spawn(name, cmd, self.workdir / f"home_{name}")
         self.nodes.append(p)
         return p
+
+    # -- faults ----------------------------------------------------------------
+    def kill(self, proc: Proc) -> None:
+        """SIGKILL ``proc`` and everything in its process group (its superexec and
+        app processes): a crash, with no goodbye to the SuperLink."""
+        try:
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.popen.wait(timeout=30)
+        _log(f"killed {proc.name} (pid {proc.popen.pid}) with SIGKILL")
+
+    def restart(self, proc: Proc) -> Proc:
+        """Start ``proc`` again with the same command and FLWR_HOME (the same
+        machine coming back); its log is appended to."""
+        if proc.alive():
+            raise RuntimeError(f"{proc.name} is still running")
+        assert proc.home is not None
+        new = self._spawn(proc.name, proc.cmd, proc.home)
+        self.procs.remove(proc)
+        if proc in self.nodes:
+            self.nodes[self.nodes.index(proc)] = new
+        return new
+
+    def serverapp_pids(self) -> list[int]:
+        """PIDs of the ServerApp processes (``flwr-serverapp``) this SuperLink
+        started: descendants of its process, or app processes pointed at its
+        address."""
+        link = next((p for p in self.procs if p.name == "superlink"), None)
+        if link is None:
+            return []
+        parent: dict[int, int] = {}
+        cmds: dict[int, str] = {}
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                stat = (d / "stat").read_text()
+                parent[int(d.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+                cmds[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, ValueError, IndexError):
+                continue
+
+        def under_link(pid: int) -> bool:
+            for _ in range(20):
+                if pid == link.popen.pid:
+                    return True
+                pid = parent.get(pid, 0)
+                if pid <= 1:
+                    return False
+            return False
+
+        return sorted(pid for pid, cmd in cmds.items()
+                      if "flwr-serverapp" in cmd and (under_link(pid) or f":{self.port}" in cmd))
+
+    def stop_run(self, run_id: int) -> None:
+        self.cli("stop", str(run_id), "fedagg", timeout=60)
 
     def up(self, supernodes: int, timeout: float = 60.0) -> None:
         self._prepare_certs()

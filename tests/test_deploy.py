@@ -172,3 +172,122 @@ def test_node_data_path_replaces_the_shard(tmp_path):
         _client_data(SimpleNamespace(node_config={"data-path": str(tmp_path / "bad.npz")}), cfg, 0)
     with pytest.raises(ValueError, match="does not exist on this SuperNode"):
         _client_data(SimpleNamespace(node_config={"data-path": str(tmp_path / "none.npz")}), cfg, 0)
+
+
+# --------------------------------------------------------------------------- faults with real processes
+def _rounds(out_dir: Path) -> list[dict]:
+    try:
+        lines = (out_dir / "rounds.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    return [json.loads(x) for x in lines if x.strip()]
+
+
+def _wait_round(c, out_dir: Path, rnd: int, timeout: float) -> list[dict]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = _rounds(out_dir)
+        if rows and rows[-1]["round"] >= rnd:
+            return rows
+        time.sleep(0.5)
+    logs = "\n".join(f"--- {p.name}\n{p.tail(8)}" for p in c.procs)
+    pytest.fail(f"round {rnd} not recorded in {out_dir} within {timeout}s; rounds so far "
+                f"{[r['round'] for r in _rounds(out_dir)]}\n{logs}")
+
+
+@pytest.fixture(scope="module")
+def plain_cluster(tmp_path_factory):
+    """An insecure SuperLink and two SuperNodes on 127.0.0.1 (faults need no TLS)."""
+    c = dl.Cluster(tmp_path_factory.mktemp("faults"))
+    try:
+        c.up(supernodes=2, timeout=60)
+        yield c
+    finally:
+        c.stop()
+
+
+FAULT_RUN = ("dataset=digits model=mlp num_clients=2 rounds=3 partition.alpha=0.5 train.epochs=1 "
+             "participation=full checkpoint.every=1 server.round_timeout={timeout}")
+ROUND_TIMEOUT = 30.0  # a healthy deployment round takes 12-22 s here
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("rule, kill_server", [("fedau", True), ("gossip", False)])
+def test_supernode_and_serverapp_killed_mid_run(plain_cluster, tmp_path, rule, kill_server):
+    """Round 1 done -> SuperNode 1 is SIGKILLed; its round 2 is recorded as
+    failed within server.round_timeout. Gossip: the node restarts 5 s later
+    (same FLWR_HOME) and rejoins for round 3. FedAU: after round 2 the
+    ServerApp is SIGKILLed too, the node restarts, and the run is resubmitted
+    with resume=<out dir> on the same SuperLink. The run
+    completes and the stateful rule's state matches the recorded
+    participation."""
+    c, out = plain_cluster, tmp_path / rule
+    ov = f"aggregator={rule} " + FAULT_RUN.format(timeout=ROUND_TIMEOUT)
+    rid = c.submit(ov, out)
+    _wait_round(c, out, 1, timeout=180)
+    victim = c.nodes[1]
+    c.kill(victim)
+    if not kill_server:
+        time.sleep(5)  # round 2 has been sent by now (to the dead node for client 1)
+        victim = c.restart(victim)  # back within the round: it rejoins for round 3
+    rows = _wait_round(c, out, 2, timeout=ROUND_TIMEOUT + 60)
+    r2 = rows[1]
+    assert r2["replied"] == [0] and "1" in r2["failed"], r2  # the missed round is recorded as failed
+    secs = {int(x["round"]): float(x["round_seconds"]) for x in _rows(out)}
+    assert secs[2] <= ROUND_TIMEOUT + 10, secs  # bounded by server.round_timeout
+    if kill_server:
+        _kill_serverapp_and_resume(c, rid, ov, out, victim)
+    else:
+        assert c.wait_run(rid, timeout=200, out_dir=out) == "finished:completed", c.run_log(rid)
+    rows = _rounds(out)
+    assert [r["round"] for r in rows] == [1, 2, 3]  # each round once, none lost or repeated
+    assert rows[-1]["replied"] == [0, 1], rows[-1]  # the restarted node rejoined
+    st = json.loads((out / "status.json").read_text())
+    assert st["status"] == "completed" and st["rounds"] == 3
+
+    import pickle
+
+    import numpy as np
+    import torch
+
+    with open(out / "checkpoint.pkl", "rb") as f:
+        ck = pickle.load(f)
+    assert ck["round"] == 3
+    state = ck["aggregator"]
+    if rule == "fedau":
+        # FedAU's interval estimator is exactly the replay of who replied in each round
+        from fedagg.aggregators.fedau import IntervalEstimator
+
+        est = IntervalEstimator(2)
+        for r in rows:
+            est.update(np.isin(np.arange(2), r["replied"]))
+        for key in ("M", "S", "omega"):
+            np.testing.assert_array_equal(state["estimator"][key], est.state_dict()[key], err_msg=key)
+        assert state["estimator"]["M"].tolist() == [3, 2]  # client 1's missed round is in the state
+    else:
+        # gossip: one finite model per node; the saved global model is their mean
+        nodes = state["nodes"]
+        assert sorted(nodes) == [0, 1]
+        sd = torch.load(out / "model.pt")
+        for name, v in sd.items():
+            per_node = [np.asarray(nodes[i][name], dtype=np.float64) for i in (0, 1)]
+            assert all(np.isfinite(p).all() for p in per_node)
+            if v.dtype.is_floating_point:
+                np.testing.assert_allclose(v.numpy(), np.mean(per_node, axis=0), rtol=1e-6, atol=1e-7)
+        assert all(np.isfinite(float(r["consensus_distance"])) for r in _rows(out))
+
+
+def _kill_serverapp_and_resume(c, rid: int, ov: str, out: Path, victim) -> None:
+    """SIGKILL the ServerApp, stop its run, bring the node back, resubmit with resume=."""
+    pids = c.serverapp_pids()
+    assert pids, "no flwr-serverapp process found under the SuperLink:\n" + subprocess.run(
+        ["ps", "-eo", "pid,ppid,pgid,args"], capture_output=True, text=True).stdout[-4000:]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    c.stop_run(rid)
+    done = json.loads((out / "status.json").read_text())
+    assert done["status"] == "running"  # killed: it never got to say otherwise
+    c.restart(victim)
+    res = c.run(f"{ov} resume={out}", out, timeout=300)
+    assert res.ok, f"{res.status}\n{res.error}"

@@ -1,0 +1,94 @@
+"""How a run ends: completed, failed (every asked client failed for
+``server.max_failed_rounds`` rounds in a row) or interrupted (SIGINT /
+SIGTERM: the current round finishes first; a second signal aborts).
+
+The server loop asks ``FailureWatch.observe`` after each round and
+``Interrupts.requested`` before the next one; the CLI turns the outcome into
+``status.json`` and the exit status (0 completed, 1 failed, 130 interrupted).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any, Callable, Mapping
+
+log = logging.getLogger("fedagg")
+
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class RunFailed(RuntimeError):
+    """The run cannot make progress: every asked client failed, round after round."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT/SIGTERM: the run stopped after finishing round ``last_round``."""
+
+    def __init__(self, last_round: int, signame: str) -> None:
+        super().__init__(f"{signame} after round {last_round}")
+        self.last_round = last_round
+        self.signame = signame
+
+
+class FailureWatch:
+    """Stops a run whose asked clients all failed in ``max_failed_rounds``
+    consecutive rounds (0 = never). A round where nobody was asked neither
+    counts nor resets: it is not a failure of the clients."""
+
+    def __init__(self, max_failed_rounds: int) -> None:
+        self.max_failed_rounds = int(max_failed_rounds)
+        self.streak = 0
+        self.first_error = ""
+
+    def observe(self, rnd: int, asked: int, replied: int, failed: Mapping[Any, str]) -> None:
+        if asked == 0:
+            return
+        if replied > 0 or not failed or len(failed) < asked:
+            self.streak, self.first_error = 0, ""
+            return
+        self.streak += 1
+        if not self.first_error:
+            self.first_error = next(iter(failed.values()))
+        if self.max_failed_rounds and self.streak >= self.max_failed_rounds:
+            raise RunFailed(
+                f"every asked client failed in {self.streak} consecutive rounds (up to round {rnd}; "
+                f"server.max_failed_rounds={self.max_failed_rounds}); first error: {self.first_error}"
+            )
+
+
+class Interrupts:
+    """Context manager: the first SIGINT/SIGTERM sets ``requested`` (the loop
+    finishes the current round, then stops); a second one raises
+    KeyboardInterrupt at once. Handlers are restored on exit. Only the main
+    thread can install handlers; elsewhere this is a no-op."""
+
+    def __init__(self, on_first: Callable[[str], None] | None = None) -> None:
+        self.requested: str | None = None
+        self._on_first = on_first
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.requested is not None:
+            raise KeyboardInterrupt(f"second {name}: aborting")
+        self.requested = name
+        if self._on_first is not None:
+            self._on_first(name)
+        else:
+            print(f"\n{name}: finishing the current round, then stopping (press Ctrl-C again to abort)",
+                  file=sys.stderr, flush=True)
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old.clear()

@@ -1,0 +1,50 @@
+"""Per-client evaluation: the fairness distribution and ``fedagg-eval``."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fedagg.evaluation import distribution, main
+from fedagg.experiment import run
+
+from fedagg_testing import ROOT, SMALL, compose
+
+
+def test_distribution_worked_numbers():
+    accs = [0.1 * i for i in range(1, 11)]  # 0.1 .. 1.0, 10 clients: 10 % is one client
+    d = distribution(accs)
+    assert d["client_acc_mean"] == pytest.approx(0.55)
+    assert d["client_acc_std"] == pytest.approx(math.sqrt(sum((a - 0.55) ** 2 for a in accs) / 10))
+    assert d["client_acc_worst10"] == pytest.approx(0.1) and d["client_acc_best10"] == pytest.approx(1.0)
+    d = distribution([0.5, 0.9, 0.2, 0.4] * 3 + [0.3])  # 13 clients: ceil(1.3) = 2 each side
+    assert d["client_acc_worst10"] == pytest.approx(0.2) and d["client_acc_best10"] == pytest.approx(0.9)
+    assert distribution([]) == {}
+
+
+def test_fedagg_eval_scores_a_saved_model(tmp_path, capsys):
+    run(compose(*SMALL, "rounds=2", "runtime=inprocess", "val_fraction=0.3"), tmp_path)
+    with open(tmp_path / "metrics.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    assert main([str(tmp_path), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    # the same model on the same test set: exactly the run's last test accuracy
+    assert res["test_accuracy"] == pytest.approx(float(last["test_accuracy"]), abs=1e-12)
+    assert res["client_split"] == "val" and len(res["clients"]) == 6
+    assert all(r["examples"] > 0 and 0 <= r["accuracy"] <= 1 for r in res["clients"])
+    accs = sorted(r["accuracy"] for r in res["clients"])
+    assert res["client_acc_worst10"] == pytest.approx(accs[0]) and res["client_acc_best10"] == pytest.approx(accs[-1])
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    r = subprocess.run([sys.executable, "-m", "fedagg.evaluation", str(tmp_path)], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "test accuracy" in r.stdout and "worst 10%" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "fedagg.evaluation", str(tmp_path / "nope")], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "config.yaml" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,48 @@
+"""How a run ends: failed after server.max_failed_rounds all-failed rounds,
+interrupted after the current round on SIGINT/SIGTERM."""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from fedagg.outcomes import FailureWatch, Interrupts, RunFailed
+
+
+def test_failure_watch_stops_after_k_all_failed_rounds_naming_the_error_once():
+    w = FailureWatch(3)
+    err = {0: "client error: ValueError: Invalid momentum value: -0.5", 1: "client error: same"}
+    w.observe(1, 2, 0, err)
+    w.observe(2, 0, 0, {})  # nobody asked: neither counts nor resets
+    w.observe(3, 2, 0, err)
+    with pytest.raises(RunFailed) as e:
+        w.observe(4, 2, 0, err)
+    msg = str(e.value)
+    assert "3 consecutive rounds" in msg and "max_failed_rounds=3" in msg
+    assert msg.count("Invalid momentum value") == 1
+
+
+def test_failure_watch_resets_on_any_reply_and_ignores_rejections():
+    w = FailureWatch(2)
+    w.observe(1, 2, 0, {0: "a", 1: "b"})
+    w.observe(2, 2, 1, {1: "b"})  # one reply: progress
+    w.observe(3, 2, 0, {0: "a", 1: "b"})
+    w.observe(4, 2, 0, {0: "a"})  # one failed, one rejected: not "every client failed"
+    w.observe(5, 2, 0, {0: "a", 1: "b"})
+    with pytest.raises(RunFailed):
+        w.observe(6, 2, 0, {0: "a", 1: "b"})
+    never = FailureWatch(0)
+    for r in range(1, 20):
+        never.observe(r, 2, 0, {0: "a", 1: "b"})
+
+
+def test_first_signal_requests_a_stop_second_aborts():
+    seen: list[str] = []
+    with Interrupts(on_first=seen.append) as it:
+        assert it.requested is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert it.requested == "SIGTERM" and seen == ["SIGTERM"]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
