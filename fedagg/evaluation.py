@@ -17,8 +17,9 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ def client_scores(model: torch.nn.Module, fd: Any, num_clients: int) -> tuple[li
             rows.append({"client": c, "examples": 0, "loss": None, "accuracy": None})
             continue
         loss, acc = evaluate(model, x, y)
-        rows.append({"client": c, "examples": int(len(y)), "loss": float(loss), "accuracy": float(acc)})
+        rows.append({"client": c, "examples": len(y), "loss": float(loss), "accuracy": float(acc)})
     return rows, split
 
 

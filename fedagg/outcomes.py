@@ -12,8 +12,9 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from types import FrameType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 log = logging.getLogger("fedagg")
 
@@ -88,7 +89,7 @@ class Interrupts:
                 self._old[s] = signal.signal(s, self._handle)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old.clear()

@@ -9,11 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from fedagg_testing import ROOT, SMALL, compose
 
 from fedagg.evaluation import distribution, main
 from fedagg.experiment import run
-
-from fedagg_testing import ROOT, SMALL, compose
 
 
 def test_distribution_worked_numbers():

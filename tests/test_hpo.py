@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import yaml
-
 from fedagg_testing import ROOT, fedagg_cmd
 
 

@@ -7,13 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from fedagg_testing import SMALL, compose
 from torch import nn
 
-from fedagg.experiment import ConfigError, run, validate
-from fedagg.experiment import to_plain
+from fedagg.experiment import ConfigError, run, to_plain, validate
 from fedagg.task.train import round_lr, train_local
-
-from fedagg_testing import SMALL, compose
 
 
 def test_round_lr_worked_numbers():

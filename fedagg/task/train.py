@@ -1,15 +1,14 @@
 """Local training and evaluation (torch only; no Flower)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..seeding import torch_generator
-
 
 OPTIMIZERS = ("sgd", "adam")
 
