@@ -93,3 +93,38 @@ class Interrupts:
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old.clear()
+
+
+# rules whose step is scaled by (participants / num_clients) until they have seen each client
+SCALED_BY_PARTICIPATION = ("fedau", "fedau_k50", "avg_all")
+
+
+def early_round_warning(aggregator: str, participation: str, server_lr: float | None) -> str | None:
+    """A hint when a rule's early rounds nearly vanish at its server lr: FedAU
+    (and average-all) divide the sum of the round's updates by num_clients, so
+    with partial participation the first steps are ~participants/N of FedAvg's."""
+    if aggregator not in SCALED_BY_PARTICIPATION or participation == "full":
+        return None
+    if server_lr is not None and server_lr > 1.0:
+        return None
+    return (f"aggregator={aggregator} with participation={participation}: each round's update is divided by "
+            f"num_clients, so early rounds move ~participants/N as far as FedAvg's at server lr "
+            f"{1.0 if server_lr is None else server_lr}; the paper's tuned learning rates are in "
+            f"conf/experiment/claim_fedau.yaml (claim_lr, claim_server_lr; +experiment=claim_fedau)")
+
+
+class NobodyAsked:
+    """Warns (once per stretch) when a round asks no client at all."""
+
+    def __init__(self) -> None:
+        self._warned_at: int | None = None
+
+    def observe(self, rnd: int, asked: int) -> str | None:
+        if asked > 0:
+            self._warned_at = None
+            return None
+        if self._warned_at is None:
+            self._warned_at = rnd
+            return (f"round {rnd} asked no client (none available under this participation/heterogeneity); "
+                    "the model stays unchanged until clients are available")
+        return None
