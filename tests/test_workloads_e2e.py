@@ -25,8 +25,16 @@ FITTING = {"mnist": "cnn", "fashion_mnist": "lenet5", "cifar10": "cnn", "cifar10
            "femnist": "cnn", "shakespeare": "lstm"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """Converted copies of the stand-ins go to a temporary cache, not the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDAGG_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
-def standins(tmp_path_factory):
+def standins(tmp_path_factory, private_cache):
     root = tmp_path_factory.mktemp("standins")
     return {name: save_standin(name, root) for name in FITTING}
 
@@ -148,6 +156,11 @@ def test_parquet_files_load_through_the_same_path(tmp_path):
     from fedagg.data.datasets import load_dataset
 
     a = load_dataset("cifar10", path=str(tmp_path / "pq"))
+    from fedagg.data.datasets import cache_dir
+
+    assert len(list(cache_dir().glob("hub-cifar10-*-u8.npz"))) >= 1  # converted once per copy, then cached
+    again = load_dataset("cifar10", path=str(tmp_path / "pq"))
+    assert np.array_equal(again.x_train, a.x_train) and np.array_equal(again.y_test, a.y_test)
     assert a.x_train.shape == (24, 3, 32, 32) and a.x_test.shape == (8, 3, 32, 32)
     assert np.array_equal(a.y_train, np.asarray(tr["label"]))
     assert np.allclose(a.x_train[0].transpose(1, 2, 0) * 255, np.asarray(tr[0]["img"]))
@@ -177,7 +190,6 @@ def test_bench_sweep_covers_every_builtin_rule_and_each_runs(standins, tmp_path)
     from pathlib import Path
 
     import yaml
-
     from fedagg_testing import CONF_DIR
 
     sweep = yaml.safe_load((Path(CONF_DIR) / "experiment" / "bench_cifar10.yaml").read_text())["hydra"]["sweeper"]

@@ -220,10 +220,25 @@ def _natural_ids(ds: Any, column: str) -> np.ndarray:
     return np.fromiter((lookup[v] for v in ds[column]), dtype=np.int64, count=len(ds))
 
 
+def _source_tag(path: str | None) -> str:
+    """'' for the Hub; for a dataset.path, a hash of its resolved location, file sizes and
+    modification times, so every process (each Ray worker) converts a copy once and an edited copy again."""
+    if path is None:
+        return ""
+    import hashlib
+
+    p = Path(os.path.expanduser(path)).resolve()
+    if not p.exists():
+        return "-missing"
+    files = sorted(f for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file())
+    stamp = "|".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    return "-" + hashlib.sha256(f"{p}|{stamp}".encode()).hexdigest()[:16]
+
+
 def _raw(name: str, spec: HubSpec, path: str | None) -> dict[str, np.ndarray]:
     """Arrays of every split (x_train, y_train[, ids_train][, x_test, y_test])."""
-    cached = cache_dir() / f"hub-{name}-u8.npz"  # uint8 pixels / token ids
-    if path is None and cached.exists():
+    cached = cache_dir() / f"hub-{name}{_source_tag(path)}-u8.npz"  # uint8 pixels / token ids
+    if cached.exists():
         with np.load(cached) as z:
             return dict(z)
     import datasets as hf
@@ -240,8 +255,7 @@ def _raw(name: str, spec: HubSpec, path: str | None) -> dict[str, np.ndarray]:
                 out[f"{k}_{split}"] = v
     if spec.natural_id is None and "x_test" not in out:
         raise ValueError(f"{where} has no 'test' split; dataset={name} needs train and test")
-    if path is None:
-        atomic_save_npz(cached, out)
+    atomic_save_npz(cached, out)
     return out
 
 
@@ -266,7 +280,7 @@ def _leaf_split(
     for k, c in enumerate(clients):
         rows = np.flatnonzero(ids == c)
         perm = named_rng(seed, "leaf-split", int(c)).permutation(rows)
-        n_test = int(round(len(rows) * float(test_fraction))) if len(rows) > 1 else 0
+        n_test = round(len(rows) * float(test_fraction)) if len(rows) > 1 else 0
         n_test = min(n_test, len(rows) - 1)
         te.append(perm[:n_test])
         tr.append(np.sort(perm[n_test:]))
