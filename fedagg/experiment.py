@@ -2,8 +2,9 @@
 
 ``validate`` fails fast -- before any data is partitioned or any client
 trains -- with a message naming the key and the fix. ``build`` turns the
-config into plain components; ``run_server`` is the body of the ServerApp
-(the same on every runtime); ``run`` picks the runtime.
+config into plain components (and the typed instruction every client
+receives); ``run`` picks the runtime and runs ``server.run_server``, the body
+of the ServerApp (the same on every runtime).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .aggregators.base import AggregatorContext, Params
 from .data.federated import FederatedData, get_federated_data
 from .env import heterogeneity as het
 from .env import participation as part
+from .flower.instruction import ClientInstruction, ModelSpec, TrainOptions
 from .seeding import rng as named_rng
 from .seeding import stream_key
 from .task.models import build_model, fit_error
@@ -142,7 +144,7 @@ class Experiment:
     heterogeneity: het.Heterogeneity
     x_test: np.ndarray
     y_test: np.ndarray
-    base_config: dict[str, Any]
+    instruction: ClientInstruction  # what every client is told (typed; one record)
     device: str
     resume_state: dict[str, Any] | None = None  # a checked checkpoint (resume=...), restored by run_server
 
@@ -199,7 +201,20 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
     heterogeneity = het.build_heterogeneity(cfg["heterogeneity"]["name"], cfg["num_clients"], seed, **_opts(cfg["heterogeneity"]))
     dev = str(cfg.get("device", "cpu"))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
-    exp = Experiment(cfg, fd, model_spec, None, participation, heterogeneity, x_test, y_test, {}, device)  # type: ignore[arg-type]
+    tr = cfg["train"]
+    instruction = ClientInstruction(
+        data=data_spec(cfg),
+        model=ModelSpec(model_spec["name"], tuple(model_spec["input_shape"]), int(model_spec["num_classes"]),
+                        dict(model_spec["options"])),
+        train=TrainOptions(
+            epochs=int(tr["epochs"]), steps=int(tr["steps"]), batch_size=int(tr["batch_size"]), lr=float(tr["lr"]),
+            momentum=float(tr["momentum"]), weight_decay=float(tr["weight_decay"]),
+            proximal_mu=float(tr["proximal_mu"]), optimizer=str(tr["optimizer"]), lr_decay=float(tr["lr_decay"]),
+            lr_decay_every=int(tr["lr_decay_every"]),
+        ),
+        seed=seed, device=device,
+    )
+    exp = Experiment(cfg, fd, model_spec, None, participation, heterogeneity, x_test, y_test, instruction, device)  # type: ignore[arg-type]
     ctx = AggregatorContext(
         num_clients=cfg["num_clients"], num_classes=fd.num_classes, seed=seed,
         dataset=str(cfg["dataset"]["name"]), model_fn=exp.model,
@@ -217,81 +232,7 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
             exp.resume_state = ckpt.load_for_resume(Path(cfg["resume"]), cfg)
         except ckpt.ResumeError as e:
             raise ConfigError(str(e)) from e
-    tr = cfg.get("train", {})
-    exp.base_config = {
-        "fedagg.spec": json.dumps(data_spec(cfg), sort_keys=True),
-        "fedagg.model": json.dumps(model_spec, sort_keys=True),
-        "seed": seed, "device": device,
-        **{f"train.{k}": v for k, v in tr.items() if v is not None},
-    }
     return exp
-
-
-# --------------------------------------------------------------------------- the server loop
-def run_server(grid: Any, exp: Experiment, out_dir: str | Path) -> list[dict[str, Any]]:
-    """Body of the ServerApp: connect, run all rounds, write results."""
-    from .flower.host import AggregationHost
-    from .report.metrics import Recorder
-    from .report.loggers import make_logger  # issue 6
-    from . import checkpoint as ckpt
-
-    cfg, out = exp.cfg, Path(out_dir)
-    model = exp.model()
-
-    def evaluate_fn(params: Params) -> tuple[float, float]:
-        set_params(model, params)
-        return evaluate(model, exp.x_test, exp.y_test)
-
-    srv = cfg.get("server", {}) or {}
-    host = AggregationHost(
-        exp.aggregator, exp.participation, exp.heterogeneity, cfg["num_clients"], exp.fd.num_classes,
-        exp.base_config, evaluate_fn,
-        round_timeout=srv.get("round_timeout"), connect_timeout=float(srv.get("connect_timeout", 120)),
-        max_update_norm=(cfg.get("validation") or {}).get("max_update_norm"),
-    )
-    rec = Recorder(out)
-    metric_logger = make_logger(cfg, out)  # issue 6
-    host.params = exp.init_params(0)
-    start = 1
-    if exp.resume_state is not None:
-        start = ckpt.restore(exp.resume_state, exp, host, rec) + 1
-        exp.resume_state = None  # restored; do not hold its copy of the models for the whole run
-        log.info("resumed from %s at round %d", cfg["resume"], start)
-    host.connect(grid)
-    every = int((cfg.get("checkpoint") or {}).get("every", 0) or 0)
-    total = cfg["rounds"]
-    for rnd in range(start, total + 1):
-        r = host.run_round(grid, rnd)
-        row = rec.add(r)
-        metric_logger.log(row)  # issue 6: optional TensorBoard (logger=tensorboard)
-        log.info(
-            "round %d/%d | asked %d replied %d failed %d rejected %d | train_loss %s | test_acc %.4f test_loss %.4f | %.2fs",
-            rnd, total, row["clients_asked"], row["clients_replied"], row["clients_failed"], row["clients_rejected"],
-            "n/a" if r.train_loss is None else f"{r.train_loss:.4f}", r.test_accuracy, r.test_loss, r.seconds,
-        )
-        if every and (rnd % every == 0 or rnd == total):
-            ckpt.save(out, rnd, exp, host, rec)
-    metric_logger.close()  # issue 6
-    set_params(model, host.params)
-    torch.save(model.state_dict(), out / "model.pt")
-    rec.plot(f"{cfg['aggregator']['name']} on {cfg['dataset']['name']} ({cfg['partition']['name']}), seed {cfg['seed']}")
-    return rec.rows
-
-
-def make_server_app(exp: Experiment, out_dir: str | Path, result: dict[str, Any] | None = None):
-    """A ServerApp bound to one experiment (used by the simulation runtimes,
-    whose ServerApp Context carries no run config)."""
-    from flwr.serverapp import ServerApp
-
-    app = ServerApp()
-
-    @app.main()
-    def main(grid, context) -> None:  # noqa: ANN001
-        rows = run_server(grid, exp, out_dir)
-        if result is not None:
-            result["rows"] = rows
-
-    return app
 
 
 def write_config(cfg: Mapping[str, Any], out: Path) -> None:
@@ -311,6 +252,7 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> list[dict[str, Any]]:
     out = Path(out_dir)
     write_config(exp.cfg, out)
     from .runtime import get_runtime
+    from .server import make_server_app
 
     runtime = get_runtime(exp.cfg["runtime"]["name"])
     result: dict[str, Any] = {}

@@ -160,8 +160,10 @@ def test_node_data_path_replaces_the_shard(tmp_path):
     import numpy as np
 
     from fedagg.flower.client_app import _client_data
+    from fedagg.flower.instruction import ClientInstruction, ModelSpec, TrainOptions
 
-    cfg = {"fedagg.model": json.dumps({"name": "mlp", "input_shape": [64], "num_classes": 10, "options": {}})}
+    cfg = ClientInstruction(data={"num_clients": 1}, model=ModelSpec("mlp", (64,), 10),
+                            train=TrainOptions(1, 0, 32, 0.1, 0.0, 0.0, 0.0, "sgd", 1.0, 1), seed=0, device="cpu")
     f = tmp_path / "node.npz"
     np.savez(f, x_train=np.random.rand(30, 8, 8), y_train=np.arange(30) % 10)
     data, k = _client_data(SimpleNamespace(node_config={"partition-id": 0, "data-path": str(f)}), cfg, 0)

@@ -3,7 +3,7 @@ files a full rewrite gives, also when a metric column first appears mid-run
 and after a resume loads earlier rounds."""
 from __future__ import annotations
 
-from fedagg.flower.host import RoundRecord
+from fedagg.flower.strategy import RoundRecord
 from fedagg.report.metrics import Recorder
 
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from fedagg.experiment import ConfigError, build, run, run_server
+from fedagg.experiment import ConfigError, build, run
 from fedagg.flower.client_app import app as real_client_app
 from fedagg.runtime.inprocess import InProcessGrid, set_task_identity
+from fedagg.server import run_server
 
 from fedagg_testing import ROOT, SMALL, compose, fedagg_cmd
 
@@ -212,13 +213,12 @@ def test_resume_with_changed_key_is_refused_and_overwrites_nothing(tmp_path):
 def test_node_with_out_of_range_partition_id_is_refused_by_name():
     """A SuperNode started with --node-config 'partition-id=9' in a 6-client run:
     its ClientApp answers with an error naming the key and the valid range."""
-    from fedagg.flower.codec import to_config
     from fedagg.runtime.inprocess import call_client
     from flwr.app import MessageType, RecordDict as RD
 
     exp = build(compose(*SMALL, "runtime=inprocess"))
     set_task_identity()
-    msg = Message(RD({"config": to_config(exp.base_config)}), dst_node_id=7, message_type=MessageType.QUERY)
+    msg = Message(RD({"config": exp.instruction.encode()}), dst_node_id=7, message_type=MessageType.QUERY)
     ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 9, "num-partitions": 6}, state=RD(), run_config={})
     reply = call_client(real_client_app, msg, ctx)
     assert reply.has_error()

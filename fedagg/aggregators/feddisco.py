@@ -104,6 +104,11 @@ class FedDisco(Aggregator):
         if proximal_mu < 0:
             raise ValueError(f"aggregator.proximal_mu={proximal_mu} must be >= 0")
         C = int(ctx.num_classes)
+        if C < 1:
+            raise ValueError(
+                "feddisco needs the number of classes: pass num_classes= to strategy_for, or let clients "
+                "answer the strategy's id query with their 'label-hist'"
+            )
         if target is None:
             T = np.full(C, 1.0 / C)
         else:

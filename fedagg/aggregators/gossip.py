@@ -133,8 +133,9 @@ class Gossip(Aggregator):
             raise ValueError(f"aggregator.eps={eps} must be >= 0")
         if independent_init and self.ctx.init_params_fn is None:
             raise ValueError(
-                "gossip with independent_init=true needs ctx.init_params_fn "
-                "(the host did not provide it)"
+                "gossip with independent_init=true needs ctx.init_params_fn, each node's initial model "
+                "(pass init_params_fn= to strategy_for, or independent_init=False to start every node "
+                "from the global model)"
             )
         self.n = int(ctx.num_clients)
         self.topology = topology

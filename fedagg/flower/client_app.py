@@ -1,18 +1,25 @@
-"""The fedagg ClientApp: trains the configured model on this node's shard.
+"""The fedagg ClientApp: trains (and evaluates) the configured model on this node's shard.
 
-Everything the client needs arrives in the message's ConfigRecord
-("config"): the data spec (dataset, partition, seed -- the shard is rebuilt
-and cached once per process), the model spec, training options, and the
-simulation's instructions for this round ("sim.*": epochs, partial work,
-injected faults). The partition id comes from the node config
+Everything the client needs arrives in one typed record, the
+:class:`ClientInstruction` in the message's ConfigRecord: the data spec
+(dataset, partition, seed -- the shard is rebuilt and cached once per
+process), the model spec, the training options, the seed, the device, the
+round and the simulation's plan for this client in this round (epochs,
+partial work, injected faults). The partition id comes from the node config
 (``partition-id``), as in Flower simulation and ``flower-supernode
---node-config``.
+--node-config``; ``data-path`` in the node config replaces the shard by a
+local file.
+
+Handlers: ``query`` (the client's id, example count and label histogram),
+``train`` (local training; replies ``arrays`` and ``metrics`` with
+``num-examples``, ``train-loss``, ``partition-id``, ``label-hist``) and
+``evaluate`` (the received model on the client's validation split --
+``val_fraction`` -- or on its training split if it has none; replies
+``num-examples``, ``loss``, ``accuracy``).
 """
 from __future__ import annotations
 
-import json
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,8 +28,10 @@ from flwr.clientapp import ClientApp
 
 from ..data.federated import ClientData, get_federated_data
 from ..task.models import build_model
+from ..task.train import evaluate as evaluate_model
 from ..task.train import get_params, round_lr, set_params, train_local
-from .codec import from_config, params_to_record, record_to_params
+from .codec import params_to_record, record_to_params
+from .instruction import ClientInstruction, ModelSpec
 
 app = ClientApp()
 
@@ -31,17 +40,24 @@ class InjectedFault(RuntimeError):
     """A fault the simulation injected on purpose (crash, dropout, deadline)."""
 
 
-@lru_cache(maxsize=4)
-def _model(model_json: str) -> torch.nn.Module:
-    spec = json.loads(model_json)
-    return build_model(spec["name"], tuple(spec["input_shape"]), int(spec["num_classes"]), **spec.get("options", {}))
+_MODELS: dict[str, torch.nn.Module] = {}
 
 
-def _partition_id(context: Context, cfg: dict[str, Any]) -> int:
+def _cached_model(spec: ModelSpec) -> torch.nn.Module:
+    """One model object per spec and process (its parameters are overwritten per message)."""
+    key = spec.key()
+    if key not in _MODELS:
+        if len(_MODELS) >= 4:
+            _MODELS.pop(next(iter(_MODELS)))
+        _MODELS[key] = build_model(spec.name, spec.input_shape, spec.num_classes, **dict(spec.options))
+    return _MODELS[key]
+
+
+def _partition_id(context: Context, instr: ClientInstruction) -> int:
     if "partition-id" not in context.node_config:
         raise ValueError("node config has no 'partition-id'; start the SuperNode with --node-config 'partition-id=<i> num-partitions=<N>'")
     pid = int(context.node_config["partition-id"])
-    n = int(json.loads(cfg["fedagg.spec"])["num_clients"])
+    n = instr.num_clients
     if not 0 <= pid < n:
         raise ValueError(f"partition-id={pid} is out of range 0..{n - 1} (num_clients={n})")
     return pid
@@ -58,17 +74,16 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"node config data-path={path} does not exist on this SuperNode") from None
 
 
-def _client_data(context: Context, cfg: dict[str, Any], pid: int) -> tuple[ClientData, int]:
-    """This node's training data and the number of classes. With node config
+def _client_data(context: Context, instr: ClientInstruction, pid: int) -> tuple[ClientData, int]:
+    """This node's data and the number of classes. With node config
     ``data-path`` (a local .npz with x_train/y_train, shaped like the
     experiment's dataset) the node trains on that file instead of its shard
     of the spec's dataset; otherwise the shard ``partition-id``."""
     path = context.node_config.get("data-path")
     if not path:
-        fd = get_federated_data(json.loads(cfg["fedagg.spec"]))
+        fd = get_federated_data(instr.data)
         return fd.client(pid), fd.num_classes
-    spec = json.loads(cfg["fedagg.model"])
-    shape, k = tuple(spec["input_shape"]), int(spec["num_classes"])
+    shape, k = instr.model.input_shape, instr.model.num_classes
     x, y = _load_npz(str(path))
     if len(x) != len(y) or len(y) == 0 or int(np.prod(x.shape[1:])) != int(np.prod(shape)):
         raise ValueError(f"data-path={path}: x_train {x.shape} / y_train {y.shape} do not match input shape {shape}")
@@ -79,71 +94,77 @@ def _client_data(context: Context, cfg: dict[str, Any], pid: int) -> tuple[Clien
     return ClientData(x, y, x[:0], y[:0]), k
 
 
-def _device(cfg: dict[str, Any]) -> str:
-    want = str(cfg.get("device", "cpu"))
+def _device(instr: ClientInstruction) -> str:
+    want = instr.device
     if want.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device={want} requested but CUDA is not available on this node")
     return want
 
 
+def _hist(y: np.ndarray, k: int) -> list[int]:
+    return [int(c) for c in np.bincount(y, minlength=k)]
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Report the stable client id, example count and label histogram."""
-    cfg = from_config(msg.content["config"])
-    pid = _partition_id(context, cfg)
-    data, k = _client_data(context, cfg, pid)
+    instr = ClientInstruction.decode(msg.content["config"])
+    pid = _partition_id(context, instr)
+    data, k = _client_data(context, instr, pid)
     metrics = MetricRecord(
-        {
-            "partition-id": pid,
-            "num-examples": int(len(data.y_train)),
-            "label-hist": [int(c) for c in np.bincount(data.y_train, minlength=k)],
-        }
+        {"partition-id": pid, "num-examples": int(len(data.y_train)), "label-hist": _hist(data.y_train, k)}
     )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg = from_config(msg.content["config"])
-    pid = _partition_id(context, cfg)
-    fault = cfg.get("sim.fault")
-    if fault == "crash":
+    instr = ClientInstruction.decode(msg.content["config"])
+    pid = _partition_id(context, instr)
+    plan, opts = instr.plan, instr.train
+    if plan.fault == "crash":
         raise InjectedFault(f"client {pid}: injected crash (heterogeneity=crashes)")
-    data, k = _client_data(context, cfg, pid)
-    model = _model(cfg["fedagg.model"])
+    data, k = _client_data(context, instr, pid)
+    model = _cached_model(instr.model)
     set_params(model, record_to_params(msg.content["arrays"]))
-    rnd = int(cfg["round"])
-    epochs = int(cfg.get("sim.epochs", cfg.get("train.epochs", 1)))
-    steps = int(cfg.get("train.steps", 0))
-    batch = int(cfg.get("train.batch_size", 32))
-    n = len(data.y_train)
     # a dropout trains half the round, then disappears; a straggler does part of it
-    work = 0.5 if fault == "dropout" else float(cfg.get("sim.work_fraction", 1.0))
+    work = 0.5 if plan.fault == "dropout" else plan.work_fraction
     res = train_local(
         model, data.x_train, data.y_train,
-        epochs=epochs, steps=steps, batch_size=batch,
-        lr=round_lr(float(cfg.get("train.lr", 0.05)), rnd, float(cfg.get("train.lr_decay", 1.0)),
-                    int(cfg.get("train.lr_decay_every", 1))),
-        optimizer=str(cfg.get("train.optimizer", "sgd")),
-        momentum=float(cfg.get("train.momentum", 0.0)),
-        weight_decay=float(cfg.get("train.weight_decay", 0.0)),
-        proximal_mu=float(cfg.get("proximal_mu", cfg.get("train.proximal_mu", 0.0))),
-        work_fraction=work, seed=int(cfg["seed"]), round=rnd, client=pid, device=_device(cfg),
+        epochs=plan.epochs if plan.epochs is not None else opts.epochs, steps=opts.steps,
+        batch_size=opts.batch_size, lr=round_lr(opts.lr, instr.round, opts.lr_decay, opts.lr_decay_every),
+        optimizer=opts.optimizer, momentum=opts.momentum, weight_decay=opts.weight_decay,
+        proximal_mu=opts.proximal_mu, work_fraction=work, seed=instr.seed, round=instr.round, client=pid,
+        device=_device(instr),
     )
-    if fault == "dropout":
+    if plan.fault == "dropout":
         raise InjectedFault(f"client {pid}: dropped out mid-round after {res.steps} steps")
-    if fault == "deadline":
+    if plan.fault == "deadline":
         raise InjectedFault(f"client {pid}: straggler missed the round deadline")
     metrics = MetricRecord(
         {
             "partition-id": pid,
-            "num-examples": int(n),
+            "num-examples": int(len(data.y_train)),
             "train-loss": float(res.loss),
             "train-accuracy": float(res.accuracy),
             "steps": int(res.steps),
-            "label-hist": [int(c) for c in np.bincount(data.y_train, minlength=k)],
+            "label-hist": _hist(data.y_train, k),
         }
     )
     return Message(
         RecordDict({"arrays": params_to_record(get_params(model)), "metrics": metrics}), reply_to=msg
     )
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the received model on this client's validation split (its training split if it has none)."""
+    instr = ClientInstruction.decode(msg.content["config"])
+    pid = _partition_id(context, instr)
+    data, _ = _client_data(context, instr, pid)
+    x, y = (data.x_val, data.y_val) if len(data.y_val) else (data.x_train, data.y_train)
+    model = _cached_model(instr.model)
+    set_params(model, record_to_params(msg.content["arrays"]))
+    loss, acc = evaluate_model(model, x, y)
+    metrics = MetricRecord({"partition-id": pid, "num-examples": int(len(y)), "loss": float(loss), "accuracy": float(acc)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

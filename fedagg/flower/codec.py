@@ -7,17 +7,14 @@ raises :class:`InvalidUpdate` with a reason the host logs and counts.
 """
 from __future__ import annotations
 
-import json
-from typing import Any, Mapping
+from collections.abc import Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, Message
 
-from ..aggregators.base import ClientUpdate, Params
+from ..aggregators.base import ClientUpdate, InvalidUpdate, Params
 
-
-class InvalidUpdate(ValueError):
-    pass
+__all__ = ["InvalidUpdate", "params_to_record", "record_to_params", "reply_to_update"]
 
 
 def params_to_record(params: Params) -> ArrayRecord:
@@ -27,26 +24,6 @@ def params_to_record(params: Params) -> ArrayRecord:
 
 def record_to_params(rec: ArrayRecord) -> Params:
     return {k: np.asarray(v.numpy()) for k, v in rec.items()}
-
-
-def to_config(d: Mapping[str, Any]) -> ConfigRecord:
-    """Flat scalars into a ConfigRecord; nested values travel as JSON strings."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if v is None:
-            continue
-        if isinstance(v, (bool, int, float, str)):
-            out[k] = v
-        else:
-            out[k] = "json:" + json.dumps(v)
-    return ConfigRecord(out)
-
-
-def from_config(rec: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        k: json.loads(v[5:]) if isinstance(v, str) and v.startswith("json:") else v
-        for k, v in rec.items()
-    }
 
 
 def reply_to_update(
@@ -85,13 +62,13 @@ def reply_to_update(
             sq += float(np.sum((v.astype(np.float64) - ref) ** 2))
     if max_update_norm is not None and np.sqrt(sq) > max_update_norm:
         raise InvalidUpdate(f"update norm {np.sqrt(sq):.4g} exceeds validation.max_update_norm={max_update_norm}")
-    m = content["metrics"]
+    m: Mapping[str, object] = content["metrics"]
     n = m.get("num-examples")
     if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
         raise InvalidUpdate(f"num-examples={n!r} is not a positive integer")
     hist = m.get("label-hist")
     label_hist = None
-    if hist is not None:
+    if hist is not None and num_classes > 0:  # 0: the number of classes is unknown (a foreign ClientApp)
         label_hist = np.asarray(hist)
         if label_hist.ndim != 1 or len(label_hist) != num_classes:
             raise InvalidUpdate(f"label-hist has length {label_hist.size}, expected {num_classes} classes")
@@ -99,6 +76,7 @@ def reply_to_update(
             raise InvalidUpdate("label-hist has negative or non-finite counts")
         if label_hist.sum() <= 0:
             raise InvalidUpdate("label-hist is all zero")
+
     def _finite(key: str) -> float | None:
         v = m.get(key)
         if v is None:
@@ -110,5 +88,6 @@ def reply_to_update(
     loss, acc = _finite("train-loss"), _finite("train-accuracy")
     if acc is not None and not 0.0 <= acc <= 1.0:
         raise InvalidUpdate(f"train-accuracy={acc} is outside [0, 1]")
-    meta = {k: m[k] for k in ("steps",) if k in m}
+    steps = m.get("steps")
+    meta: dict[str, int | float | str] = {"steps": steps} if isinstance(steps, int) else {}
     return ClientUpdate(client_id, params, int(n), label_hist, loss, acc, meta)

@@ -44,6 +44,8 @@ class Recorder:
             "test_loss": rec.test_loss,
             "round_seconds": round(rec.seconds, 4),
         }
+        for k, v in (getattr(rec, "client_eval", None) or {}).items():  # client-side evaluation, when enabled
+            row[f"client_eval_{k}"] = v
         lists: dict[str, Any] = {}
         for k, v in rec.agg_metrics.items():
             if isinstance(v, (list, tuple, dict)) or hasattr(v, "shape"):

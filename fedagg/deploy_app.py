@@ -11,7 +11,8 @@ two keys:
   status.json are written (a relative path resolves against the SuperLink
   process's working directory, so pass an absolute one).
 
-The experiment body is the same ``run_server`` as in simulation. Runtime
+The experiment body is the same ``server.run_server`` as in simulation (its
+loop is the rule's Flower strategy, ``strategy.start``). Runtime
 settings are irrelevant here (the SuperLink is the runtime): ``runtime`` is
 forced to ``inprocess`` so Ray/GPU checks of the simulation runtimes do not
 apply. A deployment must never wait forever for a vanished SuperNode, so
@@ -40,7 +41,7 @@ app = ServerApp()
 def conf_dir() -> Path:
     """``conf/`` next to the imported fedagg package (the repo in an editable
     install, the FAB's copy when the app runs from $FLWR_HOME/apps/...)."""
-    from ..cli import CONF_DIR  # the one place that says where conf/ is
+    from .cli import CONF_DIR  # the one place that says where conf/ is
 
     d = Path(CONF_DIR)
     if not (d / "config.yaml").is_file():
@@ -56,7 +57,7 @@ def compose_config(overrides: str | list[str]) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from ..experiment import to_plain
+    from .experiment import to_plain
 
     ov = shlex.split(overrides) if isinstance(overrides, str) else list(overrides)
     GlobalHydra.instance().clear()
@@ -79,7 +80,8 @@ def _setup_logging() -> None:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from ..experiment import build, run_server, write_config
+    from .experiment import build, write_config
+    from .server import run_server
 
     _setup_logging()
     rc = context.run_config

@@ -1,0 +1,92 @@
+"""What a fedagg run does around each round, as :class:`RoundCallback` objects
+for :meth:`FedaggStrategy.start`: the metrics files, an optional metric logger
+(TensorBoard), the console line, checkpoints, and the final model and plot.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from flwr.serverapp.strategy import Result
+
+from . import checkpoint as ckpt
+from .flower.callbacks import RoundCallback
+from .flower.strategy import FedaggStrategy, RoundRecord
+from .report.loggers import CsvLogger, TensorBoardLogger
+from .report.metrics import Recorder
+from .task.train import set_params
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
+
+log = logging.getLogger("fedagg")
+
+
+class MetricsFiles(RoundCallback):
+    """metrics.csv and rounds.jsonl: one row / one line per round (the Recorder)."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def after_round(self, record: RoundRecord, strategy: FedaggStrategy) -> bool:
+        self.recorder.add(record)
+        return False
+
+
+class MetricLogger(RoundCallback):
+    """Hands each metrics.csv row to a logger (``logger=tensorboard``); closes it at the end."""
+
+    def __init__(self, logger: CsvLogger | TensorBoardLogger, recorder: Recorder) -> None:
+        self.logger, self.recorder = logger, recorder
+
+    def after_round(self, record: RoundRecord, strategy: FedaggStrategy) -> bool:
+        self.logger.log(self.recorder.rows[-1])
+        return False
+
+    def on_train_end(self, strategy: FedaggStrategy, result: Result) -> None:
+        self.logger.close()
+
+
+class ConsoleLine(RoundCallback):
+    """One progress line per round on the ``fedagg`` logger."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def after_round(self, record: RoundRecord, strategy: FedaggStrategy) -> bool:
+        r = record
+        log.info(
+            "round %d/%d | asked %d replied %d failed %d rejected %d | train_loss %s | test_acc %.4f test_loss %.4f | %.2fs",
+            r.round, self.total, len(r.asked), len(r.replied), len(r.failed), len(r.rejected),
+            "n/a" if r.train_loss is None else f"{r.train_loss:.4f}",
+            float("nan") if r.test_accuracy is None else r.test_accuracy,
+            float("nan") if r.test_loss is None else r.test_loss, r.seconds,
+        )
+        return False
+
+
+class Checkpoints(RoundCallback):
+    """checkpoint.pkl every ``every`` rounds and after the last one (atomic)."""
+
+    def __init__(self, out: Path, every: int, total: int, exp: Experiment, recorder: Recorder) -> None:
+        self.out, self.every, self.total, self.exp, self.recorder = out, every, total, exp, recorder
+
+    def after_round(self, record: RoundRecord, strategy: FedaggStrategy) -> bool:
+        if record.round % self.every == 0 or record.round == self.total:
+            ckpt.save(self.out, record.round, self.exp, strategy, self.recorder)
+        return False
+
+
+class FinalSave(RoundCallback):
+    """model.pt (the final global state_dict) and accuracy.png."""
+
+    def __init__(self, out: Path, exp: Experiment, recorder: Recorder, title: str) -> None:
+        self.out, self.exp, self.recorder, self.title = out, exp, recorder, title
+
+    def on_train_end(self, strategy: FedaggStrategy, result: Result) -> None:
+        model = self.exp.model()
+        set_params(model, strategy.params)
+        torch.save(model.state_dict(), self.out / "model.pt")
+        self.recorder.plot(self.title)

@@ -1,0 +1,125 @@
+"""The one record a fedagg ClientApp receives: :class:`ClientInstruction`.
+
+It says everything a client needs for one message: which data shard to build
+(the federated data spec, rebuilt and cached once per process from the
+seed), which model, how to train (:class:`TrainOptions`), the seed and
+device, the round, and the simulation's plan for this client in this round
+(:class:`SimPlan`: fewer epochs, partial work, an injected fault). The
+strategy builds it, :meth:`ClientInstruction.encode` puts it in the
+message's ConfigRecord under one key, and the ClientApp reads it back with
+:meth:`ClientInstruction.decode` -- typed, checked, with no defaults on the
+client side (every value comes from the experiment's config).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+
+from flwr.app import ConfigRecord
+
+KEY = "fedagg.instruction"
+FAULTS = ("crash", "dropout", "deadline")
+
+JSONScalar = str | int | float | bool | None
+JSONValue = JSONScalar | list["JSONValue"] | dict[str, "JSONValue"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to build: ``build_model(name, input_shape, num_classes, **options)``."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    options: Mapping[str, JSONValue] = field(default_factory=dict)
+
+    def key(self) -> str:
+        """A stable string for caching one built model per spec."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Local training (the experiment's ``train`` section). The round's learning
+    rate is ``lr * lr_decay ** ((round - 1) // lr_decay_every)``."""
+
+    epochs: int
+    steps: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    proximal_mu: float
+    optimizer: str
+    lr_decay: float
+    lr_decay_every: int
+
+
+@dataclass(frozen=True)
+class SimPlan:
+    """The simulation's plan for one client in one round (the ``heterogeneity``
+    group): ``epochs`` replaces the configured local epochs, ``work_fraction``
+    < 1 stops training early (a straggler), ``fault`` injects a failure. The
+    empty plan means: do the configured work and reply."""
+
+    epochs: int | None = None
+    work_fraction: float = 1.0
+    fault: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.fault is not None and self.fault not in FAULTS:
+            raise ValueError(f"SimPlan.fault='{self.fault}' is not one of {', '.join(FAULTS)}")
+        if not 0.0 < self.work_fraction <= 1.0:
+            raise ValueError(f"SimPlan.work_fraction={self.work_fraction} must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ClientInstruction:
+    data: Mapping[str, JSONValue]  # the federated data spec (seed, num_clients, val_fraction, dataset/partition/noise)
+    model: ModelSpec
+    train: TrainOptions
+    seed: int
+    device: str
+    round: int = 0  # 0: not a training round (the id query, evaluation before training)
+    plan: SimPlan = field(default_factory=SimPlan)
+
+    @property
+    def num_clients(self) -> int:
+        n = self.data.get("num_clients")
+        if not isinstance(n, int):
+            raise ValueError(f"instruction data spec has num_clients={n!r}, expected an integer")
+        return n
+
+    def for_client(self, round: int, plan: SimPlan, proximal_mu: float | None = None) -> ClientInstruction:
+        """This instruction for one client in one round (``proximal_mu``: a FedProx
+        term the aggregator sets, replacing ``train.proximal_mu``)."""
+        train = self.train if proximal_mu is None else replace(self.train, proximal_mu=float(proximal_mu))
+        return replace(self, round=int(round), plan=plan, train=train)
+
+    def encode(self) -> ConfigRecord:
+        return ConfigRecord({KEY: json.dumps(asdict(self), sort_keys=True)})
+
+    @classmethod
+    def decode(cls, rec: Mapping[str, object]) -> ClientInstruction:
+        """Read the instruction from a message's ConfigRecord; ValueError naming
+        what is wrong (e.g. a ServerApp that is not fedagg's sent none)."""
+        raw = rec.get(KEY)
+        if not isinstance(raw, str):
+            raise ValueError(
+                f"the message's config has no '{KEY}' record: this ClientApp needs a fedagg strategy "
+                "(fedagg.flower.strategy_for) that sends one"
+            )
+        try:
+            d = json.loads(raw)
+            m = d["model"]
+            return cls(
+                data=dict(d["data"]),
+                model=ModelSpec(str(m["name"]), tuple(int(s) for s in m["input_shape"]), int(m["num_classes"]),
+                                dict(m.get("options") or {})),
+                train=TrainOptions(**d["train"]),
+                seed=int(d["seed"]), device=str(d["device"]), round=int(d["round"]),
+                plan=SimPlan(**d["plan"]),
+            )
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"malformed '{KEY}' record ({type(e).__name__}: {e})") from e

@@ -1,0 +1,92 @@
+"""fedagg's server loop: one :class:`FedaggStrategy` and its callbacks.
+
+``run_server`` is the body of every fedagg ServerApp (simulation runtimes and
+the deployment app): it builds the strategy for the experiment's rule, then
+calls ``strategy.start(...)`` -- Flower's loop -- with the callbacks that
+write metrics, checkpoints, the console line and the final model.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from .callbacks import Checkpoints, ConsoleLine, FinalSave, MetricLogger, MetricsFiles
+from .experiment import Experiment
+from .flower.callbacks import RoundCallback
+from .flower.codec import params_to_record, record_to_params
+from .flower.strategy import FedaggStrategy
+from .report.loggers import make_logger
+from .report.metrics import Recorder
+from .task.train import evaluate, set_params
+
+log = logging.getLogger("fedagg")
+
+
+def make_strategy(exp: Experiment) -> FedaggStrategy:
+    """The experiment's rule as a Flower strategy driving fedagg's ClientApp."""
+    cfg = exp.cfg
+    srv = cfg.get("server", {}) or {}
+    return FedaggStrategy(
+        exp.aggregator, seed=cfg["seed"], participation=exp.participation, heterogeneity=exp.heterogeneity,
+        instruction=exp.instruction, fraction_evaluate=0.0,
+        connect_timeout=float(srv.get("connect_timeout", 120)),
+        max_update_norm=(cfg.get("validation") or {}).get("max_update_norm"),
+        assign_unknown_nodes=False,  # fedagg's ClientApp says its partition-id; a silent node is broken
+    )
+
+
+def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[str, Any]]:
+    """Connect, run all rounds, write results; returns the metrics rows."""
+    from . import checkpoint as ckpt
+
+    cfg, out = exp.cfg, Path(out_dir)
+    strategy = make_strategy(exp)
+    model = exp.model()
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None  # fedagg's metrics start after round 1
+        set_params(model, record_to_params(arrays))
+        loss, acc = evaluate(model, exp.x_test, exp.y_test)
+        return MetricRecord({"loss": loss, "accuracy": acc})
+
+    recorder = Recorder(out)
+    strategy.params = exp.init_params(0)
+    start = 1
+    if exp.resume_state is not None:
+        start = ckpt.restore(exp.resume_state, exp, strategy, recorder) + 1
+        exp.resume_state = None  # restored; do not hold its copy of the models for the whole run
+        log.info("resumed from %s at round %d", cfg["resume"], start)
+    total = int(cfg["rounds"])
+    every = int((cfg.get("checkpoint") or {}).get("every", 0) or 0)
+    title = f"{cfg['aggregator']['name']} on {cfg['dataset']['name']} ({cfg['partition']['name']}), seed {cfg['seed']}"
+    callbacks: list[RoundCallback] = [
+        MetricsFiles(recorder), MetricLogger(make_logger(cfg, out), recorder), ConsoleLine(total),
+    ]
+    if every:
+        callbacks.append(Checkpoints(out, every, total, exp, recorder))
+    callbacks.append(FinalSave(out, exp, recorder, title))
+    strategy.start(
+        grid, initial_arrays=params_to_record(strategy.params), num_rounds=total,
+        timeout=(cfg.get("server", {}) or {}).get("round_timeout"), evaluate_fn=evaluate_fn,
+        callbacks=callbacks, start_round=start,
+    )
+    return recorder.rows
+
+
+def make_server_app(exp: Experiment, out_dir: str | Path, result: dict[str, Any] | None = None) -> ServerApp:
+    """A ServerApp bound to one experiment (used by the simulation runtimes,
+    whose ServerApp Context carries no run config)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        rows = run_server(grid, exp, out_dir)
+        if result is not None:
+            result["rows"] = rows
+
+    return app
