@@ -55,7 +55,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_fn(msg: Message, context: Context) -> Message:
-    cfg, spec, fd, pid, model = _setup(msg, context)
+    _, _, fd, pid, model = _setup(msg, context)
     data = fd.client(pid)
     loss, acc = evaluate(model, data.x_train, data.y_train)
     return Message(RecordDict({"metrics": MetricRecord({"num-examples": len(data.y_train), "loss": loss,

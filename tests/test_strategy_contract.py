@@ -11,13 +11,21 @@ from __future__ import annotations
 import json
 import logging
 
+import foreign_flower_app
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from fedagg_testing import compose
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid, ServerApp
 
-import foreign_flower_app
 from fedagg import aggregators
 from fedagg.experiment import build, run
 from fedagg.flower import FedaggStrategy, strategy_for
@@ -26,7 +34,6 @@ from fedagg.flower.rules import presets
 from fedagg.runtime.inprocess import InProcessGrid, set_task_identity
 from fedagg.task.models import build_model
 from fedagg.task.train import evaluate
-from fedagg_testing import compose
 
 N = 4
 COMMON = ["dataset=digits", "model=mlp", f"num_clients={N}", "rounds=2", "participation=full", "runtime=inprocess",
@@ -234,3 +241,14 @@ def test_train_reply_echoing_another_clients_id_is_rejected():
     strategy.start(_inprocess(liar), params_to_record(exp.init_params(0)), num_rounds=1)
     assert list(strategy.last_record.rejected) == [0]
     assert "says partition-id=1" in strategy.last_record.rejected[0]
+
+
+def test_flower_package_imports_neither_hydra_nor_the_experiment_layer():
+    import subprocess
+    import sys
+
+    code = ("import sys, fedagg.flower, fedagg.flower.client_app; "
+            "bad = [m for m in ('hydra', 'fedagg.cli', 'fedagg.experiment', 'fedagg.server') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr

@@ -18,8 +18,8 @@ holds only what it declared -- everything else is ``None``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -216,6 +216,8 @@ def weighted_sum(
     accumulator and temporary stay in cache, so the cost is one pass over the
     inputs (the memory-bandwidth bound)."""
     ref = arrays[0] if arrays else center
+    if ref is None:
+        raise ValueError("weighted_sum needs at least one array or a center")
     shape = ref.shape
     size = int(np.prod(shape))
     flat = [(float(w), np.asarray(a).reshape(-1)) for w, a in zip(weights, arrays) if w != 0.0]

@@ -50,7 +50,9 @@ from ..seeding import rng
 from .base import (
     Aggregator,
     AggregatorContext,
+    Metrics,
     Params,
+    State,
     is_float,
     is_learnable,
     sorted_updates,
@@ -122,7 +124,7 @@ class Gossip(Aggregator):
         correct: str = "weights",
         eps: float = 0.0,
         independent_init: bool = True,
-        **kw: Any,
+        **kw: object,
     ) -> None:
         super().__init__(ctx, **kw)
         if mix not in ("average_100", "half_self"):
@@ -210,7 +212,7 @@ class Gossip(Aggregator):
                 out[name] = np.array(ref, copy=True)
         return out
 
-    def _metrics(self, mean: Params, factors: list[float], averaged: int) -> dict[str, Any]:
+    def _metrics(self, mean: Params, factors: list[float], averaged: int) -> Metrics:
         learn = [k for k, v in mean.items() if is_learnable(k, v)]
         weights = [k for k in learn if mean[k].ndim >= 2]
         dist = []
@@ -220,7 +222,7 @@ class Gossip(Aggregator):
                 for k in learn
             )
             dist.append(np.sqrt(sq))
-        m: dict[str, Any] = {"consensus_distance": float(np.mean(dist)), "num_averaged": averaged}
+        m: Metrics = {"consensus_distance": float(np.mean(dist)), "num_averaged": averaged}
         if weights:
             m["layer_variance"] = float(np.mean([np.var(mean[k].astype(np.float64)) for k in weights]))
             m["node_layer_variance"] = float(
@@ -230,7 +232,7 @@ class Gossip(Aggregator):
         return m
 
     # -- persistence ------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> State:
         return {
             "neighbours": [list(nb) for nb in self.neighbours],
             "nodes": {int(c): {k: v.copy() for k, v in p.items()} for c, p in self.nodes.items()},

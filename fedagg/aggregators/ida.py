@@ -39,7 +39,6 @@ distances are half the gap). Stateless: nothing is kept across rounds.
 """
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
@@ -71,7 +70,7 @@ class IDA(Aggregator):
         granularity: str = "model",
         include: str = "learnable",
         eps: float = 1e-12,
-        **kw: Any,
+        **kw: object,
     ) -> None:
         super().__init__(ctx, **kw)
         for opt, val, ok in (

@@ -112,7 +112,7 @@ def query(msg: Message, context: Context) -> Message:
     pid = _partition_id(context, instr)
     data, k = _client_data(context, instr, pid)
     metrics = MetricRecord(
-        {"partition-id": pid, "num-examples": int(len(data.y_train)), "label-hist": _hist(data.y_train, k)}
+        {"partition-id": pid, "num-examples": len(data.y_train), "label-hist": _hist(data.y_train, k)}
     )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
@@ -126,7 +126,7 @@ def train(msg: Message, context: Context) -> Message:
         raise InjectedFault(f"client {pid}: injected crash (heterogeneity=crashes)")
     data, k = _client_data(context, instr, pid)
     model = _cached_model(instr.model)
-    set_params(model, record_to_params(msg.content["arrays"]))
+    set_params(model, record_to_params(msg.content.array_records["arrays"]))
     # a dropout trains half the round, then disappears; a straggler does part of it
     work = 0.5 if plan.fault == "dropout" else plan.work_fraction
     res = train_local(
@@ -144,7 +144,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord(
         {
             "partition-id": pid,
-            "num-examples": int(len(data.y_train)),
+            "num-examples": len(data.y_train),
             "train-loss": float(res.loss),
             "train-accuracy": float(res.accuracy),
             "steps": int(res.steps),
@@ -164,7 +164,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     data, _ = _client_data(context, instr, pid)
     x, y = (data.x_val, data.y_val) if len(data.y_val) else (data.x_train, data.y_train)
     model = _cached_model(instr.model)
-    set_params(model, record_to_params(msg.content["arrays"]))
+    set_params(model, record_to_params(msg.content.array_records["arrays"]))
     loss, acc = evaluate_model(model, x, y)
-    metrics = MetricRecord({"partition-id": pid, "num-examples": int(len(y)), "loss": float(loss), "accuracy": float(acc)})
+    metrics = MetricRecord({"partition-id": pid, "num-examples": len(y), "loss": float(loss), "accuracy": float(acc)})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

@@ -42,7 +42,7 @@ def reply_to_update(
     if "metrics" not in content.metric_records:
         raise InvalidUpdate("reply has no 'metrics' record")
     try:
-        params = record_to_params(content["arrays"])
+        params = record_to_params(content.array_records["arrays"])
     except Exception as e:  # malformed bytes
         raise InvalidUpdate(f"arrays cannot be decoded: {e}") from e
     if list(params) != list(sent):

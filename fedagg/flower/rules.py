@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import yaml
+from omegaconf import OmegaConf
 
 from .. import aggregators
 from ..aggregators.base import Aggregator, AggregatorContext, InitParamsFn, ModelFn
@@ -33,9 +33,9 @@ def presets() -> dict[str, dict[str, RuleOption]]:
     out: dict[str, dict[str, RuleOption]] = {}
     for d in _conf_dirs():
         for f in sorted((d / "aggregator").glob("*.yaml")):
-            data = yaml.safe_load(f.read_text()) or {}
+            data = OmegaConf.to_container(OmegaConf.load(f))
             if isinstance(data, Mapping) and isinstance(data.get("name"), str):
-                out.setdefault(f.stem, dict(data))
+                out.setdefault(f.stem, {str(k): v for k, v in data.items()})
     return out
 
 

@@ -34,11 +34,26 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from ..aggregators.base import Aggregator, AggregatorContext, ClientUpdate, InvalidUpdate, Metrics, Params, RoundInfo
+from ..aggregators.base import (
+    Aggregator,
+    AggregatorContext,
+    ClientUpdate,
+    InvalidUpdate,
+    Metrics,
+    Params,
+    RoundInfo,
+)
 from ..seeding import rng
 from .callbacks import RoundCallback
 from .codec import params_to_record, record_to_params, reply_to_update
@@ -323,7 +338,7 @@ class FedaggStrategy(Strategy):
                 continue
             try:
                 self._check_echo(reply, cid)
-                u = reply_to_update(reply, cid, sent, int(self.num_classes or 0), self.max_update_norm)
+                u = reply_to_update(reply, cid, sent, self.num_classes or 0, self.max_update_norm)
                 if u.label_hist is None and self.aggregator.needs_label_hist:
                     raise InvalidUpdate(
                         f"aggregator '{self.aggregator.name}' needs each client's label_hist: reply "
@@ -339,7 +354,7 @@ class FedaggStrategy(Strategy):
             log.warning("round %d: update of client %d rejected: %s", rnd, cid, why)
         updates.sort(key=lambda u: u.client_id)
         asked = list(self._sent)
-        info = RoundInfo(rnd, int(self.num_clients or 0), tuple(asked), tuple(u.client_id for u in updates))
+        info = RoundInfo(rnd, self.num_clients or 0, tuple(asked), tuple(u.client_id for u in updates))
         if not updates:
             log.warning("round %d: no valid update arrived; the global model is unchanged", rnd)
         self.params, agg_metrics = self.aggregator.apply(self.params, updates, info)

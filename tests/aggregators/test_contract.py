@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from aggtools import ctx, info, upd
+
 from fedagg.aggregators import Aggregator, build
 from fedagg.aggregators.base import AggregatorContext, InvalidUpdate
 
@@ -109,7 +109,7 @@ def test_rule_that_needs_label_hist_says_so():
 def test_overriding_apply_is_refused():
     with pytest.raises(TypeError, match="overrides Aggregator.apply"):
 
-        class Sneaky(Aggregator):  # noqa: F841
+        class Sneaky(Aggregator):
             def apply(self, global_params, updates, info):
                 return global_params, {}
 
