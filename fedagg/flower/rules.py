@@ -59,6 +59,7 @@ def strategy_for(
     num_clients: int | None = None,
     num_classes: int | None = None,
     seed: int = 0,
+    dataset: str = "",
     model_fn: ModelFn | None = None,
     init_params_fn: InitParamsFn | None = None,
     proxy_data: tuple[np.ndarray, np.ndarray] | None = None,
@@ -86,7 +87,8 @@ def strategy_for(
     ``proxy_data=(x, y)`` and ``model_fn`` (fedlaw), ``oracle_probs``
     (known_prob), ``init_params_fn(client_id)`` (gossip with independent
     initial models); rules that read label histograms (feddisco) name the
-    client whose reply has none.
+    client whose reply has none. ``dataset`` names the data for rules whose
+    defaults depend on it (FedLAW's official server learning rate).
     """
     cls, preset = resolve(name)
     opts = {**preset, **options}
@@ -102,13 +104,13 @@ def strategy_for(
     probs = None if oracle_probs is None else np.asarray(oracle_probs, dtype=np.float64)
 
     def build(ctx: AggregatorContext) -> Aggregator:
-        full = replace(ctx, model_fn=model_fn, init_params_fn=init_params_fn, proxy_data=proxy_data,
+        full = replace(ctx, dataset=dataset, model_fn=model_fn, init_params_fn=init_params_fn, proxy_data=proxy_data,
                        oracle_participation_probs=probs)
         return aggregators.build(cls.name, full, **opts)
 
     rule: Aggregator | None = None
     if num_clients is not None and num_classes is not None:  # everything known: refuse bad options now
-        rule = build(AggregatorContext(num_clients=num_clients, num_classes=num_classes, seed=seed))
+        rule = build(AggregatorContext(num_clients=num_clients, num_classes=num_classes, seed=seed, dataset=dataset))
     return FedaggStrategy(
         rule if rule is not None else build, num_clients=num_clients, num_classes=num_classes, seed=seed,
         fraction_evaluate=fraction_evaluate, min_available_nodes=min_available_nodes,
