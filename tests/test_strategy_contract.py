@@ -252,3 +252,26 @@ def test_flower_package_imports_neither_hydra_nor_the_experiment_layer():
             "print(bad); sys.exit(1 if bad else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_grid_that_knows_partition_ids_spares_the_query_round():
+    from fedagg.flower.client_app import app as fedagg_client_app
+    from fedagg.server import make_strategy
+
+    class KnowingGrid(InProcessGrid):
+        def partition_ids(self) -> dict[int, int]:
+            return {nid: int(self.contexts[nid].node_config["partition-id"]) for nid in self.node_ids}
+
+        def push_messages(self, messages):
+            msgs = list(messages)
+            self.sent = [*getattr(self, "sent", []), *(m.metadata.message_type for m in msgs)]
+            return super().push_messages(msgs)
+
+    exp = build(compose(*COMMON, "aggregator=fedavg", "rounds=1"))
+    set_task_identity()
+    grid = KnowingGrid(fedagg_client_app, N)
+    strategy = make_strategy(exp)
+    strategy.start(grid, params_to_record(exp.init_params(0)), num_rounds=1)
+    assert "query" not in grid.sent and grid.sent.count("train") == N
+    assert strategy.node_of == dict(enumerate(grid.node_ids))
+    assert strategy.last_record.replied == list(range(N)) and not strategy.last_record.rejected

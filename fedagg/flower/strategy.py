@@ -19,8 +19,9 @@
    :class:`RoundCallback` sees the round's :class:`RoundRecord`.
 
 Client ids: aggregators key their state by a stable client id 0..N-1, never
-Flower's node id. The strategy learns them itself: before round 1 it sends
-every node a QUERY; a node that answers with ``partition-id`` in its metrics
+Flower's node id. The strategy learns them itself: a grid that knows them
+(fedagg's simulation grids: ``grid.partition_ids() -> {node id: partition
+id}``) says so; otherwise, before round 1, it sends every node a QUERY; a node that answers with ``partition-id`` in its metrics
 (fedagg's ClientApp does) is that client; nodes of a foreign ClientApp that
 has no query handler get ids in the order of their node ids. A train reply
 that echoes a ``partition-id`` must match what its node said.
@@ -174,11 +175,15 @@ class FedaggStrategy(Strategy):
         todo = sorted(set(grid.get_node_ids()) - set(self.client_of))
         if not todo:
             return
-        config = self.instruction.encode() if self.instruction is not None else ConfigRecord()
-        msgs = [Message(RecordDict({"config": config}), dst_node_id=n, message_type=MessageType.QUERY) for n in todo]
         told: dict[int, int] = {}
         classes = 0
-        for r in grid.send_and_receive(msgs, timeout=self.connect_timeout):
+        partition_ids = getattr(grid, "partition_ids", None)  # a simulation grid knows them: no query round
+        if callable(partition_ids):
+            told = {n: int(p) for n, p in partition_ids().items() if n in todo}
+        config = self.instruction.encode() if self.instruction is not None else ConfigRecord()
+        msgs = [Message(RecordDict({"config": config}), dst_node_id=n, message_type=MessageType.QUERY)
+                for n in todo if n not in told]
+        for r in grid.send_and_receive(msgs, timeout=self.connect_timeout) if msgs else []:
             node = r.metadata.src_node_id
             if r.has_error():
                 log.info("node %s did not answer the id query: %s", node, (r.error.reason or "").strip()[-300:])
