@@ -148,9 +148,16 @@ def test_every_rule_runs_in_a_foreign_serverapp_under_run_simulation(fedagg_runs
 
 
 # ------------------------------------------------------------- fast, no Ray
+class ForeignGrid(InProcessGrid):
+    """fedagg's in-process grid without its client map: like any Flower grid, it
+    knows only node ids, so the strategy has to find out the client ids."""
+
+    client_node_map = None
+
+
 def _inprocess(client_app) -> InProcessGrid:
     set_task_identity()
-    return InProcessGrid(client_app, N)
+    return ForeignGrid(client_app, N)
 
 
 def test_strategy_start_honours_flowers_contract_with_a_foreign_clientapp():
@@ -254,14 +261,13 @@ def test_flower_package_imports_neither_hydra_nor_the_experiment_layer():
     assert p.returncode == 0, p.stdout + p.stderr
 
 
-def test_grid_that_knows_partition_ids_spares_the_query_round():
+def test_grid_that_knows_the_client_map_spares_the_query_round():
+    """fedagg's simulation grids know which node serves which client (client_node_map):
+    no query round; a foreign grid without it gets the query (previous tests)."""
     from fedagg.flower.client_app import app as fedagg_client_app
     from fedagg.server import make_strategy
 
-    class KnowingGrid(InProcessGrid):
-        def partition_ids(self) -> dict[int, int]:
-            return {nid: int(self.contexts[nid].node_config["partition-id"]) for nid in self.node_ids}
-
+    class CountingGrid(InProcessGrid):
         def push_messages(self, messages):
             msgs = list(messages)
             self.sent = [*getattr(self, "sent", []), *(m.metadata.message_type for m in msgs)]
@@ -269,9 +275,9 @@ def test_grid_that_knows_partition_ids_spares_the_query_round():
 
     exp = build(compose(*COMMON, "aggregator=fedavg", "rounds=1"))
     set_task_identity()
-    grid = KnowingGrid(fedagg_client_app, N)
+    grid = CountingGrid(fedagg_client_app, N)
     strategy = make_strategy(exp)
     strategy.start(grid, params_to_record(exp.init_params(0)), num_rounds=1)
     assert "query" not in grid.sent and grid.sent.count("train") == N
-    assert strategy.node_of == dict(enumerate(grid.node_ids))
+    assert dict(strategy.node_of) == dict(enumerate(grid.node_ids))
     assert strategy.last_record.replied == list(range(N)) and not strategy.last_record.rejected

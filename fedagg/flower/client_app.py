@@ -43,7 +43,7 @@ class InjectedFault(RuntimeError):
 _MODELS: dict[str, torch.nn.Module] = {}
 
 
-def _cached_model(spec: ModelSpec) -> torch.nn.Module:
+def _model(spec: ModelSpec) -> torch.nn.Module:
     """One model object per spec and process (its parameters are overwritten per message)."""
     key = spec.key()
     if key not in _MODELS:
@@ -125,7 +125,7 @@ def train(msg: Message, context: Context) -> Message:
     if plan.fault == "crash":
         raise InjectedFault(f"client {pid}: injected crash (heterogeneity=crashes)")
     data, k = _client_data(context, instr, pid)
-    model = _cached_model(instr.model)
+    model = _model(instr.model)
     set_params(model, record_to_params(msg.content.array_records["arrays"]))
     # a dropout trains half the round, then disappears; a straggler does part of it
     work = 0.5 if plan.fault == "dropout" else plan.work_fraction
@@ -163,7 +163,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     pid = _partition_id(context, instr)
     data, _ = _client_data(context, instr, pid)
     x, y = (data.x_val, data.y_val) if len(data.y_val) else (data.x_train, data.y_train)
-    model = _cached_model(instr.model)
+    model = _model(instr.model)
     set_params(model, record_to_params(msg.content.array_records["arrays"]))
     loss, acc = evaluate_model(model, x, y)
     metrics = MetricRecord({"partition-id": pid, "num-examples": len(y), "loss": float(loss), "accuracy": float(acc)})

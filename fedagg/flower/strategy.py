@@ -20,8 +20,8 @@
 
 Client ids: aggregators key their state by a stable client id 0..N-1, never
 Flower's node id. The strategy learns them itself: a grid that knows them
-(fedagg's simulation grids: ``grid.partition_ids() -> {node id: partition
-id}``) says so; otherwise, before round 1, it sends every node a QUERY; a node that answers with ``partition-id`` in its metrics
+(fedagg's simulation grids: ``grid.client_node_map()``) says so; otherwise,
+before round 1, it sends every node a QUERY; a node that answers with ``partition-id`` in its metrics
 (fedagg's ClientApp does) is that client; nodes of a foreign ClientApp that
 has no query handler get ids in the order of their node ids. A train reply
 that echoes a ``partition-id`` must match what its node said.
@@ -136,9 +136,10 @@ class FedaggStrategy(Strategy):
         self.connect_timeout = float(connect_timeout)
         self.max_update_norm = max_update_norm
         self.assign_unknown_nodes = assign_unknown_nodes
-        self.node_of: dict[int, int] = {}  # client id -> Flower node id
-        self.client_of: dict[int, int] = {}  # Flower node id -> client id
+        self.node_of: Mapping[int, int] = {}  # client id -> Flower node id
+        self.client_of: Mapping[int, int] = {}  # Flower node id -> client id
         self._told: set[int] = set()  # nodes that reported their partition-id themselves
+        self._grid_ids = False  # the grid gave the map: every node's partition-id is known
         self.params: Params = {}  # the current global model
         self.last_record: RoundRecord | None = None
         self._arrays: ArrayRecord | None = None  # self.params as the ArrayRecord last handed out
@@ -164,6 +165,12 @@ class FedaggStrategy(Strategy):
         """Learn the client id of every connected node. The first call waits until
         ``num_clients`` (or ``min_available_nodes``) nodes are up; later calls
         (``wait=False``) only pick up nodes that joined or reconnected since."""
+        client_node_map = getattr(grid, "client_node_map", None)
+        if callable(client_node_map):  # a simulation grid knows the map by construction: no query round
+            self.node_of, self.client_of = client_node_map()
+            self._grid_ids = True
+            self._build(len(self.node_of))
+            return
         need = self.num_clients if self.num_clients is not None else self.min_available_nodes
         deadline = time.time() + self.connect_timeout
         while wait and len(list(grid.get_node_ids())) < need:
@@ -177,13 +184,9 @@ class FedaggStrategy(Strategy):
             return
         told: dict[int, int] = {}
         classes = 0
-        partition_ids = getattr(grid, "partition_ids", None)  # a simulation grid knows them: no query round
-        if callable(partition_ids):
-            told = {n: int(p) for n, p in partition_ids().items() if n in todo}
         config = self.instruction.encode() if self.instruction is not None else ConfigRecord()
-        msgs = [Message(RecordDict({"config": config}), dst_node_id=n, message_type=MessageType.QUERY)
-                for n in todo if n not in told]
-        for r in grid.send_and_receive(msgs, timeout=self.connect_timeout) if msgs else []:
+        msgs = [Message(RecordDict({"config": config}), dst_node_id=n, message_type=MessageType.QUERY) for n in todo]
+        for r in grid.send_and_receive(msgs, timeout=self.connect_timeout):
             node = r.metadata.src_node_id
             if r.has_error():
                 log.info("node %s did not answer the id query: %s", node, (r.error.reason or "").strip()[-300:])
@@ -217,6 +220,7 @@ class FedaggStrategy(Strategy):
             log.warning("no node serves client id(s) %s yet", missing[:20])
 
     def _map(self, cid: int, node: int) -> None:
+        assert isinstance(self.node_of, dict) and isinstance(self.client_of, dict)
         if cid in self.node_of and self.node_of[cid] != node:
             log.warning("client %d moved from node %s to node %s", cid, self.node_of[cid], node)
             self.client_of.pop(self.node_of[cid], None)
@@ -373,7 +377,8 @@ class FedaggStrategy(Strategy):
     def _check_echo(self, reply: Message, cid: int) -> None:
         m = reply.content.metric_records.get("metrics")
         pid = None if m is None else m.get("partition-id")
-        if pid is not None and reply.metadata.src_node_id in self._told and pid != cid:
+        told = self._grid_ids or reply.metadata.src_node_id in self._told
+        if pid is not None and told and pid != cid:
             raise InvalidUpdate(f"the reply says partition-id={pid}, but its node serves client {cid}")
 
     # -- the loop -------------------------------------------------------------------

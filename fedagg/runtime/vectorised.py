@@ -17,23 +17,21 @@ untouched.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from flwr.app import Context, Error, Message, MessageType, MetricRecord, RecordDict
 
+from ..flower.instruction import KEY, ClientInstruction, SimPlan
 from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_reason
 from .inprocess import ERROR_CODE_CLIENT_EXCEPTION, reply_from_node
 
 log = logging.getLogger("fedagg")
 
 VECTORIZE_CHOICES = ("auto", "true", "false")
-# instruction keys that may differ between the clients of one cohort
-_PER_CLIENT_KEYS = ("sim.epochs", "sim.work_fraction", "sim.fault")
 
 
 @dataclass(frozen=True)
@@ -79,14 +77,13 @@ def check_supported(exp: Any, settings: VectorSettings) -> str | None:
 
 
 # --------------------------------------------------------------------------- planning (grid side)
-def _cfg(msg: Message) -> dict[str, Any]:
-    from ..flower.codec import from_config
-
-    return from_config(msg.content["config"])
+def _instruction(msg: Message) -> ClientInstruction:
+    return ClientInstruction.decode(msg.content.config_records["config"])
 
 
-def _group_key(cfg: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in cfg.items() if k not in _PER_CLIENT_KEYS}, sort_keys=True, default=str)
+def _group_key(instr: ClientInstruction) -> str:
+    """Everything but the per-client simulation plan (epochs, work fraction, fault)."""
+    return replace(instr, plan=SimPlan()).encode()[KEY]  # type: ignore[return-value]
 
 
 def plan_chunks(messages: Sequence[Message], node_config: Callable[[int], dict[str, Any]],
@@ -100,7 +97,7 @@ def plan_chunks(messages: Sequence[Message], node_config: Callable[[int], dict[s
         if msg.metadata.message_type != MessageType.TRAIN or nc.get("data-path") or "partition-id" not in nc:
             rest.append(msg)
             continue
-        groups.setdefault(_group_key(_cfg(msg)), []).append((int(nc["partition-id"]), msg))
+        groups.setdefault(_group_key(_instruction(msg)), []).append((int(nc["partition-id"]), msg))
     chunks = []
     for key in sorted(groups):
         ordered = [m for _, m in sorted(groups[key], key=lambda t: t[0])]
@@ -123,27 +120,28 @@ def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list
 
     if not batch:
         return []
-    cfg0 = _cfg(batch[0][0])
-    model = ca._model(cfg0["fedagg.model"])
-    reason = unsupported_reason(model, optimizer=str(cfg0.get("train.optimizer", "sgd")),
-                                input_shape=tuple(json.loads(cfg0["fedagg.model"])["input_shape"]))
+    first = _instruction(batch[0][0])
+    opts = first.train
+    model = ca._model(first.model)
+    reason = unsupported_reason(model, optimizer=str(getattr(opts, "optimizer", "sgd")),
+                                input_shape=first.model.input_shape)
     if reason:
         log_fallback_once(reason)
         return [call_client(client_app, m, c) for m, c in batch]
     replies: dict[int, Message] = {}
     members: list[tuple[int, Member, int, np.ndarray, str | None]] = []
-    batch_size = int(cfg0.get("train.batch_size", 32))
+    batch_size = opts.batch_size
     for i, (msg, ctx) in enumerate(batch):
         try:
-            cfg = _cfg(msg)
-            pid = ca._partition_id(ctx, cfg)
-            fault = cfg.get("sim.fault")
+            instr = _instruction(msg)
+            pid = ca._partition_id(ctx, instr)
+            fault = instr.plan.fault
             if fault == "crash":
                 raise ca.InjectedFault(f"client {pid}: injected crash (heterogeneity=crashes)")
-            data, k = ca._client_data(ctx, cfg, pid)
-            epochs = int(cfg.get("sim.epochs", cfg.get("train.epochs", 1)))
-            steps = int(cfg.get("train.steps", 0))
-            work = 0.5 if fault == "dropout" else float(cfg.get("sim.work_fraction", 1.0))
+            data, k = ca._client_data(ctx, instr, pid)
+            epochs = instr.plan.epochs if instr.plan.epochs is not None else instr.train.epochs
+            steps = instr.train.steps
+            work = 0.5 if fault == "dropout" else instr.plan.work_fraction
             if fault == "dropout":  # its work is discarded: only the step count is reported
                 from ..task.cohort import planned_steps
 
@@ -162,10 +160,8 @@ def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list
         try:
             results = train_cohort(
                 model, [m for _, m, _, _, _ in members], batch_size=batch_size,
-                lr=float(cfg0.get("train.lr", 0.05)), momentum=float(cfg0.get("train.momentum", 0.0)),
-                weight_decay=float(cfg0.get("train.weight_decay", 0.0)),
-                proximal_mu=float(cfg0.get("proximal_mu", cfg0.get("train.proximal_mu", 0.0))),
-                seed=int(cfg0["seed"]), round=int(cfg0["round"]), device=ca._device(cfg0),
+                lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay,
+                proximal_mu=opts.proximal_mu, seed=first.seed, round=first.round, device=ca._device(first),
             )
         except Exception as e:  # noqa: BLE001 - the whole chunk failed: each client gets the error
             results = None
