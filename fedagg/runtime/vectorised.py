@@ -27,6 +27,7 @@ from flwr.app import Context, Error, Message, MessageType, MetricRecord, RecordD
 
 from ..flower.instruction import KEY, ClientInstruction, SimPlan
 from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_reason
+from ..task.train import round_lr
 from .inprocess import ERROR_CODE_CLIENT_EXCEPTION, reply_from_node
 
 log = logging.getLogger("fedagg")
@@ -123,7 +124,7 @@ def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list
     first = _instruction(batch[0][0])
     opts = first.train
     model = ca._model(first.model)
-    reason = unsupported_reason(model, optimizer=str(getattr(opts, "optimizer", "sgd")),
+    reason = unsupported_reason(model, optimizer=opts.optimizer,
                                 input_shape=first.model.input_shape)
     if reason:
         log_fallback_once(reason)
@@ -160,7 +161,7 @@ def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list
         try:
             results = train_cohort(
                 model, [m for _, m, _, _, _ in members], batch_size=batch_size,
-                lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay,
+                lr=round_lr(opts.lr, first.round, opts.lr_decay, opts.lr_decay_every), momentum=opts.momentum, weight_decay=opts.weight_decay,
                 proximal_mu=opts.proximal_mu, seed=first.seed, round=first.round, device=ca._device(first),
             )
         except Exception as e:  # noqa: BLE001 - the whole chunk failed: each client gets the error
