@@ -32,7 +32,7 @@ from ..seeding import rng as named_rng
 
 _PARTITIONERS: Registry[Callable[..., list[np.ndarray]]] = Registry("partition.name")
 # partitions that may leave samples unassigned by design (FedDisco NIID-2 leftovers)
-PARTIAL_COVER = {"niid2"}
+PARTIAL_COVER = {"niid2", "flwr_pathological"}  # flwr: classes no client draws stay unused
 
 
 register_partition = _PARTITIONERS.register

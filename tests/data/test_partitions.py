@@ -22,6 +22,8 @@ OPTIONS = {
     "shards": {},
     "quantity_skew": {"sigma": 1.0},
     "niid2": {},
+    "flwr_dirichlet": {"alpha": 0.5},
+    "flwr_pathological": {"classes_per_client": 3},
 }
 
 
