@@ -4,11 +4,13 @@ your own ServerApp.
 ``name`` is a registered rule (``fedavg``, ``fedau``, ``feddisco``, ``ida``,
 ``fedlaw``, ``gossip``, ``mifa``, ...) or one of fedagg's presets (the files
 ``aggregator/<name>.yaml`` of its config, e.g. ``fedau_k50`` = ``fedau`` with
-``K=50``, ``intrac`` = ``ida`` with ``variant=intrac``); keyword options the
-rule does not take are refused by the rule.
+``K=50``, ``intrac`` = ``ida`` with ``variant=intrac``) or the dotted path
+of a user's own ``Aggregator`` subclass (``my_pkg.rules.MyRule``); keyword
+options the rule does not take are refused by the rule.
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -46,6 +48,15 @@ def resolve(name: str) -> tuple[type[Aggregator], dict[str, RuleOption]]:
         base = preset if preset.get("name") == name else {}
         return aggregators.get(name), {k: v for k, v in base.items() if k != "name"}
     p = presets().get(name)
+    if p is None and "." in name:  # a user's own rule: pkg.module.Class
+        module, _, attr = name.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"strategy_for('{name}'): cannot import it ({type(e).__name__}: {e})") from e
+        if not (isinstance(obj, type) and issubclass(obj, Aggregator)):
+            raise ValueError(f"strategy_for('{name}'): not a subclass of fedagg.aggregators.Aggregator")
+        return obj, {}
     if p is None:
         choices = sorted(set(aggregators.available()) | set(presets()))
         raise ValueError(f"strategy_for('{name}'): not a fedagg rule; valid names: {', '.join(choices)}")
@@ -106,7 +117,7 @@ def strategy_for(
     def build(ctx: AggregatorContext) -> Aggregator:
         full = replace(ctx, dataset=dataset, model_fn=model_fn, init_params_fn=init_params_fn, proxy_data=proxy_data,
                        oracle_participation_probs=probs)
-        return aggregators.build(cls.name, full, **opts)
+        return cls(full.restricted_to(cls), **opts)
 
     rule: Aggregator | None = None
     if num_clients is not None and num_classes is not None:  # everything known: refuse bad options now

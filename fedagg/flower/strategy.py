@@ -289,7 +289,7 @@ class FedaggStrategy(Strategy):
         agg = self.aggregator
         clients = sorted(self.node_of)
         if self.fraction_evaluate < 1.0:
-            k = max(1, int(round(self.fraction_evaluate * len(clients))))
+            k = max(1, round(self.fraction_evaluate * len(clients)))
             clients = sorted(rng(self.seed, "evaluate-sample", server_round).choice(clients, size=k, replace=False).tolist())
         msgs = []
         for cid in clients:
