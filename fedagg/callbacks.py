@@ -16,12 +16,35 @@ from .flower.callbacks import RoundCallback
 from .flower.strategy import FedaggStrategy, RoundRecord
 from .report.loggers import CsvLogger, TensorBoardLogger
 from .report.metrics import Recorder
-from .task.train import set_params
+from .task.train import evaluate, set_params
 
 if TYPE_CHECKING:
     from .experiment import Experiment
 
 log = logging.getLogger("fedagg")
+
+
+class NodeAccuracy(RoundCallback):
+    """Rules that keep one model per client (gossip): after each round every
+    node's model is scored on the test set, so the nodes' accuracy is reported
+    and not only their mean model's. Adds ``node_accuracy_mean`` and
+    ``node_accuracy_worst`` (metrics.csv) and ``node_accuracy`` (one value per
+    node, rounds.jsonl) to the round's metrics; list it before MetricsFiles."""
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+        self.model = exp.model()
+
+    def after_round(self, record: RoundRecord, strategy: FedaggStrategy) -> bool:
+        agg, x, y = strategy.aggregator, self.exp.x_test, self.exp.y_test
+        accs = []
+        for n in range(int(self.exp.cfg["num_clients"])):
+            set_params(self.model, agg.params_for(n, strategy.params))
+            accs.append(evaluate(self.model, x, y)[1])
+        record.agg_metrics["node_accuracy_mean"] = sum(accs) / len(accs)
+        record.agg_metrics["node_accuracy_worst"] = min(accs)
+        record.agg_metrics["node_accuracy"] = accs
+        return False
 
 
 class MetricsFiles(RoundCallback):

@@ -14,7 +14,14 @@ from typing import Any
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from .callbacks import Checkpoints, ConsoleLine, FinalSave, MetricLogger, MetricsFiles
+from .callbacks import (
+    Checkpoints,
+    ConsoleLine,
+    FinalSave,
+    MetricLogger,
+    MetricsFiles,
+    NodeAccuracy,
+)
 from .experiment import Experiment
 from .flower.callbacks import RoundCallback
 from .flower.codec import params_to_record, record_to_params
@@ -67,6 +74,8 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
     callbacks: list[RoundCallback] = [
         MetricsFiles(recorder), MetricLogger(make_logger(cfg, out), recorder), ConsoleLine(total),
     ]
+    if exp.aggregator.per_node_models:  # gossip: every node's accuracy, not only the mean model's
+        callbacks.insert(0, NodeAccuracy(exp))
     if every:
         callbacks.append(Checkpoints(out, every, total, exp, recorder))
     callbacks.append(FinalSave(out, exp, recorder, title))
