@@ -183,14 +183,11 @@ def train_cohort(
     P = {n: torch.from_numpy(np.stack([np.asarray(m.params[n], dtype=np.float32) for m in members])).to(dev)
          for n in names}
     anchor = {n: p.clone() for n, p in P.items()} if proximal_mu > 0 else None
-    bufs: dict[str, torch.Tensor] = {}
-    for p in P.values():
-        p.requires_grad_(True)
-    plist = [P[n] for n in names]
+    # momentum buffers start at 0: momentum*0 + d == d exactly, torch's first-step buf = d
+    bufs = {n: torch.zeros_like(p) for n, p in P.items()} if momentum != 0 else {}
     idx_all, mask_all = _batches(members, totals, batch_size, seed, round, n_max)
     idx_all, mask_all = idx_all.to(dev), mask_all.to(dev)
-    totals_t = torch.tensor(totals, device=dev)
-    rows = torch.arange(k, device=dev)[:, None]
+    totals_np = np.asarray(totals)
     fwd = vmap(lambda p, xb: functional_call(model, p, (xb,)), in_dims=(0, 0))
     loss_sum = torch.zeros(k, dtype=torch.float64, device=dev)
     correct = torch.zeros(k, dtype=torch.long, device=dev)
@@ -198,34 +195,39 @@ def train_cohort(
     was_training = model.training
     model.train()
     for t in range(max(totals)):
-        idx, mask = idx_all[t], mask_all[t]
-        xb, yb = X[rows, idx], Y[rows, idx]
-        maskf = mask.to(torch.float32)
+        # only the clients still working take part in this step (stacked: a fixed subset per step)
+        act = np.flatnonzero(totals_np > t)
+        full = len(act) == k
+        a = torch.from_numpy(act).to(dev)
+        idx, mask = (idx_all[t], mask_all[t]) if full else (idx_all[t][a], mask_all[t][a])
+        xb, yb = X[a[:, None], idx], Y[a[:, None], idx]
+        ps = {n: (P[n] if full else P[n][a]).detach().requires_grad_(True) for n in names}
         cnt = mask.sum(1)
-        out = fwd(P, xb)  # [K, B, C]
-        ce = nn.functional.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(k, -1)
-        loss = (ce * maskf).sum(1) / cnt.clamp(min=1)
+        out = fwd(ps, xb)  # [K_active, B, C]
+        ce = nn.functional.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(len(act), -1)
+        loss = (ce * mask.to(torch.float32)).sum(1) / cnt.clamp(min=1)
         if anchor is not None:
-            prox = sum(((P[n] - anchor[n]) ** 2).flatten(1).sum(1) for n in names)
+            prox = sum(((ps[n] - (anchor[n] if full else anchor[n][a])) ** 2).flatten(1).sum(1) for n in names)
             loss = loss + 0.5 * proximal_mu * prox
-        grads = torch.autograd.grad(loss.sum(), plist)
-        active = totals_t > t
-        all_active = bool(active.all())
+        grads = torch.autograd.grad(loss.sum(), [ps[n] for n in names])
         with torch.no_grad():
-            for n, p, g in zip(names, plist, grads):
+            for n, g in zip(names, grads):
+                p = ps[n].detach()
                 d = g.add(p, alpha=weight_decay) if weight_decay != 0 else g
                 if momentum != 0:
-                    if t == 0:
-                        buf = bufs[n] = d.clone()
+                    d = (bufs[n] if full else bufs[n][a]).mul(momentum).add_(d)
+                    if full:
+                        bufs[n] = d
                     else:
-                        new = bufs[n].mul(momentum).add_(d)
-                        buf = bufs[n] = new if all_active else torch.where(_bcast(active, new), new, bufs[n])
-                    d = buf
+                        bufs[n].index_copy_(0, a, d)
                 new_p = p.add(d, alpha=-lr)
-                p.copy_(new_p if all_active else torch.where(_bcast(active, new_p), new_p, p))
-            loss_sum += loss.detach().double() * cnt
-            correct += ((out.argmax(-1) == yb) & mask).sum(1)
-            seen += cnt
+                if full:
+                    P[n] = new_p
+                else:
+                    P[n].index_copy_(0, a, new_p)
+            loss_sum.index_add_(0, a, loss.detach().double() * cnt)
+            correct.index_add_(0, a, ((out.argmax(-1) == yb) & mask).sum(1))
+            seen.index_add_(0, a, cnt)
     model.train(was_training)
     loss_np, correct_np, seen_np = loss_sum.cpu().numpy(), correct.cpu().numpy(), seen.cpu().numpy()
     arrays = {n: P[n].detach().cpu().numpy() for n in names}
@@ -235,8 +237,4 @@ def train_cohort(
         res = TrainResult(loss=float(loss_np[j]) / s, accuracy=int(correct_np[j]) / s, steps=totals[j])
         results.append(({n: arrays[n][j] for n in names}, res))
     return results
-
-
-def _bcast(active: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return active.view(-1, *([1] * (like.dim() - 1)))
 
