@@ -1,16 +1,25 @@
 #!/usr/bin/env python
 """Runtime benchmark: the same workload on every runtime, side by side.
 
-Workload: MNIST-1D, 1-D CNN, 1 local epoch, full participation of
-``--clients`` clients per round (default 10 and 100), ``--rounds`` rounds
-(default 10), FedAvg, server-side evaluation every round. Variants:
+Workload: MNIST-1D, 1-D CNN (``--model mlp``: the MLP), 1 local epoch, full
+participation of ``--clients`` clients per round (default 10 and 100),
+``--rounds`` rounds (default 10), FedAvg, server-side evaluation every
+round. Variants:
 
-  plain      a plain in-process PyTorch loop, no FL machinery: the same
-             ``fedagg.task.train.train_local`` per client + FedAvg averaging
-             (the lower bound)
-  ray        runtime=ray (local Ray started by the run, or --address)
-  flower     runtime=flower (Flower's simulation engine)
-  inprocess  runtime=inprocess
+  plain          a plain in-process PyTorch loop, no FL machinery: the same
+                 ``fedagg.task.train.train_local`` per client + FedAvg
+                 averaging (the per-client lower bound)
+  ray            runtime=ray, client by client (runtime.vectorize=false)
+  ray-vec        runtime=ray, cohorts trained as stacked models (vectorize=auto)
+  flower         runtime=flower (Flower's simulation engine)
+  inprocess      runtime=inprocess, client by client
+  inprocess-vec  runtime=inprocess, vectorised cohorts
+
+``--population 1000 1000000`` instead sweeps the number of registered
+clients (``dataset=synthetic partition=natural``, 10 samples per user on
+average, the MLP, 100 clients per round, test set = the first 1,000
+users' test samples) on ``--pop-variants`` (default ray-vec): start-up,
+steady round and peak tree RSS per population.
 
 Each variant runs in its own subprocess; the parent samples the RSS of the
 whole process tree (Ray daemons and workers included) every 0.1 s.
@@ -18,6 +27,8 @@ whole process tree (Ray daemons and workers included) every 0.1 s.
     python scripts/bench_runtime.py                 # 10 and 100 clients, 10 rounds
     python scripts/bench_runtime.py --quick         # 10 clients, 3 rounds
     python scripts/bench_runtime.py --clients 100 --rounds 12 --variants plain,ray
+    python scripts/bench_runtime.py --clients 100 --variants plain,ray-vec,flower,inprocess-vec
+    python scripts/bench_runtime.py --population 1000 10000 100000 1000000
     python scripts/bench_runtime.py --scaling       # ray, 1 vs 2 workers, compute-bound
     ray start --head --num-cpus 2 --include-dashboard=false --node-ip-address 127.0.0.1
     python scripts/bench_runtime.py --address auto --variants ray --clients 10 --rounds 3
@@ -25,7 +36,8 @@ whole process tree (Ray daemons and workers included) every 0.1 s.
 
 Columns: start-up = wall time of the run after imports minus the time spent
 in rounds (data, Ray start, workers, connect and teardown); steady round =
-median of rounds >= 2; ratio = steady round / the plain loop's.
+median of rounds >= 2; ratio = steady round / the plain loop's; updates/s =
+clients per round / steady round.
 """
 from __future__ import annotations
 
@@ -40,11 +52,27 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = next((d for d in (ROOT / "fedagg" / "conf", ROOT / "conf") if (d / "config.yaml").exists()), ROOT / "conf")
 
 
-def overrides(clients: int, rounds: int, extra: list[str]) -> list[str]:
-    return ["dataset=mnist1d", "model=cnn1d", "aggregator=fedavg", "participation=full", "heterogeneity=none",
+def overrides(clients: int, rounds: int, extra: list[str], model: str = "cnn1d") -> list[str]:
+    return ["dataset=mnist1d", f"model={model}", "aggregator=fedavg", "participation=full", "heterogeneity=none",
             f"num_clients={clients}", f"rounds={rounds}", "train.epochs=1", "seed=0", *extra]
+
+
+def population_overrides(population: int, rounds: int, per_round: int = 100) -> list[str]:
+    """``population`` registered clients (synthetic users, generated when asked), ``per_round`` asked per round."""
+    return ["dataset=synthetic", f"dataset.num_users={population}", f"dataset.num_samples={10 * population}",
+            "dataset.test_users=1000", "partition=natural", f"num_clients={population}", "model=mlp",
+            "participation=uniform", f"participation.fraction={per_round / population!r}", "aggregator=fedavg",
+            "heterogeneity=none", f"rounds={rounds}", "train.epochs=1", "seed=0"]
+
+
+VARIANT_OVERRIDES = {
+    "plain": [], "ray": ["runtime=ray", "runtime.vectorize=false"], "ray-vec": ["runtime=ray", "runtime.vectorize=auto"],
+    "flower": ["runtime=flower"], "inprocess": ["runtime=inprocess", "runtime.vectorize=false"],
+    "inprocess-vec": ["runtime=inprocess", "runtime.vectorize=auto"],
+}
 
 
 # --------------------------------------------------------------------------- worker side
@@ -64,10 +92,12 @@ def worker(args: argparse.Namespace) -> None:
     # per-client compute everywhere, and no OpenMP oversubscription on a shared machine
     torch.set_num_threads(args.threads)
     extra = list(args.override or [])
-    if args.variant in ("ray", "flower", "inprocess"):
-        extra.append(f"runtime={args.variant}")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        cfg = compose("config", overrides=overrides(args.clients, args.rounds, extra))
+    if args.population:
+        base = population_overrides(args.population, args.rounds)
+    else:
+        base = overrides(args.clients, args.rounds, [], args.model)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose("config", overrides=[*base, *VARIANT_OVERRIDES[args.variant], *extra])
     t0 = time.perf_counter()
     imports_s = t0 - t_start
     info: dict = {}
@@ -102,7 +132,7 @@ def worker(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory(prefix="fedagg_bench") as out:
             rows = run(cfg, out)
         secs = [r["round_seconds"] for r in rows]
-        if args.variant == "ray":
+        if args.variant.startswith("ray"):
             from fedagg.runtime import ray_grid
 
             t_sd = time.perf_counter()
@@ -155,11 +185,13 @@ def tree_rss(pid: int) -> int:
 THREADS = 1
 
 
-def run_variant(variant: str, clients: int, rounds: int, extra: list[str], timeout: float) -> dict:
+def run_variant(variant: str, clients: int, rounds: int, extra: list[str], timeout: float, model: str = "cnn1d",
+                population: int = 0) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         result = f.name
     cmd = [sys.executable, __file__, "--worker", variant, "--clients", str(clients), "--rounds", str(rounds),
-           "--result", result, "--threads", str(THREADS)] + [f"--override={o}" for o in extra]
+           "--result", result, "--threads", str(THREADS), "--model", model, "--population-worker", str(population)]
+    cmd += [f"--override={o}" for o in extra]
     env = dict(os.environ)
     env.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="fedagg_ray", dir="/tmp"))
     t0 = time.perf_counter()
@@ -183,19 +215,22 @@ def run_variant(variant: str, clients: int, rounds: int, extra: list[str], timeo
     return res
 
 
-def table(results: dict[tuple[int, str], dict]) -> str:
-    lines = ["| clients/round | variant | start-up s | median steady round s | ratio to plain | peak RSS MB (tree) | final acc |",
-             "|---|---|---|---|---|---|---|"]
+def table(results: dict[tuple[int, str], dict], first: str = "clients/round", per_round: int | None = None,
+          base_key: str = "plain") -> str:
+    lines = [f"| {first} | variant | start-up s | median steady round s | ratio to {base_key} | updates/s | "
+             "peak RSS MB (tree) | final acc |", "|---|---|---|---|---|---|---|---|"]
     for (clients, variant), r in results.items():
         if "error" in r:
-            lines.append(f"| {clients} | {variant} | failed: {r['error'].strip().splitlines()[-1][:80] if r['error'].strip() else '?'} | | | | |")
+            why = r["error"].strip().splitlines()[-1][:80] if r["error"].strip() else "?"
+            lines.append(f"| {clients} | {variant} | failed: {why} | | | | | |")
             continue
         steady = statistics.median(r["round_s"][1:]) if len(r["round_s"]) > 1 else r["round_s"][0]
         r["steady_s"] = steady
-        base = results.get((clients, "plain"), {}).get("steady_s")
+        base = results.get((clients, base_key), {}).get("steady_s") if base_key == "plain" else \
+            next((v.get("steady_s") for (c, vv), v in results.items() if vv == variant), None)
         ratio = f"{steady / base:.2f}" if base else "n/a"
         lines.append(f"| {clients} | {variant} | {r['startup_s']:.2f} | {steady:.3f} | {ratio} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['final_accuracy']:.4f} |")
+                     f"{(per_round or clients) / steady:.0f} | {r['peak_rss_mb']:.0f} | {r['final_accuracy']:.4f} |")
     return "\n".join(lines)
 
 
@@ -203,7 +238,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="*", default=None, help="clients per round (default 10 100)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 10; --quick: 3)")
-    ap.add_argument("--variants", default="plain,ray,flower,inprocess")
+    ap.add_argument("--variants", default="plain,ray,ray-vec,flower,inprocess,inprocess-vec")
+    ap.add_argument("--model", default="cnn1d", choices=["cnn1d", "mlp"])
+    ap.add_argument("--population", type=int, nargs="*", default=None,
+                    help="registered clients to sweep (synthetic users, 100 per round), e.g. 1000 1000000")
+    ap.add_argument("--pop-variants", default="ray-vec", help="variants for --population (default ray-vec)")
     ap.add_argument("--quick", action="store_true", help="10 clients, 3 rounds")
     ap.add_argument("--scaling", action="store_true", help="ray with 1 vs 2 workers on a compute-bound workload")
     ap.add_argument("--address", default=None, help="runtime.address for the ray variant (an existing cluster)")
@@ -213,10 +252,12 @@ def main() -> None:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--result", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--override", action="append", help=argparse.SUPPRESS)
+    ap.add_argument("--population-worker", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         args.variant = args.worker
         args.clients = int(args.clients[0])
+        args.population = args.population_worker
         return worker(args)
     global THREADS
     THREADS = args.threads
@@ -225,7 +266,17 @@ def main() -> None:
     print(f"# bench_runtime: rounds={rounds}, clients/round={clients}, cores={os.cpu_count()}, "
           f"load average={os.getloadavg()}", flush=True)
     results: dict[tuple[int, str], dict] = {}
-    if args.scaling:  # compute-bound: a wide CNN, several epochs, few large clients
+    if args.population:
+        for n in args.population:
+            for v in args.pop_variants.split(","):
+                r = run_variant(v, 100, rounds, [], args.timeout, population=n)
+                results[(n, v)] = r
+                print(f"{n} registered clients, {v}: imports {r.get('imports_s', 0):.1f}s, start-up "
+                      f"{r.get('startup_s', 0):.2f}s, rounds {['%.2f' % s for s in r.get('round_s', [])]}, "
+                      f"peak RSS {r.get('peak_rss_mb', 0):.0f} MB", flush=True)
+        print()
+        print(table(results, first="registered clients", per_round=100, base_key="smallest population"))
+    elif args.scaling:  # compute-bound: a wide CNN, several epochs, few large clients
         extra = ["model.channels=64", "train.epochs=3", "runtime=ray"]
         for w in (1, 2):
             r = run_variant("ray", 4, rounds, [*extra[:2], f"runtime.num_workers={w}", "runtime.batch_size=auto"],
@@ -240,17 +291,19 @@ def main() -> None:
         for c in clients:
             for v in args.variants.split(","):
                 extra = [f"runtime.address={args.address}"] if (v == "ray" and args.address) else []
-                r = run_variant(v, c, rounds, extra, args.timeout)
+                r = run_variant(v, c, rounds, extra, args.timeout, model=args.model)
                 results[(c, v)] = r
                 print(f"{c} clients, {v}: imports {r.get('imports_s', 0):.1f}s, start-up {r.get('startup_s', 0):.2f}s,"
                       f" rounds {['%.2f' % s for s in r.get('round_s', [])]}", flush=True)
         print()
         print(table(results))
         for c in clients:
-            ray_s = results.get((c, "ray"), {}).get("steady_s")
             fl_s = results.get((c, "flower"), {}).get("steady_s")
-            if ray_s and fl_s:
-                print(f"\n{c} clients/round: runtime=ray steady round is {fl_s / ray_s:.1f}x faster than runtime=flower")
+            for v in ("ray", "ray-vec", "inprocess-vec"):
+                v_s = results.get((c, v), {}).get("steady_s")
+                if v_s and fl_s:
+                    print(f"{c} clients/round: {v} steady round is {fl_s / v_s:.1f}x faster than runtime=flower")
+    print(f"# load average at the end: {os.getloadavg()}")
     if args.json:
         Path(args.json).write_text(json.dumps({f"{k[0]}|{k[1]}": v for k, v in results.items()}, indent=1))
 
