@@ -17,13 +17,14 @@ untouched.
 """
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 
 from ..flower.instruction import KEY, ClientInstruction, SimPlan
 from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_reason
@@ -107,6 +108,35 @@ def plan_chunks(messages: Sequence[Message], node_config: Callable[[int], dict[s
 
 
 # --------------------------------------------------------------------------- training (worker side)
+_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    """``np.save(a)``'s bytes (what ``flwr.app.Array(ndarray)`` stores), with the header cached per dtype and shape."""
+    key = (a.dtype.str, a.shape)
+    head = _NPY_HEADERS.get(key)
+    if head is None:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(a))
+        head = _NPY_HEADERS[key] = buf.getvalue()
+    return head + np.ascontiguousarray(a).tobytes()
+
+
+def params_to_record_fast(params: dict[str, np.ndarray]) -> ArrayRecord:
+    """Same ArrayRecord as ``codec.params_to_record`` (byte for byte), without np.save's per-array overhead."""
+    out = {}
+    for k, v in params.items():
+        v = np.asarray(v)
+        if v.ndim == 0 or not v.flags.c_contiguous:  # np.save's general path (0-d, views)
+            from ..flower.codec import params_to_record
+
+            out[k] = params_to_record({k: v})[k]
+            continue
+        out[k] = Array(dtype=str(v.dtype), shape=tuple(int(d) for d in v.shape), stype="numpy.ndarray",
+                       data=_npy_bytes(v))
+    return ArrayRecord(out)
+
+
 def _error(msg: Message, exc: BaseException) -> Message:
     reason = f"{type(exc).__name__}: {exc}"
     return reply_from_node(Message(Error(code=ERROR_CODE_CLIENT_EXCEPTION, reason=reason), reply_to=msg), msg)
@@ -116,7 +146,7 @@ def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list
     """Train one chunk (same setup) vectorised; one reply per message, in order.
     Falls back to ``client_app`` per message where the setup cannot be vectorised."""
     from ..flower import client_app as ca
-    from ..flower.codec import params_to_record, record_to_params
+    from ..flower.codec import record_to_params
     from .inprocess import call_client
 
     if not batch:
@@ -131,6 +161,7 @@ def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list
         return [call_client(client_app, m, c) for m, c in batch]
     replies: dict[int, Message] = {}
     members: list[tuple[int, Member, int, np.ndarray, str | None]] = []
+    decoded: dict[int, dict[str, np.ndarray]] = {}  # id(ArrayRecord) -> params: a shared global model is decoded once
     batch_size = opts.batch_size
     for i, (msg, ctx) in enumerate(batch):
         try:
@@ -151,8 +182,11 @@ def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list
                 raise ca.InjectedFault(f"client {pid}: dropped out mid-round after {done} steps")
             if fault == "deadline":
                 raise ca.InjectedFault(f"client {pid}: straggler missed the round deadline")
-            m = Member(pid, data.x_train, data.y_train, record_to_params(msg.content["arrays"]),
-                       epochs=epochs, steps=steps, work_fraction=work)
+            rec = msg.content["arrays"]
+            if id(rec) not in decoded:
+                decoded[id(rec)] = record_to_params(rec)
+            m = Member(pid, data.x_train, data.y_train, decoded[id(rec)], epochs=epochs, steps=steps,
+                       work_fraction=work)
             hist = np.bincount(data.y_train, minlength=k)
             members.append((i, m, len(data.y_train), hist, None))
         except Exception as e:  # noqa: BLE001 - a failing client is an error reply, as in the ClientApp
@@ -176,6 +210,7 @@ def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list
                     "train-accuracy": float(res.accuracy), "steps": int(res.steps),
                     "label-hist": [int(c) for c in hist],
                 })
-                reply = Message(RecordDict({"arrays": params_to_record(params), "metrics": metrics}), reply_to=msg)
+                reply = Message(RecordDict({"arrays": params_to_record_fast(params), "metrics": metrics}),
+                                reply_to=msg)
                 replies[i] = reply_from_node(reply, msg)
     return [replies[i] for i in range(len(batch))]
