@@ -54,7 +54,7 @@ def _check(model, members, **opts):
         err = max(float(np.abs(params[k] - wp[k]).max()) for k in wp)
         assert err <= TOL, f"client {m.client}: max abs diff {err}"
         assert res.steps == want.steps
-        assert res.loss == pytest.approx(want.loss, abs=TOL)
+        assert res.loss == pytest.approx(want.loss, rel=TOL, abs=TOL)
         assert res.accuracy == pytest.approx(want.accuracy, abs=1e-9)
     return got
 
@@ -112,3 +112,20 @@ def test_unsupported_setups_are_named():
             return self.lin(x) if float(x.sum()) > 0 else -self.lin(x)
 
     assert "vmap cannot run" in unsupported_reason(DataDependent(), input_shape=(3,))
+
+
+@pytest.mark.parametrize("name,shape,opts", [
+    ("cnn", (1, 16, 16), {}),
+    ("cnn_fedau", (3, 8, 8), {}),
+    ("lenet5", (1, 12, 12), {}),
+    ("resnet20", (3, 8, 8), {"norm": "group"}),
+])
+def test_image_models(name, shape, opts):
+    model = _model(name, shape, **opts)
+    assert unsupported_reason(model, input_shape=shape) is None
+    members = _members(shape, [9, 4, 6], model=model, epochs=[1, 2, 1])
+    _check(model, members, batch_size=4, lr=0.02, momentum=0.9, weight_decay=5e-4)
+
+
+def test_batchnorm_resnet_is_not_vectorised():
+    assert "BatchNorm" in unsupported_reason(_model("resnet20", (3, 8, 8)))
