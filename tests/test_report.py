@@ -237,3 +237,19 @@ def test_figures_legend_outside_integer_ticks_every_seed(sweep):
         if a.get_title():
             assert all(float(t).is_integer() for t in a.get_xticks())
             assert all(float(t).is_integer() for t in a.get_yticks())
+
+
+def test_gossip_node_accuracy_columns(tmp_path):
+    root = tmp_path / "g"
+    for seed, (mean, worst) in enumerate([(0.6, 0.4), (0.8, 0.5)]):
+        fake_run(root / f"gossip_{seed}", "gossip", seed, [0.5, 0.7], extra_cols=[])
+        m = pd.read_csv(root / f"gossip_{seed}" / "metrics.csv")
+        m["node_accuracy_mean"], m["node_accuracy_worst"] = [0.1, mean], [0.0, worst]
+        m.to_csv(root / f"gossip_{seed}" / "metrics.csv", index=False)
+        fake_run(root / f"fedavg_{seed}", "fedavg", seed, [0.5, 0.7])
+    res = report(root, last_k=1, plots=False)
+    s = res["summary"].set_index("aggregator.name")
+    assert s.loc["gossip", "final_node_accuracy_mean_mean"] == pytest.approx(0.7)
+    assert s.loc["gossip", "final_node_accuracy_worst_mean"] == pytest.approx(0.45)
+    assert "| gossip | 2 | 0 | 0.7000 ± 0.0000 | 0.7000 ± 0.0000 | 0.7000 ± 0.1414 | 0.4500 ± 0.0707 |" in res["markdown"]
+    assert "node acc worst (last 1)" in res["markdown"] and "| fedavg | 2 | 0 | 0.7000 ± 0.0000 | 0.7000 ± 0.0000 | — | — |" in res["markdown"]

@@ -5,7 +5,9 @@ config.yaml, or with status.json for a job that failed before writing its
 config) and writes into ``--out`` (default: the sweep folder):
 
 * ``runs.csv``: one row per run: the swept keys, seed, status, final accuracy
-  (mean of the last k rounds), best accuracy, rounds to reach ``--target``;
+  (mean of the last k rounds), best accuracy, rounds to reach ``--target``,
+  and for rules with one model per node (gossip) the final mean-node and
+  worst-node accuracy;
 * ``summary.csv`` / ``summary.md``: one row per group of runs that differ
   only in the seed: n completed, failed, mean ± sample std (ddof=1) over
   seeds; the Markdown table is printed to stdout too. summary.md also states
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 ACC = "test_accuracy"
+NODE_COLS = ("node_accuracy_mean", "node_accuracy_worst")  # written for per-node rules (gossip)
 
 
 class ReportError(Exception):
@@ -149,6 +152,8 @@ def run_stats(df: Any, last_k: int, target: float | None) -> dict[str, Any]:
         "final_accuracy": float(acc.iloc[-k:].mean()),
         "best_accuracy": float(acc.max()),
         "rounds_to_target": (int(reached.iloc[0]) if len(reached) else None) if target is not None else None,
+        # rules with one model per node (gossip): the nodes' own accuracy, mean and worst node
+        **{f"final_{c}": float(df[c].astype(float).iloc[-k:].mean()) for c in NODE_COLS if c in df.columns},
     }
 
 
@@ -230,8 +235,9 @@ def build_tables(root: Path, last_k: int = 5, target: float | None = None):
         row.update(stats)
         rows.append(row)
     runs_df = pd.DataFrame(rows)
-    for c in ("final_accuracy", "best_accuracy", "rounds_to_target"):
-        runs_df[c] = pd.to_numeric(runs_df[c], errors="coerce")
+    for c in ("final_accuracy", "best_accuracy", "rounds_to_target", *(f"final_{c}" for c in NODE_COLS)):
+        if c in runs_df.columns:
+            runs_df[c] = pd.to_numeric(runs_df[c], errors="coerce")
     if target is not None:
         runs_df["rounds_to_target"] = runs_df["rounds_to_target"].astype("Int64")
     # groups in sorted order, seeds ascending inside; index labels keep pointing into `runs`
@@ -247,7 +253,7 @@ def build_tables(root: Path, last_k: int = 5, target: float | None = None):
         s: dict[str, Any] = dict(zip(group_keys, vals))
         s["n"] = int(len(done))
         s["failed"] = int((g["status"] != "completed").sum())
-        for c in ("final_accuracy", "best_accuracy"):
+        for c in ("final_accuracy", "best_accuracy", *(f"final_{c}" for c in NODE_COLS if f"final_{c}" in g)):
             s[f"{c}_mean"] = float(done[c].mean()) if len(done) else float("nan")
             s[f"{c}_std"] = float(done[c].std(ddof=1)) if len(done) > 1 else float("nan")
         if target is not None:
@@ -379,6 +385,11 @@ def summary_markdown(summary_df: Any, group_keys: list[str], last_k: int, target
             r[f"Δ final vs {paired_ref} [95% CI]"] = (
                 "(reference)" if str(s[RULE_KEY]) == paired_ref else _fmt_diff(s.to_dict()))
         r["best acc"] = _fmt(s["best_accuracy_mean"], s["best_accuracy_std"], r["n"])
+        for c, name in zip(NODE_COLS, ("mean", "worst")):
+            if f"final_{c}_mean" in summary_df.columns:  # per-node rules; — for the others
+                n_node = 0 if math.isnan(float(s[f"final_{c}_mean"])) else r["n"]
+                r[f"node acc {name} (last {k_label or last_k})"] = _fmt(
+                    s[f"final_{c}_mean"], s[f"final_{c}_std"], n_node)
         if target is not None:
             r[f"rounds to {target:g}"] = (
                 f"{_fmt(s['rounds_to_target_mean'], s['rounds_to_target_std'], int(s['reached_target']), 1)}"
