@@ -251,14 +251,14 @@ def build_tables(root: Path, last_k: int = 5, target: float | None = None):
         vals = vals if isinstance(vals, tuple) else (vals,)
         done = g[g["status"] == "completed"]
         s: dict[str, Any] = dict(zip(group_keys, vals))
-        s["n"] = int(len(done))
+        s["n"] = len(done)
         s["failed"] = int((g["status"] != "completed").sum())
         for c in ("final_accuracy", "best_accuracy", *(f"final_{c}" for c in NODE_COLS if f"final_{c}" in g)):
             s[f"{c}_mean"] = float(done[c].mean()) if len(done) else float("nan")
             s[f"{c}_std"] = float(done[c].std(ddof=1)) if len(done) > 1 else float("nan")
         if target is not None:
             hit = done["rounds_to_target"].dropna()
-            s["reached_target"] = int(len(hit))
+            s["reached_target"] = len(hit)
             s["rounds_to_target_mean"] = float(hit.mean()) if len(hit) else float("nan")
             s["rounds_to_target_std"] = float(hit.std(ddof=1)) if len(hit) > 1 else float("nan")
         summary.append(s)
