@@ -13,6 +13,9 @@ import pickle
 from pathlib import Path
 from typing import Any, Mapping
 
+from .config import to_dict
+from .errors import ResumeError
+
 NAME = "checkpoint.pkl"
 # keys whose value may differ between the original run and the resumed one
 RESUME_FREE_KEYS = {"rounds", "resume", "checkpoint", "runtime", "logger", "server", "hydra", "device"}
@@ -26,7 +29,7 @@ def save(out: Path, rnd: int, exp: Any, host: Any, rec: Any) -> Path:
         "participation": exp.participation.state_dict(),
         "rows": rec.rows,
         "details": rec.details,
-        "config": exp.cfg,
+        "config": to_dict(exp.cfg),
     }
     path = Path(out) / NAME
     tmp = path.with_name(f".{NAME}.tmp")
@@ -47,10 +50,6 @@ def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
             out += config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
-
-
-class ResumeError(ValueError):
-    """A resume that could not continue exactly."""
 
 
 def load_for_resume(run_dir: Path, cfg: Mapping[str, Any]) -> dict[str, Any]:

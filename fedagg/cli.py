@@ -1,7 +1,12 @@
 """Hydra entry point: ``fedagg [overrides]`` runs one experiment,
 ``fedagg -m k=a,b ...`` a sweep. Each run writes into its Hydra output
 folder: config.yaml, metrics.csv, rounds.jsonl, model.pt, accuracy.png and
-status.json (completed / failed, with the error)."""
+status.json (completed / failed, with the error).
+
+A config that cannot work -- Hydra refusing an override or a group choice,
+or :func:`fedagg.config.load` refusing a value -- ends the command with one
+line (``config error: ...``) and exit status 2, before anything starts.
+"""
 from __future__ import annotations
 
 import json
@@ -14,21 +19,27 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from .config import CONF_DIR, load, one_line
+from .errors import ConfigError
+
 log = logging.getLogger("fedagg")
+CONFIG_EXIT = 2
 
 
 def _quiet_third_party() -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    logging.getLogger("flwr").propagate = False  # FLOWER_NOTES §6: no doubled lines
+    logging.getLogger("flwr").propagate = False  # Flower logs through its own handler: no doubled lines
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
-def _main(cfg: DictConfig) -> float | None:
-    from .experiment import ConfigError, run
+def _main(raw: DictConfig) -> float | None:
+    from .experiment import run
+    from .sweep import prepare_job
 
     _quiet_third_party()
     hc = HydraConfig.get()
@@ -36,13 +47,13 @@ def _main(cfg: DictConfig) -> float | None:
     out.mkdir(parents=True, exist_ok=True)
     multirun = hc.mode.name == "MULTIRUN"
     status = {"status": "running", "started": time.time()}
-    resume = cfg.get("resume")
-    same_dir = bool(resume) and Path(resume).resolve() == out.resolve()
+    resume = raw.resume
+    same_dir = bool(resume) and Path(str(resume)).resolve() == out.resolve()
     if not same_dir:
         (out / "status.json").write_text(json.dumps(status))
     try:
-        from .sweep import prepare_job  # issue 6: CPU share per parallel sweep job + logger check
-        prepare_job(cfg, hc)
+        cfg = load(raw)
+        prepare_job(cfg, hc)  # CPU share per parallel sweep job
         rows = run(cfg, out)
     except ConfigError as e:
         status.update(status="failed", error=f"config error: {e}")
@@ -51,7 +62,7 @@ def _main(cfg: DictConfig) -> float | None:
         log.error("config error: %s", e)
         if multirun:
             return None
-        sys.exit(2)
+        sys.exit(CONFIG_EXIT)
     except Exception as e:  # noqa: BLE001 - a failed job is recorded, the sweep goes on
         status.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         (out / "status.json").write_text(json.dumps(status))
@@ -66,7 +77,17 @@ def _main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    _main()
+    # Hydra's own handler prints composition errors over several lines and exits 1;
+    # let them reach us instead, and print them as one line with exit status 2.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _main()
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"config error: {one_line(e)}", file=sys.stderr)
+        sys.exit(CONFIG_EXIT)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(CONFIG_EXIT)
 
 
 if __name__ == "__main__":

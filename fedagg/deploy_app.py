@@ -41,7 +41,7 @@ app = ServerApp()
 def conf_dir() -> Path:
     """``conf/`` next to the imported fedagg package (the repo in an editable
     install, the FAB's copy when the app runs from $FLWR_HOME/apps/...)."""
-    from .cli import CONF_DIR  # the one place that says where conf/ is
+    from .config import CONF_DIR  # the one place that says where conf/ is
 
     d = Path(CONF_DIR)
     if not (d / "config.yaml").is_file():
@@ -52,21 +52,15 @@ def conf_dir() -> Path:
     return d
 
 
-def compose_config(overrides: str | list[str]) -> dict[str, Any]:
-    """Compose conf/config.yaml with Hydra overrides (a string is split like a shell)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from .experiment import to_plain
+def compose_config(overrides: str | list[str]) -> Any:
+    """Compose conf/config.yaml with Hydra overrides (a string is split like a
+    shell) into the typed, checked config."""
+    from .config import compose
 
     ov = shlex.split(overrides) if isinstance(overrides, str) else list(overrides)
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = to_plain(compose("config", overrides=[*ov, "runtime=inprocess"]))
-    srv = cfg.setdefault("server", {}) or {}
-    if srv.get("round_timeout") is None:
-        srv["round_timeout"] = DEFAULT_ROUND_TIMEOUT
-    cfg["server"] = srv
+    cfg = compose([*ov, "runtime=inprocess"], config_dir=str(conf_dir()))
+    if cfg.server.round_timeout is None:
+        cfg.server.round_timeout = DEFAULT_ROUND_TIMEOUT
     return cfg
 
 

@@ -11,13 +11,14 @@ server-side evaluation train in the job process itself). An explicit
 
 The Ray launcher (``hydra-ray-launcher``, not a dependency) is left alone: it
 needs ``+hydra.launcher.ray.remote.num_cpus=0`` so a job task does not hold
-the CPU its own Flower actors need (FLOWER_NOTES §6).
+the CPU its own Flower actors need.
 """
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
+
+from .config import Config, cores
 
 log = logging.getLogger("fedagg")
 
@@ -25,10 +26,7 @@ JOBLIB_TARGET = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLaunc
 
 
 def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return cores()
 
 
 def cpu_share(cores: int, n_jobs: int) -> int:
@@ -57,7 +55,7 @@ def parallel_jobs(hydra_cfg: Any) -> int | None:
     return -1 if n is None else int(n)
 
 
-def apply_cpu_budget(cfg: Any, hydra_cfg: Any = None, cores: int | None = None) -> int | None:
+def apply_cpu_budget(cfg: Config, hydra_cfg: Any = None, cores: int | None = None) -> int | None:
     """Give this job its share of the cores when it runs in parallel with
     others; returns the share (None when nothing was changed)."""
     if hydra_cfg is None:
@@ -72,32 +70,22 @@ def apply_cpu_budget(cfg: Any, hydra_cfg: Any = None, cores: int | None = None) 
         return None
     cores = available_cores() if cores is None else int(cores)
     share = cpu_share(cores, k)
-    from omegaconf import open_dict
+    rt = cfg.runtime
+    if rt.num_cpus is None:
+        rt.num_cpus = share
+    elif rt.num_cpus > share:
+        log.warning("runtime.num_cpus=%s set explicitly; %d jobs in parallel on %d cores oversubscribe",
+                    rt.num_cpus, k, cores)
+    if rt.num_cpus_per_client > rt.num_cpus:
+        rt.num_cpus_per_client = float(rt.num_cpus)
+    import torch
 
-    with open_dict(cfg):
-        rt = cfg.runtime
-        if rt.get("num_cpus") is None:
-            rt.num_cpus = share
-        elif int(rt.num_cpus) > share:
-            log.warning("runtime.num_cpus=%s set explicitly; %d jobs in parallel on %d cores oversubscribe",
-                        rt.num_cpus, k, cores)
-        per_client = rt.get("num_cpus_per_client")
-        if per_client is not None and float(per_client) > float(rt.num_cpus):
-            rt.num_cpus_per_client = rt.num_cpus
-    try:
-        import torch
-
-        torch.set_num_threads(int(cfg.runtime.num_cpus))
-    except ImportError:  # pragma: no cover
-        pass
-    log.info("joblib n_jobs=%d on %d cores: this job uses runtime.num_cpus=%s", k, cores, cfg.runtime.num_cpus)
+    torch.set_num_threads(rt.num_cpus)
+    log.info("joblib n_jobs=%d on %d cores: this job uses runtime.num_cpus=%s", k, cores, rt.num_cpus)
     return share
 
 
-def prepare_job(cfg: Any, hydra_cfg: Any = None) -> None:
-    """Called by the CLI before ``run``: CPU budget for parallel sweeps, and
-    optional loggers checked before any training starts."""
+def prepare_job(cfg: Config, hydra_cfg: Any = None) -> None:
+    """Called by the CLI after the config is loaded, before ``run``: the CPU
+    budget for parallel sweeps."""
     apply_cpu_budget(cfg, hydra_cfg)
-    from .report.loggers import check_logger
-
-    check_logger(cfg)

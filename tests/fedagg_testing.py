@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = str(ROOT / "conf")
+from fedagg.config import CONF_DIR  # noqa: E402  (registers the typed schema)
 
 # small, fast settings shared by the end-to-end tests (sklearn digits, MLP)
 SMALL = ["dataset=digits", "num_clients=6", "rounds=3", "model=mlp", "train.lr=0.1", "train.momentum=0.9"]

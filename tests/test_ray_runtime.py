@@ -15,7 +15,8 @@ from fedagg_testing import SMALL, compose
 
 ray = pytest.importorskip("ray")
 
-from fedagg.experiment import ConfigError, run  # noqa: E402
+from fedagg.errors import ConfigError  # noqa: E402
+from fedagg.experiment import run  # noqa: E402
 from fedagg.runtime import ray_grid  # noqa: E402
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from fedagg.experiment import ConfigError, build, run
+from fedagg.errors import ConfigError
+from fedagg.experiment import build, run
 from fedagg.flower.client_app import app as real_client_app
 from fedagg.runtime.inprocess import InProcessGrid, set_task_identity
 from fedagg.server import run_server
@@ -72,10 +73,10 @@ REASONS = {
 def test_bad_update_rejected_round_goes_on(kind, tmp_path, caplog):
     exp = build(compose(*SMALL, "runtime=inprocess", "validation.max_update_norm=100"))
     set_task_identity()
-    grid = InProcessGrid(corrupt(kind), exp.cfg["num_clients"])
+    grid = InProcessGrid(corrupt(kind), exp.cfg.num_clients)
     with caplog.at_level(logging.WARNING, logger="fedagg"):
         rows = run_server(grid, exp, tmp_path)
-    assert len(rows) == exp.cfg["rounds"]
+    assert len(rows) == exp.cfg.rounds
     assert all(r["clients_rejected"] == 1 and r["clients_replied"] == 5 for r in rows)
     msgs = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     assert msgs and all(f"client {BAD}" in m for m in msgs)
@@ -105,7 +106,7 @@ def test_round_with_no_reply_keeps_previous_model(tmp_path, caplog):
             raise RuntimeError("node is down")
         return real_client_app(msg, ctx)
 
-    grid = InProcessGrid(dead, exp.cfg["num_clients"])
+    grid = InProcessGrid(dead, exp.cfg.num_clients)
     init = exp.init_params(0)
     with caplog.at_level(logging.WARNING, logger="fedagg"):
         rows = run_server(grid, exp, tmp_path)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedagg.experiment import ConfigError, build, run
+from fedagg.errors import ConfigError
+from fedagg.experiment import build, run
 
 from fedagg_testing import ROOT, SMALL, compose, fedagg_cmd
 

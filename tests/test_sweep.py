@@ -11,7 +11,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from fedagg.experiment import ConfigError, run, to_plain, validate
+from fedagg.config import load, to_config
+from fedagg.errors import ConfigError
+from fedagg.experiment import run
 from fedagg.report.loggers import check_logger, make_logger
 from fedagg.sweep import apply_cpu_budget, available_cores, cpu_share, parallel_jobs
 
@@ -31,7 +33,7 @@ def test_presets_exist():
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_composes_and_validates(name):
     cfg = compose(f"+experiment={name}")
-    validate(to_plain(cfg))
+    load(cfg)
 
 
 def test_command_line_beats_preset():
@@ -46,7 +48,7 @@ def test_compare_participation_sweeps_the_readme_question():
     assert len(params["participation"].split(",")) == 2
     for agg in params["aggregator"].split(","):
         for p in params["participation"].split(","):
-            validate(to_plain(compose("+experiment=compare_participation", f"aggregator={agg}", f"participation={p}")))
+            load(compose("+experiment=compare_participation", f"aggregator={agg}", f"participation={p}"))
     cfg = compose("+experiment=compare_participation")
     assert cfg.dataset.name == "mnist1d" and cfg.runtime.name == "inprocess"
 
@@ -87,16 +89,16 @@ def test_joblib_job_gets_its_cpu_share(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
-    cfg = compose("runtime=flower", "runtime.num_cpus_per_client=2")
+    cfg = to_config(compose("runtime=flower", "runtime.num_cpus_per_client=2"))
     assert apply_cpu_budget(cfg, _hc(n_jobs=2), cores=8) == 4
     assert cfg.runtime.num_cpus == 4 and cfg.runtime.num_cpus_per_client == 2
-    cfg = compose("runtime=flower", "runtime.num_cpus_per_client=2")
+    cfg = to_config(compose("runtime=flower", "runtime.num_cpus_per_client=2"))
     apply_cpu_budget(cfg, _hc(n_jobs=4), cores=4)
     assert cfg.runtime.num_cpus == 1 and cfg.runtime.num_cpus_per_client == 1  # else never scheduled
-    cfg = compose("runtime=inprocess")  # struct config without the key: added
+    cfg = to_config(compose("runtime=inprocess"))  # struct config without the key: added
     apply_cpu_budget(cfg, _hc(n_jobs=2), cores=2)
     assert cfg.runtime.num_cpus == 1
-    cfg = compose("runtime=flower", "runtime.num_cpus=3")  # explicit: respected
+    cfg = to_config(compose("runtime=flower", "runtime.num_cpus=3"))  # explicit: respected
     apply_cpu_budget(cfg, _hc(n_jobs=2), cores=2)
     assert cfg.runtime.num_cpus == 3
 
@@ -106,7 +108,7 @@ def test_no_split_outside_parallel_launchers():
     assert parallel_jobs(_hc(target="hydra._internal.core_plugins.basic_launcher.BasicLauncher")) is None
     assert parallel_jobs(_hc(target="hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher")) is None
     assert parallel_jobs(_hc(n_jobs=None)) == -1
-    cfg = compose("runtime=flower")
+    cfg = to_config(compose("runtime=flower"))
     assert apply_cpu_budget(cfg, _hc(mode="RUN"), cores=2) is None
     assert cfg.runtime.num_cpus is None
 
@@ -114,12 +116,12 @@ def test_no_split_outside_parallel_launchers():
 # --------------------------------------------------------------------------- loggers
 def test_logger_group_default_is_csv():
     assert compose().logger.name == "csv"
-    check_logger(to_plain(compose()))
+    check_logger(load(compose()).logger)
 
 
 def test_unknown_logger_is_a_config_error():
     with pytest.raises(ConfigError, match="logger.name"):
-        check_logger({"logger": {"name": "wandb"}})
+        check_logger({"name": "wandb"})
 
 
 def test_tensorboard_missing_is_a_clear_config_error(tmp_path, monkeypatch):
@@ -127,7 +129,7 @@ def test_tensorboard_missing_is_a_clear_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a, **k: None if name == "tensorboard" else real(name, *a, **k))
     with pytest.raises(ConfigError, match="pip install tensorboard"):
-        check_logger(to_plain(compose("logger=tensorboard")))
+        check_logger(load(compose("logger=tensorboard")).logger)
     with pytest.raises(ConfigError, match="pip install tensorboard"):
         run(compose("+experiment=small", "rounds=1", "logger=tensorboard"), tmp_path)
     assert not (tmp_path / "metrics.csv").exists()
@@ -136,7 +138,7 @@ def test_tensorboard_missing_is_a_clear_config_error(tmp_path, monkeypatch):
 def test_tensorboard_writes_scalars(tmp_path):  # tensorboard is a dev dependency
     run(compose("+experiment=small", "rounds=2", "logger=tensorboard"), tmp_path)
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
-    lg = make_logger(to_plain(compose("logger=tensorboard")), tmp_path / "x")
+    lg = make_logger(load(compose("logger=tensorboard")).logger, tmp_path / "x")
     lg.log({"round": 1, "test_accuracy": 0.5, "note": "skip"})
     lg.close()
 

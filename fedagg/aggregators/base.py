@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 from numpy.typing import DTypeLike
 
+from ..errors import InvalidUpdate
+
 if TYPE_CHECKING:  # typing only: aggregators stay importable without torch
     import torch
 
@@ -48,10 +50,6 @@ def is_float(arr: np.ndarray) -> bool:
 def is_learnable(name: str, arr: np.ndarray) -> bool:
     """Float tensors that are not BatchNorm buffers (weights, biases, BN affine)."""
     return is_float(arr) and not is_bn_buffer(name)
-
-
-class InvalidUpdate(ValueError):
-    """An update (or a round's bookkeeping) that breaks the aggregator contract."""
 
 
 @dataclass(frozen=True)

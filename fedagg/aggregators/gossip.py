@@ -81,7 +81,8 @@ def build_topology(
     elif topology == "erdos_renyi":
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"aggregator.p={p} must be in [0, 1]")
-        upper = np.triu(g.random((n, n)) < p, k=1)
+        draws = g.random((n, n))
+        upper = np.triu(draws < p, k=1)
         G = nx.Graph()
         G.add_nodes_from(range(n))
         G.add_edges_from(zip(*np.nonzero(upper)))
@@ -90,9 +91,20 @@ def build_topology(
     nbrs = [sorted(int(j) for j in G.neighbors(i) if j != i) for i in range(n)]
     lonely = [i for i, nb in enumerate(nbrs) if not nb]
     if lonely:
+        fix = "raise aggregator.p/aggregator.degree or change aggregator.topology"
+        if topology == "erdos_renyi" and n > 1:
+            # node i gets a neighbour iff p exceeds its smallest edge draw; the same draws serve every p
+            sym = np.triu(draws, k=1)
+            sym = sym + sym.T
+            np.fill_diagonal(sym, np.inf)
+            need = float(sym.min(axis=1).max())
+            fix = f"aggregator.p={min(1.0, np.floor(need * 100) / 100 + 0.01):g} or more connects every node (seed {seed})"
         raise ValueError(
-            f"topology '{topology}' on {n} nodes leaves node(s) {lonely[:10]} without "
-            "neighbours; gossip needs every node connected (raise p/degree or change topology)"
+            f"aggregator.topology={topology} with aggregator.p={p} on {n} nodes leaves node(s) {lonely[:10]} "
+            f"without neighbours; gossip needs every node connected: {fix}"
+            if topology == "erdos_renyi" else
+            f"aggregator.topology={topology} on {n} nodes leaves node(s) {lonely[:10]} without neighbours; "
+            f"gossip needs every node connected: {fix}"
         )
     return nbrs
 

@@ -3,7 +3,7 @@
 Client resources come from the config: ``runtime.num_cpus_per_client`` and
 ``runtime.num_gpus_per_client`` (fractional GPUs let several ClientApps share
 one device). ``run_simulation`` is deprecated in flwr 1.41 but is the only
-in-process entry to the engine; see FLOWER_NOTES.md §2.2.
+in-process entry to the engine.
 """
 from __future__ import annotations
 
@@ -17,25 +17,21 @@ def run_flower(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
 
     from ..flower.client_app import app as client_app
 
-    rt = exp.cfg["runtime"]
+    rt = exp.cfg.runtime
     init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-    if rt.get("address"):
-        init_args["address"] = rt["address"]
+    if rt.address:
+        init_args["address"] = rt.address
     else:
-        init_args["num_cpus"] = int(rt.get("num_cpus") or os.cpu_count() or 1)
-        gpus = rt.get("num_gpus")
-        if gpus is not None:
-            init_args["num_gpus"] = gpus
+        init_args["num_cpus"] = int(rt.num_cpus or os.cpu_count() or 1)
+        if rt.num_gpus is not None:
+            init_args["num_gpus"] = rt.num_gpus
     backend_config = {
-        "client_resources": {
-            "num_cpus": float(rt.get("num_cpus_per_client", 1)),
-            "num_gpus": float(rt.get("num_gpus_per_client", 0.0)),
-        },
+        "client_resources": {"num_cpus": rt.num_cpus_per_client, "num_gpus": rt.num_gpus_per_client},
         "init_args": init_args,
     }
     logging.getLogger("flwr").propagate = False
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     run_simulation(
-        server_app=server_app, client_app=client_app, num_supernodes=exp.cfg["num_clients"],
+        server_app=server_app, client_app=client_app, num_supernodes=exp.cfg.num_clients,
         backend_config=backend_config, verbose_logging=False,
     )

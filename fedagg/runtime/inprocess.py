@@ -151,9 +151,9 @@ def run_inprocess(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
 
     from .vectorised import check_supported, settings_from
 
-    vector = settings_from(exp.cfg["runtime"])
+    vector = settings_from(exp.cfg.runtime)
     vectorise = vector.enabled and check_supported(exp, vector) is None
     set_task_identity()
-    grid = InProcessGrid(client_app, exp.cfg["num_clients"], vector=vector if vectorise else None)
+    grid = InProcessGrid(client_app, exp.cfg.num_clients, vector=vector if vectorise else None)
     ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     server_app(grid, ctx)

@@ -23,7 +23,7 @@ How it works (one round):
   client's result does not depend on which actor ran it: results are
   bitwise identical for any ``num_workers``.
 
-Ray start-up is the expensive part (FLOWER_NOTES §2.3), so it is paid once:
+Ray start-up is the expensive part (seconds), so it is paid once:
 
 * ``runtime.address`` (``auto``, ``host:port`` or ``ray://host:port``)
   connects to a running cluster, e.g. one started for a whole sweep::
@@ -57,6 +57,8 @@ from typing import Any, Callable, Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 
+from ..config import RuntimeConfig
+from ..errors import ConfigError
 from .inprocess import NODE_ID_BASE, SimulatedGrid, call_client, reply_from_node, set_task_identity
 
 log = logging.getLogger("fedagg")
@@ -139,8 +141,6 @@ def _session() -> tuple[str, str]:
 
 def _check_address(address: str, timeout: float) -> None:
     """Fail fast, naming the key, when a cluster address cannot be reached."""
-    from ..experiment import ConfigError
-
     if address == "auto":
         if os.environ.get("RAY_ADDRESS"):
             return _check_address(os.environ["RAY_ADDRESS"], timeout)
@@ -159,15 +159,13 @@ def _check_address(address: str, timeout: float) -> None:
         ) from e
 
 
-def init_ray(rt: dict[str, Any]) -> None:
+def init_ray(rt: RuntimeConfig) -> None:
     """Connect to ``runtime.address``, reuse an initialised Ray, or start a local one."""
     global _STARTED_RAY
     import ray
 
-    from ..experiment import ConfigError
-
-    address = rt.get("address")
-    timeout = float(rt.get("connect_timeout", 10) or 10)
+    address = rt.address
+    timeout = rt.connect_timeout
     if address:
         _check_address(str(address), timeout)
     if ray.is_initialized():
@@ -185,8 +183,8 @@ def init_ray(rt: dict[str, Any]) -> None:
         return
     tmp = os.environ.get("RAY_TMPDIR")
     ray.init(
-        num_cpus=int(rt.get("num_cpus") or os.cpu_count() or 1),
-        num_gpus=rt.get("num_gpus"),
+        num_cpus=int(rt.num_cpus or os.cpu_count() or 1),
+        num_gpus=rt.num_gpus,
         _temp_dir=tmp if tmp else None,
         **common,
     )
@@ -211,18 +209,15 @@ def shutdown() -> None:
     _STARTED_RAY = False
 
 
-def _resolve_workers(rt: dict[str, Any], num_clients: int) -> int:
+def _resolve_workers(rt: RuntimeConfig, num_clients: int) -> int:
     import ray
 
-    from ..experiment import ConfigError
-
-    cpus = float(rt.get("num_cpus_per_client", 1) or 1)
-    gpus = float(rt.get("num_gpus_per_client", 0.0) or 0.0)
+    cpus, gpus = rt.num_cpus_per_client, rt.num_gpus_per_client
     res = ray.cluster_resources()
     fit = int(math.floor(res.get("CPU", 0) / cpus + 1e-9))
     if gpus > 0:
         fit = min(fit, int(math.floor(res.get("GPU", 0) / gpus + 1e-9)))
-    want = rt.get("num_workers")
+    want = rt.num_workers
     if want is None:
         n = fit
     else:
@@ -257,14 +252,13 @@ def wait_ready(actors: list[Any], timeout: float) -> list[dict[str, Any]]:
             time.sleep(0.2)  # restarting: not a polling loop on the hot path
 
 
-def get_pool(rt: dict[str, Any], num_clients: int) -> _Pool:
+def get_pool(rt: RuntimeConfig, num_clients: int) -> _Pool:
     """The cached actor pool for these resources, (re)built if needed."""
     global _POOL
     import ray
 
     n = _resolve_workers(rt, num_clients)
-    cpus = float(rt.get("num_cpus_per_client", 1) or 1)
-    gpus = float(rt.get("num_gpus_per_client", 0.0) or 0.0)
+    cpus, gpus = rt.num_cpus_per_client, rt.num_gpus_per_client
     key = (n, cpus, gpus)
     session = _session()
     if _POOL is not None and _POOL.key == key and _POOL.session == session:
@@ -284,7 +278,7 @@ def get_pool(rt: dict[str, Any], num_clients: int) -> _Pool:
     )
     threads = max(1, int(cpus))
     actors = [cls.remote(threads) for _ in range(n)]
-    timeout = float(rt.get("start_timeout", 300) or 300)
+    timeout = rt.start_timeout
     try:
         info = wait_ready(actors, timeout)
     except ray.exceptions.GetTimeoutError as e:
@@ -414,22 +408,21 @@ class RayGrid(SimulatedGrid):
 def run_ray(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
     from .vectorised import check_supported, settings_from
 
-    rt = dict(exp.cfg["runtime"])
+    rt: RuntimeConfig = exp.cfg.runtime
     vector = settings_from(rt)
     vectorise = vector.enabled and check_supported(exp, vector) is None  # before Ray starts
     t0 = time.perf_counter()
     set_task_identity()
     init_ray(rt)
     t1 = time.perf_counter()
-    pool = get_pool(rt, exp.cfg["num_clients"])
+    pool = get_pool(rt, exp.cfg.num_clients)
     t2 = time.perf_counter()
     log.info("ray runtime: %d worker(s) on %d Ray node(s); ray.init %.2fs, workers ready %.2fs",
              len(pool.actors), len({i["node_id"] for i in pool.info}), t1 - t0, t2 - t1)
     result["runtime_info"] = {"workers": len(pool.actors), "ray_init_s": t1 - t0, "workers_s": t2 - t1,
                               "worker_pids": [i["pid"] for i in pool.info],
                               "worker_nodes": [i["node_id"] for i in pool.info]}
-    bs = rt.get("batch_size", 8)
-    grid = RayGrid(pool, exp.cfg["num_clients"], batch_size=bs if bs == "auto" else int(bs or 8),
-                   max_retries=int(rt.get("max_retries", 2) or 0), vector=vector if vectorise else None)
+    grid = RayGrid(pool, exp.cfg.num_clients, batch_size=rt.batch_size, max_retries=rt.max_retries,
+                   vector=vector if vectorise else None)
     ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     server_app(grid, ctx)

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 
+from ..config import RuntimeConfig
+from ..errors import ConfigError
 from ..flower.instruction import KEY, ClientInstruction, SimPlan
 from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_reason
 from ..task.train import round_lr
@@ -46,15 +48,13 @@ class VectorSettings:
         return self.mode != "false"
 
 
-def settings_from(rt: dict[str, Any]) -> VectorSettings:
+def settings_from(rt: RuntimeConfig) -> VectorSettings:
     """``runtime.vectorize`` / ``runtime.cohort_chunk``, checked."""
-    from ..experiment import ConfigError
-
-    raw = rt.get("vectorize", "auto")
+    raw = rt.vectorize
     mode = {True: "true", False: "false"}.get(raw, str(raw).lower()) if isinstance(raw, bool) else str(raw).lower()
     if mode not in VECTORIZE_CHOICES:
         raise ConfigError(f"runtime.vectorize={raw!r} is not allowed; use auto, true or false")
-    chunk = rt.get("cohort_chunk", 10)
+    chunk = rt.cohort_chunk
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ConfigError(f"runtime.cohort_chunk={chunk!r} must be an integer >= 1 (clients trained together)")
     return VectorSettings(mode, chunk)
@@ -63,12 +63,10 @@ def settings_from(rt: dict[str, Any]) -> VectorSettings:
 def check_supported(exp: Any, settings: VectorSettings) -> str | None:
     """Why this experiment's clients cannot be vectorised (None: they can).
     ``runtime.vectorize=true`` turns a reason into a config error, before training."""
-    from ..experiment import ConfigError
-
     if not settings.enabled:
         return None
-    tr = exp.cfg.get("train", {}) or {}
-    reason = unsupported_reason(exp.model(), optimizer=str(tr.get("optimizer", "sgd") or "sgd"),
+    optimizer = exp.cfg.train.optimizer
+    reason = unsupported_reason(exp.model(), optimizer=optimizer,
                                 input_shape=tuple(exp.model_spec["input_shape"]))
     if reason and settings.mode == "true":
         raise ConfigError(f"runtime.vectorize=true but this setup cannot be vectorised: {reason}; "

@@ -1,0 +1,497 @@
+"""The config tree, typed: one dataclass per fixed section, registered in
+Hydra's ConfigStore as ``base_config`` (the first entry of conf/config.yaml's
+defaults list), so Hydra type-checks every override at composition and
+refuses keys the schema does not have (``+num_client=5``).
+
+Each fixed key has ONE default, here. Group sections (``aggregator``,
+``dataset``, ``partition``, ``noise``, ``model``, ``participation``,
+``heterogeneity``, ``logger``) stay plain YAML mappings with a ``name`` (the
+registered builder) and that builder's options; :func:`load` checks the
+options against the builder's signature and type annotations.
+
+:func:`load` is the one step from a composed DictConfig to the typed
+:class:`Config`; it raises :class:`~fedagg.errors.ConfigError` (one line:
+key, value, what is allowed) for every value that cannot work, before any
+data is loaded or any runtime starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import math
+import os
+import re
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Literal, Optional, Union, get_args, get_origin, get_type_hints
+
+from .errors import ConfigError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+GROUPS = ("aggregator", "dataset", "partition", "noise", "model", "participation", "heterogeneity", "logger")
+RUNTIMES = ("inprocess", "flower", "ray")
+
+
+# --------------------------------------------------------------------------- the schema
+@dataclass
+class TrainConfig:
+    """Local training on each client."""
+
+    epochs: int = 2
+    steps: int = 0  # > 0: exactly this many minibatch steps instead of epochs (FedAU's I)
+    batch_size: int = 32
+    lr: float = 0.05
+    lr_decay: float = 1.0  # round r trains at lr * lr_decay ** ((r - 1) // lr_decay_every); 0.99 = FedLAW's decay
+    lr_decay_every: int = 1  # 1 = exponential per round; k = a step schedule (e.g. lr_decay=0.5 lr_decay_every=10)
+    optimizer: str = "sgd"  # sgd | adam (client optimiser, fresh each round; momentum is SGD's)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.0  # FedProx client term (any aggregator)
+
+
+@dataclass
+class ServerConfig:
+    round_timeout: Optional[float] = None  # seconds to wait for replies; null = wait for all
+    connect_timeout: float = 120.0
+
+
+@dataclass
+class ValidationConfig:
+    max_update_norm: Optional[float] = None  # reject updates with ||θ_k − x_t|| above this
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # write checkpoint.pkl every k rounds (0 = never)
+
+
+@dataclass
+class RuntimeConfig:
+    """How Messages reach the ClientApps. ``inprocess`` reads only ``name``;
+    ``flower`` (Flower's simulation engine) the resource keys and ``address``;
+    ``ray`` (fedagg's persistent actor pool) all of them."""
+
+    name: str = "ray"
+    num_cpus_per_client: float = 1.0  # Ray CPUs per client actor; also torch threads in each ray actor
+    num_gpus_per_client: float = 0.0  # fractional GPU per client, e.g. 0.25 = 4 clients share a GPU
+    num_cpus: Optional[int] = None  # CPUs of a local Ray instance (null = all cores); ignored with address
+    num_gpus: Optional[float] = None
+    address: Optional[str] = None  # an existing cluster: auto, host:port or ray://host:port
+    num_workers: Optional[int] = None  # ray: actors; null = cluster CPUs / num_cpus_per_client (<= num_clients)
+    connect_timeout: float = 10.0  # ray: seconds to reach runtime.address before failing
+    start_timeout: float = 300.0  # ray: seconds for the workers to start
+    batch_size: Any = 8  # ray: messages per actor call (int >= 1), or auto = one call per actor per round
+    max_retries: int = 2  # ray: resend a lost worker's messages this many times
+    vectorize: Any = "auto"  # inprocess/ray: train a round's clients as stacked models (torch.func.vmap): auto|true|false
+    cohort_chunk: int = 10  # inprocess/ray: clients per stacked model, in client-id order
+
+
+def _group(name: str) -> Any:
+    return field(default_factory=lambda: {"name": name})
+
+
+@dataclass
+class Config:
+    aggregator: Dict[str, Any] = _group("fedavg")
+    dataset: Dict[str, Any] = _group("mnist1d")
+    partition: Dict[str, Any] = _group("dirichlet")
+    noise: Dict[str, Any] = _group("none")
+    model: Dict[str, Any] = _group("cnn1d")
+    participation: Dict[str, Any] = _group("full")
+    heterogeneity: Dict[str, Any] = _group("none")
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    logger: Dict[str, Any] = _group("csv")
+    num_clients: int = 20
+    rounds: int = 30
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | cuda:<i> | auto
+    val_fraction: float = 0.0  # per-client validation split
+    torch_threads: Optional[int] = 1  # torch intra-op threads in the server process; null = torch's default
+    train: TrainConfig = field(default_factory=TrainConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: Optional[str] = None  # a run folder to resume from
+    # values a preset (conf/experiment/*.yaml) keeps for its own interpolations, e.g. a
+    # per-aggregator lr table read as ${vars.claim_lr.${aggregator.name}}; fedagg never reads them
+    vars: Dict[str, Any] = field(default_factory=dict)
+
+
+def register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+register_schema()
+
+
+def options(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A group section's builder options: every key but ``name``."""
+    return {k: v for k, v in section.items() if k != "name"}
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dicts (config.yaml in a run folder, checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------- builders of each group
+def _builder(group: str, name: str) -> tuple[Callable[..., Any], int]:
+    """The registered callable of ``group.name`` and how many leading
+    parameters are not options (filled in by fedagg)."""
+    if group == "aggregator":
+        from . import aggregators
+
+        return aggregators.get(name), 1  # (ctx, **options)
+    if group == "dataset":
+        from .data import datasets
+
+        return datasets._LOADERS.get(name), 0  # (seed=, **options); seed is passed by keyword  # noqa: SLF001
+    if group == "partition":
+        from .data import partition
+
+        return partition._PARTITIONERS.get(name), 3  # (labels, n, rng, **options)  # noqa: SLF001
+    if group == "participation":
+        from .env import participation
+
+        return participation._PATTERNS.get(name), 3  # (num_clients, seed, label_dists, **options)  # noqa: SLF001
+    if group == "heterogeneity":
+        from .env import heterogeneity
+
+        return heterogeneity._MODELS.get(name), 2  # (num_clients, seed, **options)  # noqa: SLF001
+    if group == "model":
+        from .task import models
+
+        table: Any = models.MODELS
+        fn = table.get(name)
+        if fn is None:
+            raise ValueError(f"model.name='{name}' is not known; valid choices: {', '.join(sorted(table))}")
+        return fn, 2  # (input_shape / features, num_classes, **options)
+    if group == "logger":
+        from .report import loggers
+
+        return loggers.get(name), 1  # (out_dir, **options)
+    raise KeyError(group)
+
+
+_FIXED = {"seed", "groups"}  # filled in by fedagg, never options
+
+
+def _signature_options(fn: Callable[..., Any], skip: int) -> tuple[dict[str, inspect.Parameter], bool, dict[str, Any]]:
+    """(option parameters, open?, type hints) of a builder; a class's
+    ``**kw`` that only forwards to its fedagg base class is followed."""
+    params: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    chain: list[Callable[..., Any]]
+    if isinstance(fn, type):
+        chain = [c.__dict__["__init__"] for c in fn.__mro__ if "__init__" in c.__dict__ and c is not object]
+        mods = [c.__module__ for c in fn.__mro__ if "__init__" in c.__dict__ and c is not object]
+    else:
+        chain, mods = [fn], [getattr(fn, "__module__", "")]
+    open_ = False
+    for i, (f, mod) in enumerate(zip(chain, mods)):
+        try:
+            sig = inspect.signature(f)
+        except (TypeError, ValueError):
+            return params, True, hints
+        try:
+            hints.update({k: v for k, v in get_type_hints(f).items() if k not in hints})
+        except Exception:  # noqa: BLE001 - unresolvable annotations: no type check for this builder
+            pass
+        ps = [p for p in sig.parameters.values() if p.name != "self"]
+        n_skip = skip if i == 0 or isinstance(fn, type) else 0
+        positional = [p for p in ps if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        skipped = {p.name for p in positional[:n_skip]}
+        for p in ps:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in skipped or p.name in _FIXED:
+                continue
+            params.setdefault(p.name, p)
+        var_kw = [p for p in ps if p.kind is p.VAR_KEYWORD]
+        if not var_kw:
+            return params, False, hints
+        if not mod.startswith("fedagg"):  # a user's or library's **kwargs: anything may be meant
+            open_ = True
+            break
+        if i + 1 == len(chain) or not isinstance(fn, type):  # fedagg's last **options refuses extras
+            return params, not isinstance(fn, type), hints
+    return params, open_, hints
+
+
+def _type_name(hint: Any) -> str:
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, get_args(hint)))
+    s = getattr(hint, "__name__", None) if not get_args(hint) else None
+    return s or str(hint).replace("typing.", "").replace("collections.abc.", "")
+
+
+def _conforms(v: Any, hint: Any) -> bool:
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_conforms(v, a) for a in args)
+    if hint is type(None) or hint is None:
+        return v is None
+    if origin is Literal:
+        return v in args
+    if hint is bool:
+        return isinstance(v, bool)
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if hint is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if hint is str:
+        return isinstance(v, str)
+    if hint in (list, tuple) or origin in (list, tuple, Sequence):
+        return isinstance(v, (list, tuple))
+    if hint is dict or origin in (dict, Mapping):
+        return isinstance(v, dict)
+    return True  # a type this check does not know: the builder decides
+
+
+def check_group(group: str, section: Mapping[str, Any]) -> None:
+    """``group.name`` is registered and every other key is an option of its
+    builder, of the annotated type."""
+    name = section.get("name")
+    if name is None:
+        raise ConfigError(f"{group}.name is missing; pick one with {group}=<choice>")
+    try:
+        fn, skip = _builder(group, str(name))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    params, open_, hints = _signature_options(fn, skip)
+    drops_none = group in ("dataset", "partition")  # null = the builder's default
+    for key, value in options(section).items():
+        if key not in params:
+            if open_:
+                continue
+            valid = ", ".join(sorted(params)) or "none"
+            near = difflib.get_close_matches(key, list(params), n=1)
+            hint = f" (did you mean {group}.{near[0]}?)" if near else ""
+            raise ConfigError(f"{group}.{key}={value!r} is not an option of {group} '{name}'{hint}; valid options: {valid}")
+        hint_t = hints.get(key, params[key].annotation)
+        if value is None and (drops_none or params[key].default is None):
+            continue
+        if not _conforms(value, hint_t):
+            raise ConfigError(f"{group}.{key}={value!r} is not allowed; it must be {_type_name(hint_t)}")
+
+
+# --------------------------------------------------------------------------- fixed sections
+def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed; {allowed}")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def check_fixed(cfg: Config) -> None:
+    _need(cfg.num_clients >= 1, "num_clients", cfg.num_clients, "it must be an integer >= 1")
+    _need(cfg.rounds >= 1, "rounds", cfg.rounds, "it must be an integer >= 1")
+    _need(0.0 <= cfg.val_fraction < 1.0, "val_fraction", cfg.val_fraction, "it must be in [0, 1)")
+    _need(cfg.torch_threads is None or cfg.torch_threads >= 1, "torch_threads", cfg.torch_threads,
+          "it must be >= 1 or null (torch's default)")
+    dev = cfg.device
+    _need(dev in ("cpu", "auto") or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit()),
+          "device", dev, "use cpu, cuda, cuda:<i> or auto")
+    t = cfg.train
+    _need(t.steps >= 0, "train.steps", t.steps, "it must be >= 0 (0 = train train.epochs epochs)")
+    _need(t.epochs >= 1 or t.steps > 0, "train.epochs", t.epochs, "it must be >= 1 (or set train.steps > 0)")
+    _need(t.batch_size >= 1, "train.batch_size", t.batch_size, "it must be >= 1")
+    _need(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "it must be a finite number > 0")
+    _need(_finite(t.lr_decay) and 0 < t.lr_decay <= 1, "train.lr_decay", t.lr_decay,
+          "it must be in (0, 1] (1 = constant learning rate)")
+    _need(t.lr_decay_every >= 1, "train.lr_decay_every", t.lr_decay_every, "it must be an integer >= 1 (rounds between decays)")
+    from .task.train import OPTIMIZERS
+
+    _need(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer, f"valid choices: {', '.join(OPTIMIZERS)}")
+    _need(_finite(t.momentum) and 0.0 <= t.momentum < 1.0, "train.momentum", t.momentum, "it must be in [0, 1)")
+    _need(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "it must be >= 0")
+    _need(_finite(t.proximal_mu) and t.proximal_mu >= 0, "train.proximal_mu", t.proximal_mu, "it must be >= 0")
+    s = cfg.server
+    _need(s.round_timeout is None or s.round_timeout > 0, "server.round_timeout", s.round_timeout,
+          "it must be > 0 seconds or null (wait for all replies)")
+    _need(s.connect_timeout > 0, "server.connect_timeout", s.connect_timeout, "it must be > 0 seconds")
+    v = cfg.validation.max_update_norm
+    _need(v is None or v > 0, "validation.max_update_norm", v, "it must be > 0 or null (no norm check)")
+    _need(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
+          "it must be >= 0 (0 = never, k = every k rounds)")
+    check_runtime(cfg.runtime)
+
+
+def check_runtime(rt: RuntimeConfig) -> None:
+    _need(rt.name in RUNTIMES, "runtime.name", rt.name, f"valid choices: {', '.join(RUNTIMES)}")
+    n = cores()
+    _need(0 < rt.num_cpus_per_client <= n, "runtime.num_cpus_per_client", rt.num_cpus_per_client,
+          f"it must be in (0, {n}] (this machine's CPU count)")
+    _need(0 <= rt.num_gpus_per_client <= 1, "runtime.num_gpus_per_client", rt.num_gpus_per_client,
+          "it must be in [0, 1]")
+    _need(rt.num_cpus is None or rt.num_cpus >= 1, "runtime.num_cpus", rt.num_cpus,
+          "it must be >= 1 or null (all cores)")
+    _need(rt.num_gpus is None or rt.num_gpus >= 0, "runtime.num_gpus", rt.num_gpus, "it must be >= 0 or null")
+    if rt.num_cpus is not None and rt.address is None:
+        _need(rt.num_cpus_per_client <= rt.num_cpus, "runtime.num_cpus_per_client", rt.num_cpus_per_client,
+              f"it must be <= runtime.num_cpus={rt.num_cpus} (a client needing more CPUs than Ray has never runs)")
+    _need(rt.num_workers is None or rt.num_workers >= 1, "runtime.num_workers", rt.num_workers,
+          "it must be >= 1 or null (= cores / num_cpus_per_client)")
+    bs = rt.batch_size
+    _need(bs == "auto" or (isinstance(bs, int) and not isinstance(bs, bool) and bs >= 1), "runtime.batch_size", bs,
+          "it must be an integer >= 1 or auto")
+    _need(rt.vectorize in ("auto", "true", "false", True, False), "runtime.vectorize", rt.vectorize,
+          "use auto, true or false")
+    _need(rt.cohort_chunk >= 1, "runtime.cohort_chunk", rt.cohort_chunk, "it must be an integer >= 1")
+    _need(rt.max_retries >= 0, "runtime.max_retries", rt.max_retries, "it must be >= 0")
+    _need(rt.connect_timeout > 0, "runtime.connect_timeout", rt.connect_timeout, "it must be > 0 seconds")
+    _need(rt.start_timeout > 0, "runtime.start_timeout", rt.start_timeout, "it must be > 0 seconds")
+    if rt.num_gpus_per_client > 0:
+        import torch
+
+        _need(torch.cuda.is_available(), "runtime.num_gpus_per_client", rt.num_gpus_per_client,
+              "this machine has no CUDA GPU; set runtime.num_gpus_per_client=0")
+
+
+def check_values(cfg: Config) -> None:
+    """Group options whose range is known without data: noise, heterogeneity,
+    files named by a path option, the device."""
+    from .data.federated import NoiseSpec
+
+    try:
+        NoiseSpec.from_spec({f"noise.{k}": v for k, v in cfg.noise.items()})
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    from .env.heterogeneity import build_heterogeneity
+
+    try:
+        build_heterogeneity(cfg.heterogeneity["name"], cfg.num_clients, cfg.seed, **options(cfg.heterogeneity))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    from .report.loggers import check_logger
+
+    check_logger(cfg.logger)
+    for group in ("participation", "dataset"):
+        path = getattr(cfg, group).get("path")
+        if isinstance(path, str) and path and not Path(path).expanduser().exists():
+            raise ConfigError(f"{group}.path={path!r} does not exist; give the path of an existing file")
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        _need(torch.cuda.is_available(), "device", cfg.device, "CUDA is not available on this machine; use cpu or auto")
+
+
+# --------------------------------------------------------------------------- load
+def _unknown_keys(cfg: Any) -> None:
+    """Keys added with ``+key=...`` that the schema does not have."""
+    from omegaconf import DictConfig
+
+    if not isinstance(cfg, DictConfig):
+        return
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for key in cfg.keys():
+        key = str(key)
+        if key == "hydra":
+            continue
+        if key not in sections:
+            near = difflib.get_close_matches(key, list(sections), n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            value = cfg._get_node(key)._value() if hasattr(cfg._get_node(key), "_value") else "?"  # noqa: SLF001
+            raise ConfigError(
+                f"{key}={value} is not a config key; {hint}valid keys: {', '.join(sorted(sections))}"
+            )
+
+
+def to_config(cfg: Any) -> Config:
+    """A composed DictConfig (or a Config) as the typed :class:`Config`, unchecked."""
+    if isinstance(cfg, Config):
+        return cfg
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    _unknown_keys(cfg)
+    try:
+        if isinstance(cfg, DictConfig):
+            merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        else:
+            merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(dict(cfg)))
+        obj = OmegaConf.to_object(merged)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key} is required (it is ??? in the config); set {e.full_key}=...") from None
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{getattr(e, 'full_key', '') or 'config'}: {msg}") from None
+    assert isinstance(obj, Config)
+    return obj
+
+
+def validate(cfg: Config) -> None:
+    """Every check that needs no data: fixed sections, then each group's
+    builder options, then group values whose range is known."""
+    check_fixed(cfg)
+    for group in GROUPS:
+        if group != "noise":  # noise has no builder: its keys are checked by NoiseSpec below
+            check_group(group, getattr(cfg, group))
+    check_values(cfg)
+
+
+def load(cfg: Any) -> Config:
+    """The one step from a composed config to the typed, checked :class:`Config`."""
+    obj = to_config(cfg)
+    validate(obj)
+    return obj
+
+
+def compose(overrides: Sequence[str] = (), config_dir: str | None = None) -> Config:
+    """Compose conf/config.yaml with Hydra overrides and :func:`load` it
+    (for ServerApps and scripts that run without the CLI)."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir or CONF_DIR, version_base=None):
+            raw = hcompose("config", overrides=list(overrides))
+    except HydraException as e:
+        raise ConfigError(one_line(e)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return load(raw)
+
+
+def one_line(e: BaseException) -> str:
+    """A Hydra / OmegaConf error as one line."""
+    parts = [str(e)]
+    cause = e.__cause__
+    if cause is not None and str(cause) not in parts[0]:
+        parts.append(str(cause))
+    lines: list[str] = []
+    for p in parts:
+        for line in p.splitlines():
+            line = line.strip()
+            if line.startswith("Config search path"):
+                break
+            if not line or line.startswith(("full_key:", "object_type", "reference_type", "Set the environment")):
+                continue
+            lines.append(line)
+    text = " ".join(lines).replace("\t", " ")
+    m = re.search(r"Could not override '([^']+)'\. To append to your config use \+\S+ (Key '[^']+' (is )?not in \S+)", text)
+    if m:  # an unknown key: Hydra's hint (add it with +) is right only for a group's builder options
+        key = m.group(1)
+        if key.split(".")[0] in GROUPS and "." in key:
+            text = (f"'{key}' is not set by this {key.split('.')[0]} choice; to pass it as an option of the "
+                    f"{key.split('.')[0]}'s builder (checked against its signature) write +{key}=...")
+        else:
+            text = f"'{key}' is not a config key; check its spelling (fedagg --cfg job lists every key)"
+    return text
