@@ -106,19 +106,19 @@ def worker(args: argparse.Namespace) -> None:
 
         exp = build(cfg)
         c = exp.cfg
-        tr = c["train"]
+        tr = c.train
         model = exp.model()
         glob = exp.init_params(0)
         secs, rows = [], []
-        for rnd in range(1, c["rounds"] + 1):
+        for rnd in range(1, c.rounds + 1):
             r0 = time.perf_counter()
             ups, ns = [], []
-            for cid in range(c["num_clients"]):
+            for cid in range(c.num_clients):
                 d = exp.fd.client(cid)
                 set_params(model, glob)
-                train_local(model, d.x_train, d.y_train, epochs=tr["epochs"], steps=tr["steps"],
-                            batch_size=tr["batch_size"], lr=tr["lr"], momentum=tr["momentum"],
-                            weight_decay=tr["weight_decay"], seed=c["seed"], round=rnd, client=cid)
+                train_local(model, d.x_train, d.y_train, epochs=tr.epochs, steps=tr.steps,
+                            batch_size=tr.batch_size, lr=tr.lr, momentum=tr.momentum,
+                            weight_decay=tr.weight_decay, seed=c.seed, round=rnd, client=cid)
                 ups.append(get_params(model))
                 ns.append(len(d.y_train))
             w = np.asarray(ns, dtype=np.float64) / sum(ns)

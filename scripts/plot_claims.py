@@ -104,7 +104,7 @@ def feddisco(runs, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     for ax, (pname, title) in zip(axes, [("dirichlet", "NIID-1 (Dirichlet β=0.5, 10 clients)"), ("niid2", "NIID-2 (5 biased + 1 unbiased)")]):
         g = group([r for r in runs if r["cfg"]["partition"]["name"] == pname],
-                  lambda c: ("FedAvgM" if c["base"] == "fedavgm" else "FedAvg") + (" + Disco" if c["aggregator"]["name"] == "feddisco" else ""))
+                  lambda c: ("FedAvgM" if c.get("vars", {}).get("base", c.get("base")) == "fedavgm" else "FedAvg") + (" + Disco" if c["aggregator"]["name"] == "feddisco" else ""))
         for lab in sorted(g):
             band(ax, g[lab], "test_accuracy", lab, ls="-" if "Disco" in lab else "--")
         ax.set_title(title, fontsize=9)
