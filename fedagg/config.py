@@ -166,11 +166,7 @@ def _builder(group: str, name: str) -> tuple[Callable[..., Any], int]:
     if group == "model":
         from .task import models
 
-        table: Any = models.MODELS
-        fn = table.get(name)
-        if fn is None:
-            raise ValueError(f"model.name='{name}' is not known; valid choices: {', '.join(sorted(table))}")
-        return fn, 2  # (input_shape / features, num_classes, **options)
+        return models.builder(name), 2  # (input_shape, num_classes, **options)
     if group == "logger":
         from .report import loggers
 
