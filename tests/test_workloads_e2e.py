@@ -18,7 +18,9 @@ from fedagg.data.standins import (
     save_standin,
     shakespeare_dataset,
 )
-from fedagg.experiment import ConfigError, build, data_spec, run, to_plain
+from fedagg.config import load
+from fedagg.errors import ConfigError
+from fedagg.experiment import build, data_spec, run
 
 FAST = ["runtime=inprocess", "train.steps=2", "train.batch_size=8", "rounds=2"]
 FITTING = {"mnist": "cnn", "fashion_mnist": "lenet5", "cifar10": "cnn", "cifar100": "cnn_fedau", "svhn": "cnn",
@@ -61,7 +63,7 @@ def test_leaf_dataset_partitions_by_natural_id_and_trains(name, column, standins
     cfg = compose(f"dataset={name}", f"dataset.path={standins[name]}", f"model={FITTING[name]}", "partition=natural",
                   f"num_clients={n}", *FAST)
     # client k holds exactly the training samples of the k-th natural id (sorted), nothing else
-    fd = FederatedData(data_spec(to_plain(cfg)))
+    fd = FederatedData(data_spec(load(cfg)))
     ids = sorted(set(ds[column]))
     feature = "x" if name == "shakespeare" else "character"
     for k, nat in enumerate(ids):
