@@ -75,7 +75,7 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
     model = exp.model()
     model.load_state_dict(torch.load(run_dir / "model.pt"))
     test_loss, test_acc = evaluate(model, exp.x_test, exp.y_test)
-    rows, split = client_scores(model, exp.fd, int(exp.cfg["num_clients"]))
+    rows, split = client_scores(model, exp.fd, exp.cfg.num_clients)
     accs = [r["accuracy"] for r in rows if r["accuracy"] is not None]
     return {"run": str(run_dir), "test_accuracy": test_acc, "test_loss": test_loss, "client_split": split,
             **distribution(accs), "clients": rows}
