@@ -10,7 +10,9 @@ import torch
 from fedagg_testing import SMALL, compose
 from torch import nn
 
-from fedagg.experiment import ConfigError, run, to_plain, validate
+from fedagg.config import load
+from fedagg.errors import ConfigError
+from fedagg.experiment import run
 from fedagg.task.train import round_lr, train_local
 
 
@@ -105,7 +107,7 @@ def test_sgd_is_the_default_and_one_step_is_w_minus_lr_g():
 )
 def test_bad_optimizer_options_are_config_errors(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate(to_plain(compose(*SMALL, override)))
+        load(compose(*SMALL, override))
 
 
 def test_clients_train_with_the_rounds_lr_and_adam_learns(tmp_path, monkeypatch):
