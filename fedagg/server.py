@@ -36,12 +36,11 @@ log = logging.getLogger("fedagg")
 def make_strategy(exp: Experiment) -> FedaggStrategy:
     """The experiment's rule as a Flower strategy driving fedagg's ClientApp."""
     cfg = exp.cfg
-    srv = cfg.get("server", {}) or {}
     return FedaggStrategy(
-        exp.aggregator, seed=cfg["seed"], participation=exp.participation, heterogeneity=exp.heterogeneity,
+        exp.aggregator, seed=cfg.seed, participation=exp.participation, heterogeneity=exp.heterogeneity,
         instruction=exp.instruction, fraction_evaluate=0.0,
-        connect_timeout=float(srv.get("connect_timeout", 120)),
-        max_update_norm=(cfg.get("validation") or {}).get("max_update_norm"),
+        connect_timeout=cfg.server.connect_timeout,
+        max_update_norm=cfg.validation.max_update_norm,
         assign_unknown_nodes=False,  # fedagg's ClientApp says its partition-id; a silent node is broken
     )
 
@@ -67,12 +66,12 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
     if exp.resume_state is not None:
         start = ckpt.restore(exp.resume_state, exp, strategy, recorder) + 1
         exp.resume_state = None  # restored; do not hold its copy of the models for the whole run
-        log.info("resumed from %s at round %d", cfg["resume"], start)
-    total = int(cfg["rounds"])
-    every = int((cfg.get("checkpoint") or {}).get("every", 0) or 0)
-    title = f"{cfg['aggregator']['name']} on {cfg['dataset']['name']} ({cfg['partition']['name']}), seed {cfg['seed']}"
+        log.info("resumed from %s at round %d", cfg.resume, start)
+    total = cfg.rounds
+    every = cfg.checkpoint.every
+    title = f"{cfg.aggregator['name']} on {cfg.dataset['name']} ({cfg.partition['name']}), seed {cfg.seed}"
     callbacks: list[RoundCallback] = [
-        MetricsFiles(recorder), MetricLogger(make_logger(cfg, out), recorder), ConsoleLine(total),
+        MetricsFiles(recorder), MetricLogger(make_logger(cfg.logger, out), recorder), ConsoleLine(total),
     ]
     if exp.aggregator.per_node_models:  # gossip: every node's accuracy, not only the mean model's
         callbacks.insert(0, NodeAccuracy(exp))
@@ -81,7 +80,7 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
     callbacks.append(FinalSave(out, exp, recorder, title))
     strategy.start(
         grid, initial_arrays=params_to_record(strategy.params), num_rounds=total,
-        timeout=(cfg.get("server", {}) or {}).get("round_timeout"), evaluate_fn=evaluate_fn,
+        timeout=cfg.server.round_timeout, evaluate_fn=evaluate_fn,
         callbacks=callbacks, start_round=start,
     )
     return recorder.rows
