@@ -38,7 +38,7 @@ class NodeAccuracy(RoundCallback):
     def after_round(self, record: RoundRecord, strategy: FedaggStrategy) -> bool:
         agg, x, y = strategy.aggregator, self.exp.x_test, self.exp.y_test
         accs = []
-        for n in range(int(self.exp.cfg["num_clients"])):
+        for n in range(int(self.exp.cfg.num_clients)):
             set_params(self.model, agg.params_for(n, strategy.params))
             accs.append(evaluate(self.model, x, y)[1])
         record.agg_metrics["node_accuracy_mean"] = sum(accs) / len(accs)

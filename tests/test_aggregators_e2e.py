@@ -90,7 +90,7 @@ def test_node_accuracy_scores_every_gossip_node():
     agg = aggregators.build("gossip", AggregatorContext(num_clients=3, num_classes=2, init_params_fn=lambda c: eye),
                             topology="complete")
     agg.nodes = {0: eye, 1: {"weight": -np.eye(2, dtype=np.float32)}, 2: {"weight": np.zeros((2, 2), np.float32)}}
-    exp = SimpleNamespace(model=model, x_test=x, y_test=y, cfg={"num_clients": 3})
+    exp = SimpleNamespace(model=model, x_test=x, y_test=y, cfg=SimpleNamespace(num_clients=3))
     rec = SimpleNamespace(agg_metrics={})
     NodeAccuracy(exp).after_round(rec, SimpleNamespace(aggregator=agg, params=eye))
     # zeros: all logits tie, argmax picks class 0 -> 3/4
