@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import Result
 from . import checkpoint as ckpt
 from .flower.callbacks import RoundCallback
 from .flower.strategy import FedaggStrategy, RoundRecord
-from .report.loggers import CsvLogger, TensorBoardLogger
+from .report import loggers
 from .report.metrics import Recorder
 from .task.train import evaluate, set_params
 
@@ -61,7 +61,7 @@ class MetricsFiles(RoundCallback):
 class MetricLogger(RoundCallback):
     """Hands each metrics.csv row to a logger (``logger=tensorboard``); closes it at the end."""
 
-    def __init__(self, logger: CsvLogger | TensorBoardLogger, recorder: Recorder) -> None:
+    def __init__(self, logger: loggers.MetricLogger, recorder: Recorder) -> None:
         self.logger, self.recorder = logger, recorder
 
     def after_round(self, record: RoundRecord, strategy: FedaggStrategy) -> bool:
