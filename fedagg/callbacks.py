@@ -12,8 +12,10 @@ import torch
 from flwr.serverapp.strategy import Result
 
 from . import checkpoint as ckpt
+from .console import ProgressBar
 from .flower.callbacks import RoundCallback
 from .flower.strategy import FedaggStrategy, RoundRecord
+from .outcomes import RunGuard, RunInterrupted
 from .report import loggers
 from .report.metrics import Recorder
 from .task.train import evaluate, set_params
@@ -113,3 +115,40 @@ class FinalSave(RoundCallback):
         set_params(model, strategy.params)
         torch.save(model.state_dict(), self.out / "model.pt")
         self.recorder.plot(self.title)
+
+
+class Outcome(RoundCallback):
+    """Stops the run early (``RunGuard``): failed after ``server.max_failed_rounds``
+    all-failed rounds, interrupted after a SIGINT/SIGTERM -- then with a
+    checkpoint of this round when checkpointing is on. The reason is left in
+    ``exp.outcome`` for the caller to raise once the runtime is down."""
+
+    def __init__(self, guard: RunGuard, out: Path, every: int, total: int, exp: Experiment,
+                 recorder: Recorder) -> None:
+        self.guard, self.out, self.every, self.total, self.exp, self.recorder = guard, out, every, total, exp, recorder
+
+    def after_round(self, record: RoundRecord, strategy: FedaggStrategy) -> bool:
+        if not self.guard.after_round(record.round, len(record.asked), len(record.replied), record.failed):
+            return False
+        saved = self.every and (record.round % self.every == 0 or record.round == self.total)
+        if isinstance(self.guard.outcome, RunInterrupted) and self.every and not saved:
+            ckpt.save(self.out, record.round, self.exp, strategy, self.recorder)  # resume from here
+        self.exp.outcome = self.guard.outcome
+        return True
+
+
+class Progress(RoundCallback):
+    """A progress bar with ETA on a terminal (nothing in logs and CI)."""
+
+    def __init__(self) -> None:
+        self.bar = ProgressBar()
+
+    def on_train_begin(self, strategy: FedaggStrategy, *, start_round: int, num_rounds: int) -> None:
+        self.bar.begin(start_round, num_rounds)
+
+    def after_round(self, record: RoundRecord, strategy: FedaggStrategy) -> bool:
+        self.bar.update(record.test_accuracy)
+        return False
+
+    def on_train_end(self, strategy: FedaggStrategy, result: Result) -> None:
+        self.bar.end()

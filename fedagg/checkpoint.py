@@ -52,6 +52,15 @@ def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _at(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def load_for_resume(run_dir: Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Read the checkpoint in ``run_dir`` once and refuse it, naming the key,
     unless ``cfg`` can continue it exactly."""
@@ -62,9 +71,10 @@ def load_for_resume(run_dir: Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
         state = pickle.load(f)
     changed = config_diff(state["config"], cfg)
     if changed:
+        shown = "; ".join(f"{k}: {_at(state['config'], k)!r} in the checkpoint, {_at(cfg, k)!r} now" for k in changed[:5])
         raise ResumeError(
-            f"resume={run_dir}: the checkpoint was written with a different value of "
-            f"{', '.join(changed[:5])}; resume with the original value(s)"
+            f"resume={run_dir} would change the result: {shown}; drop those overrides to continue the run, "
+            "or start a new run"
         )
     if int(state["round"]) >= int(cfg["rounds"]):
         raise ResumeError(

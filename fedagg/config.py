@@ -56,11 +56,17 @@ class TrainConfig:
 class ServerConfig:
     round_timeout: Optional[float] = None  # seconds to wait for replies; null = wait for all
     connect_timeout: float = 120.0
+    max_failed_rounds: int = 3  # stop (status failed, exit 1) after this many rounds in a row where every asked client failed; 0 = never
 
 
 @dataclass
 class ValidationConfig:
     max_update_norm: Optional[float] = None  # reject updates with ||θ_k − x_t|| above this
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # k > 0: every client scores the global model on its held-out split (val_fraction) every k rounds and at round 0
 
 
 @dataclass
@@ -114,6 +120,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     resume: Optional[str] = None  # a run folder to resume from
     # values a preset (conf/experiment/*.yaml) keeps for its own interpolations, e.g. a
     # per-aggregator lr table read as ${vars.claim_lr.${aggregator.name}}; fedagg never reads them
@@ -324,6 +331,9 @@ def check_fixed(cfg: Config) -> None:
     _need(v is None or v > 0, "validation.max_update_norm", v, "it must be > 0 or null (no norm check)")
     _need(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
           "it must be >= 0 (0 = never, k = every k rounds)")
+    _need(cfg.eval.every >= 0, "eval.every", cfg.eval.every, "it must be >= 0 (0 = never, k = every k rounds)")
+    _need(cfg.server.max_failed_rounds >= 0, "server.max_failed_rounds", cfg.server.max_failed_rounds,
+          "it must be >= 0 (0 = never stop for failed rounds)")
     check_runtime(cfg.runtime)
 
 

@@ -57,6 +57,7 @@ class Experiment:
     instruction: ClientInstruction  # what every client is told (typed; one record)
     device: str
     resume_state: dict[str, Any] | None = None  # a checked checkpoint (resume=...), restored by run_server
+    outcome: Exception | None = None  # set by run_server when the run stopped early (failed / interrupted)
 
     def model(self) -> torch.nn.Module:
         s = self.model_spec
@@ -176,6 +177,8 @@ def run(cfg: Any, out_dir: str | Path) -> list[dict[str, Any]]:
     result: dict[str, Any] = {}
     runtime(make_server_app(exp, out, result), exp, result)
     rows = result.get("rows")
+    if exp.outcome is not None:
+        raise exp.outcome
     if rows is None:
         raise RuntimeError("the ServerApp did not finish; see the log above")
     log.info("done in %.1fs; results in %s", time.perf_counter() - t0, out)

@@ -61,6 +61,14 @@ class FailureWatch:
             )
 
 
+_ACTIVE: list[Interrupts] = []
+
+
+def stop_requested() -> str | None:
+    """The signal name when the innermost active ``Interrupts`` got one."""
+    return _ACTIVE[-1].requested if _ACTIVE else None
+
+
 class Interrupts:
     """Context manager: the first SIGINT/SIGTERM sets ``requested`` (the loop
     finishes the current round, then stops); a second one raises
@@ -87,12 +95,15 @@ class Interrupts:
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 self._old[s] = signal.signal(s, self._handle)
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old.clear()
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
 
 
 # rules whose step is scaled by (participants / num_clients) until they have seen each client
@@ -128,3 +139,32 @@ class NobodyAsked:
             return (f"round {rnd} asked no client (none available under this participation/heterogeneity); "
                     "the model stays unchanged until clients are available")
         return None
+
+
+class RunGuard:
+    """Asked after every round: warns when nobody was asked, stops the run as
+    failed after ``max_failed_rounds`` all-failed rounds, and as interrupted
+    once a signal came. ``outcome`` holds the exception the caller raises once
+    the runtime has shut down (a ServerApp may run in a thread whose
+    exceptions the runtime would swallow)."""
+
+    def __init__(self, max_failed_rounds: int) -> None:
+        self.watch = FailureWatch(max_failed_rounds)
+        self.nobody = NobodyAsked()
+        self.outcome: RunFailed | RunInterrupted | None = None
+
+    def after_round(self, rnd: int, asked: int, replied: int, failed: Mapping[Any, str]) -> bool:
+        """True: stop after this round (``outcome`` says why)."""
+        msg = self.nobody.observe(rnd, asked)
+        if msg:
+            log.warning(msg)
+        try:
+            self.watch.observe(rnd, asked, replied, failed)
+        except RunFailed as e:
+            self.outcome = e
+            return True
+        sig = stop_requested()
+        if sig:
+            self.outcome = RunInterrupted(rnd, sig)
+            return True
+        return False

@@ -21,11 +21,14 @@ from .callbacks import (
     MetricLogger,
     MetricsFiles,
     NodeAccuracy,
+    Outcome,
+    Progress,
 )
 from .experiment import Experiment
 from .flower.callbacks import RoundCallback
 from .flower.codec import params_to_record, record_to_params
 from .flower.strategy import FedaggStrategy
+from .outcomes import RunGuard, early_round_warning
 from .report.loggers import make_logger
 from .report.metrics import Recorder
 from .task.train import evaluate, set_params
@@ -71,13 +74,17 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
     every = cfg.checkpoint.every
     title = f"{cfg.aggregator['name']} on {cfg.dataset['name']} ({cfg.partition['name']}), seed {cfg.seed}"
     callbacks: list[RoundCallback] = [
-        MetricsFiles(recorder), MetricLogger(make_logger(cfg.logger, out), recorder), ConsoleLine(total),
+        Progress(), MetricsFiles(recorder), MetricLogger(make_logger(cfg.logger, out), recorder), ConsoleLine(total),
     ]
     if exp.aggregator.per_node_models:  # gossip: every node's accuracy, not only the mean model's
         callbacks.insert(0, NodeAccuracy(exp))
     if every:
         callbacks.append(Checkpoints(out, every, total, exp, recorder))
+    callbacks.append(Outcome(RunGuard(cfg.server.max_failed_rounds), out, every, total, exp, recorder))
     callbacks.append(FinalSave(out, exp, recorder, title))
+    hint = early_round_warning(cfg.aggregator["name"], cfg.participation["name"], cfg.aggregator.get("server_lr"))
+    if hint:
+        log.warning(hint)
     strategy.start(
         grid, initial_arrays=params_to_record(strategy.params), num_rounds=total,
         timeout=cfg.server.round_timeout, evaluate_fn=evaluate_fn,

@@ -1,0 +1,77 @@
+"""What a person sees in the terminal: a progress bar with ETA when stderr is
+a terminal (plain per-round lines in logs and CI), and no third-party noise
+(alembic's plugin INFO lines, Flower's deprecation banner for the simulation
+engine, Ray's accelerator FutureWarning)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, TextIO
+
+log = logging.getLogger("fedagg")
+
+
+class _DropDeprecationBanner(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "DEPRECATED FEATURE" not in record.getMessage()
+
+
+def quiet_third_party() -> None:
+    """Silence what a fedagg user cannot act on. Idempotent."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's FutureWarning about num_gpus=0
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "setup plugin alembic..." x7 per import
+    flwr = logging.getLogger("flwr")
+    flwr.propagate = False  # Flower logs through its own handler: no doubled lines
+    if not any(isinstance(f, _DropDeprecationBanner) for f in flwr.filters):
+        flwr.addFilter(_DropDeprecationBanner())  # run_simulation is how fedagg drives Flower's engine
+
+
+def is_terminal(stream: TextIO | None = None) -> bool:
+    stream = sys.stderr if stream is None else stream
+    if os.environ.get("CI") or os.environ.get("FEDAGG_NO_PROGRESS"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class ProgressBar:
+    """A tqdm bar over the rounds with ETA and the last test accuracy, only
+    on a terminal; the per-round log lines are printed above it. In logs and
+    CI (not a terminal) it does nothing and the plain lines stay as they are."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = is_terminal(self.stream)
+        self._bar: Any = None
+        self._redirect: Any = None
+
+    def begin(self, start_round: int, num_rounds: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger(), log])
+        self._redirect.__enter__()
+        self._bar = tqdm(total=num_rounds, initial=start_round - 1, unit="round", file=self.stream,
+                         dynamic_ncols=True, leave=True, desc="fedagg")
+
+    def update(self, test_accuracy: float | None) -> None:
+        if self._bar is None:
+            return
+        if test_accuracy is not None:
+            self._bar.set_postfix_str(f"test_acc {test_accuracy:.4f}", refresh=False)
+        self._bar.update(1)
+
+    def end(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None

@@ -1,0 +1,149 @@
+"""How a run ends, as a user sees it from the command line: a run whose
+clients all fail stops as failed (exit 1); Ctrl-C finishes the round,
+checkpoints, prints the resume command and exits 130 without a traceback;
+``fedagg resume=<dir>`` alone continues in the same folder; an interrupted
+sweep re-run with the same sweep dir skips finished jobs and resumes the
+interrupted one."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedagg_testing import ROOT, fedagg_cmd
+
+# slow enough per round (~0.3-1 s) to interrupt between rounds, small enough to finish in seconds
+SLOW = ["runtime=inprocess", "dataset=digits", "model=mlp", "num_clients=4", "train.epochs=25", "participation=full"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env.pop("CI", None)
+    return env
+
+
+def _fedagg(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([*fedagg_cmd(), *args], capture_output=True, text=True, env=_env(), cwd=cwd,
+                          timeout=timeout)
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    try:
+        with open(run / "metrics.csv", newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
+
+
+def _status(run: Path) -> dict:
+    return json.loads((run / "status.json").read_text())
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([*fedagg_cmd(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), cwd=cwd)
+
+
+def _wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"process ended (rc {proc.returncode}) before {what}:\n{err[-3000:]}")
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_all_clients_failing_stops_the_run_as_failed(tmp_path):
+    run = tmp_path / "r"
+    p = _fedagg(["runtime=inprocess", "dataset=digits", "model=mlp", "num_clients=3", "rounds=20",
+                 "heterogeneity=crashes", "heterogeneity.rate=1.0", "server.max_failed_rounds=3",
+                 f"hydra.run.dir={run}"], tmp_path)
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+    st = _status(run)
+    assert st["status"] == "failed" and "injected crash" in st["error"]
+    assert "3 consecutive rounds" in st["error"]
+    assert len(_rows(run)) == 3  # stopped after 3 all-failed rounds, not 20
+    errors = [line for line in (p.stdout + p.stderr).splitlines() if "run failed" in line]
+    assert len(errors) == 1 and errors[0].count("injected crash") == 1  # the client error named once
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_round_checkpoints_and_resumes_exactly(tmp_path):
+    run = tmp_path / "r"
+    args = [*SLOW, "rounds=6", "checkpoint.every=4", f"hydra.run.dir={run}"]
+    proc = _start(args, tmp_path)
+    _wait_for(lambda: len(_rows(run)) >= 1, 120, "round 1", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    st = _status(run)
+    assert st["status"] == "interrupted"
+    done = len(_rows(run))
+    assert 1 <= done < 6
+    with open(run / "checkpoint.pkl", "rb") as f:
+        assert pickle.load(f)["round"] == done  # checkpoint written on interrupt (every=4 would not have)
+    assert f"fedagg resume={run}" in out + err  # the exact resume command
+    # resume alone: same folder, saved config, ends as the uninterrupted run does
+    p = _fedagg([f"resume={run}"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [int(r["round"]) for r in _rows(run)] == [1, 2, 3, 4, 5, 6]
+    assert _status(run)["status"] == "completed"
+    ref = tmp_path / "ref"
+    p = _fedagg([*SLOW, "rounds=6", f"hydra.run.dir={ref}"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = torch.load(run / "model.pt"), torch.load(ref / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # an override that changes the result is refused, showing the old and new values
+    p = _fedagg([f"resume={run}", "rounds=8", "train.lr=0.2"], tmp_path)
+    said = p.stdout + p.stderr
+    assert p.returncode == 2 and "Traceback" not in said
+    assert "train.lr: 0.05 in the checkpoint, 0.2 now" in said
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_aborts_without_traceback(tmp_path):
+    run = tmp_path / "r"
+    proc = _start([*SLOW, "rounds=50", f"hydra.run.dir={run}"], tmp_path)
+    _wait_for(lambda: len(_rows(run)) >= 1, 120, "round 1", proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert _status(run)["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_skips_finished_jobs_and_resumes_the_interrupted_one(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *SLOW, "rounds=4", "checkpoint.every=1", "seed=0,1,2,3", f"hydra.sweep.dir={sweep}"]
+    proc = _start(args, tmp_path)
+    jobs = lambda: sorted(d for d in sweep.glob("*") if d.is_dir() and (d / "status.json").exists())  # noqa: E731
+    _wait_for(lambda: len(jobs()) >= 2 and len(_rows(jobs()[1])) >= 1, 240, "job 1's first round", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    states = [_status(d)["status"] for d in jobs()]
+    assert states[:2] == ["completed", "interrupted"] and len(states) == 2  # later jobs never started
+    first_finished = _status(jobs()[0])["finished"]
+    p = _fedagg(args, tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [_status(d)["status"] for d in jobs()] == ["completed"] * 4
+    assert _status(jobs()[0])["finished"] == first_finished  # skipped, not re-run
+    assert [int(r["round"]) for r in _rows(jobs()[1])] == [1, 2, 3, 4]  # resumed: each round once
