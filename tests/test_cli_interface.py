@@ -37,3 +37,30 @@ def test_resume_alone_reuses_the_saved_overrides_and_folder(tmp_path):
 
 def test_version_is_fedaggs():
     assert version()[0].isdigit() or version().startswith("unknown")
+
+
+def test_run_folder_name_carries_the_overrides():
+    from fedagg.cli import run_folder_name
+
+    assert run_folder_name("aggregator=fedau,seed=1", "fedavg_s0") == "aggregator=fedau,seed=1"
+    assert run_folder_name("", "fedavg_s0") == "fedavg_s0"
+    assert "/" not in run_folder_name("dataset.path=/data/x y", "f") and run_folder_name("a=1" * 100, "f").__len__() <= 150
+
+
+def test_version_and_help_are_fedaggs_and_the_run_folder_is_named(tmp_path):
+    import os
+    import subprocess
+
+    from fedagg_testing import ROOT, fedagg_cmd
+
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    p = subprocess.run([*fedagg_cmd(), "--version"], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("fedagg ") and "Hydra" not in p.stdout
+    p = subprocess.run([*fedagg_cmd(), "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0 and "powered by Hydra" not in p.stdout and "aggregator: the aggregation rule" in p.stdout
+    p = subprocess.run([*fedagg_cmd(), "runtime=inprocess", "dataset=digits", "model=mlp", "num_clients=2", "rounds=1"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
+    assert p.returncode == 0, p.stderr[-2000:]
+    (run,) = (tmp_path / "outputs").glob("*/*")
+    assert run.name.endswith("_dataset=digits,model=mlp,num_clients=2,rounds=1,runtime=inprocess")
+    assert "alembic" not in p.stdout + p.stderr
