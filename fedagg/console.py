@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from typing import Any, TextIO
 
@@ -56,10 +57,12 @@ class ProgressBar:
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger(), log])
+        self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger()])  # lines print above the bar
         self._redirect.__enter__()
+        size = shutil.get_terminal_size((100, 24))  # a pty without a size reports 0 x 0: tqdm would hide the bar
         self._bar = tqdm(total=num_rounds, initial=start_round - 1, unit="round", file=self.stream,
-                         dynamic_ncols=True, leave=True, desc="fedagg")
+                         ncols=size.columns if size.columns > 0 else 100, nrows=size.lines if size.lines > 0 else 24,
+                         leave=True, desc="fedagg")
 
     def update(self, test_accuracy: float | None) -> None:
         if self._bar is None:

@@ -64,3 +64,41 @@ def test_version_and_help_are_fedaggs_and_the_run_folder_is_named(tmp_path):
     (run,) = (tmp_path / "outputs").glob("*/*")
     assert run.name.endswith("_dataset=digits,model=mlp,num_clients=2,rounds=1,runtime=inprocess")
     assert "alembic" not in p.stdout + p.stderr
+
+
+def test_progress_bar_with_eta_on_a_terminal_plain_lines_otherwise(tmp_path):
+    """Under a pseudo-terminal the run shows a tqdm bar (rounds done/total, ETA);
+    piped (logs, CI) it shows only the plain per-round lines."""
+    import os
+    import pty
+    import subprocess
+
+    from fedagg_testing import ROOT, fedagg_cmd
+
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env.pop("CI", None)
+    args = [*fedagg_cmd(), "runtime=inprocess", "dataset=digits", "model=mlp", "num_clients=2", "rounds=3"]
+    master, slave = pty.openpty()
+    p = subprocess.Popen([*args, f"hydra.run.dir={tmp_path / 'tty'}"], stdin=slave, stdout=slave, stderr=slave,
+                         env=env, cwd=tmp_path)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    p.wait(timeout=180)
+    os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert p.returncode == 0, screen[-2000:]
+    assert "fedagg: 100%|" in screen and "| 3/3 [" in screen, screen[-1500:]  # the bar: rounds done / total
+    assert "<00:" in screen  # elapsed<remaining: the ETA
+    assert "round 3/3 |" in screen  # the plain lines are still printed above the bar
+    piped = subprocess.run([*args, f"hydra.run.dir={tmp_path / 'pipe'}"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=180)
+    assert piped.returncode == 0
+    assert "round 3/3 |" in piped.stdout and "3/3 [" not in piped.stdout + piped.stderr
