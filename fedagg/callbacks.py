@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from flwr.serverapp.strategy import Result
 
 from . import checkpoint as ckpt
 from .console import ProgressBar
+from .evaluation import distribution
 from .flower.callbacks import RoundCallback
 from .flower.strategy import FedaggStrategy, RoundRecord
 from .outcomes import RunGuard, RunInterrupted
@@ -152,3 +153,33 @@ class Progress(RoundCallback):
 
     def on_train_end(self, strategy: FedaggStrategy, result: Result) -> None:
         self.bar.end()
+
+
+class ClientEvaluation(RoundCallback):
+    """``eval.every=k``: every client's accuracy on its held-out split (the
+    ClientApp's evaluate) goes to rounds.jsonl (``client_accuracy``, indexed by
+    client id, null = not scored), its spread across clients to metrics.csv
+    (``client_acc_mean/std/worst10/best10``). The initial model's scores are a
+    round-0 row. Put it before MetricsFiles."""
+
+    def __init__(self, exp: Experiment, recorder: Recorder) -> None:
+        self.exp, self.recorder = exp, recorder
+        self._round0_done = False
+
+    def _metrics(self, scores: dict[int, tuple[float, float, int]]) -> dict[str, Any]:
+        n = int(self.exp.cfg["num_clients"])
+        accs = [scores[c][0] if c in scores else None for c in range(n)]
+        return {**distribution([a for a in accs if a is not None]), "client_accuracy": accs}
+
+    def after_round(self, record: RoundRecord, strategy: FedaggStrategy) -> bool:
+        if not self._round0_done and 0 in strategy.client_scores:
+            model = self.exp.model()
+            set_params(model, self.exp.init_params(0))
+            loss, acc = evaluate(model, self.exp.x_test, self.exp.y_test)
+            zero = RoundRecord(0, [], [], {}, {}, None, self._metrics(strategy.client_scores.pop(0)), loss, acc)
+            self.recorder.add(zero)
+        self._round0_done = True
+        scores = strategy.client_scores.pop(record.round, None)
+        if scores:
+            record.agg_metrics = {**record.agg_metrics, **self._metrics(scores)}
+        return False

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from .callbacks import (
     Checkpoints,
+    ClientEvaluation,
     ConsoleLine,
     FinalSave,
     MetricLogger,
@@ -41,7 +42,8 @@ def make_strategy(exp: Experiment) -> FedaggStrategy:
     cfg = exp.cfg
     return FedaggStrategy(
         exp.aggregator, seed=cfg.seed, participation=exp.participation, heterogeneity=exp.heterogeneity,
-        instruction=exp.instruction, fraction_evaluate=0.0,
+        instruction=exp.instruction, fraction_evaluate=1.0 if cfg.eval.every else 0.0,
+        evaluate_every=max(1, cfg.eval.every), evaluate_initial=bool(cfg.eval.every),
         connect_timeout=cfg.server.connect_timeout,
         max_update_norm=cfg.validation.max_update_norm,
         assign_unknown_nodes=False,  # fedagg's ClientApp says its partition-id; a silent node is broken
@@ -76,6 +78,8 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
     callbacks: list[RoundCallback] = [
         Progress(), MetricsFiles(recorder), MetricLogger(make_logger(cfg.logger, out), recorder), ConsoleLine(total),
     ]
+    if cfg.eval.every:  # per-client scores before MetricsFiles writes the round
+        callbacks.insert(1, ClientEvaluation(exp, recorder))
     if exp.aggregator.per_node_models:  # gossip: every node's accuracy, not only the mean model's
         callbacks.insert(0, NodeAccuracy(exp))
     if every:

@@ -47,3 +47,29 @@ def test_fedagg_eval_scores_a_saved_model(tmp_path, capsys):
                        text=True, env=env, timeout=120)
     assert r.returncode == 2 and "config.yaml" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("runtime", ["inprocess", "ray"])
+def test_eval_every_scores_every_client_on_its_held_out_split(tmp_path, runtime, monkeypatch):
+    """eval.every=2 over 4 rounds: rounds 0 (the initial model), 2 and 4 carry
+    every client's accuracy (rounds.jsonl) and its spread (metrics.csv); the
+    last round's scores are exactly what fedagg-eval computes from model.pt."""
+    monkeypatch.setenv("RAY_TMPDIR", os.environ.get("RAY_TMPDIR", "/tmp"))
+    run(compose(*SMALL, "rounds=4", f"runtime={runtime}", "val_fraction=0.3", "eval.every=2"), tmp_path)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = {int(r["round"]): r for r in csv.DictReader(f)}
+    assert sorted(rows) == [0, 1, 2, 3, 4]
+    for r in (0, 2, 4):
+        assert 0 <= float(rows[r]["client_acc_worst10"]) <= float(rows[r]["client_acc_mean"]) <= float(rows[r]["client_acc_best10"]) <= 1
+    assert rows[1]["client_acc_mean"] == "" and rows[3]["client_acc_mean"] == ""
+    assert float(rows[4]["client_acc_mean"]) > float(rows[0]["client_acc_mean"]) + 0.3  # the federation learned
+    details = {d["round"]: d for d in map(json.loads, (tmp_path / "rounds.jsonl").read_text().splitlines())}
+    assert len(details[0]["client_accuracy"]) == 6 and None not in details[4]["client_accuracy"]
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main([str(tmp_path), "--json"]) == 0
+    res = json.loads(buf.getvalue())
+    assert [c["accuracy"] for c in res["clients"]] == pytest.approx(details[4]["client_accuracy"], abs=1e-12)

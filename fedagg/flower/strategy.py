@@ -120,6 +120,8 @@ class FedaggStrategy(Strategy):
         connect_timeout: float = 120.0,
         max_update_norm: float | None = None,
         assign_unknown_nodes: bool = True,
+        evaluate_every: int = 1,
+        evaluate_initial: bool = False,
     ) -> None:
         if not 0.0 <= fraction_evaluate <= 1.0:
             raise ValueError(f"fraction_evaluate={fraction_evaluate} must be in [0, 1]")
@@ -136,6 +138,9 @@ class FedaggStrategy(Strategy):
         self.connect_timeout = float(connect_timeout)
         self.max_update_norm = max_update_norm
         self.assign_unknown_nodes = assign_unknown_nodes
+        self.evaluate_every = max(1, int(evaluate_every))  # client-side evaluation every k rounds
+        self.evaluate_initial = bool(evaluate_initial)  # ... and of the initial model (round 0)
+        self.client_scores: dict[int, dict[int, tuple[float, float, int]]] = {}  # round -> client -> (acc, loss, n)
         self.node_of: Mapping[int, int] = {}  # client id -> Flower node id
         self.client_of: Mapping[int, int] = {}  # Flower node id -> client id
         self._told: set[int] = set()  # nodes that reported their partition-id themselves
@@ -283,7 +288,7 @@ class FedaggStrategy(Strategy):
         return self._arrays, MetricRecord(metrics)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        if self.fraction_evaluate == 0.0 or not self.node_of:
+        if self.fraction_evaluate == 0.0 or not self.node_of or server_round % self.evaluate_every:
             return []
         self._sync(arrays)
         agg = self.aggregator
@@ -313,6 +318,10 @@ class FedaggStrategy(Strategy):
                 continue
             count += 1
             total += n
+            pid, acc, loss = m.get("partition-id"), m.get("accuracy"), m.get("loss")
+            if isinstance(pid, int) and isinstance(acc, (int, float)):
+                loss_f = float(loss) if isinstance(loss, (int, float)) else float("nan")
+                self.client_scores.setdefault(server_round, {})[pid] = (float(acc), loss_f, n)
             for k, v in m.items():
                 if k in ("num-examples", "partition-id") or isinstance(v, (bool, list)):
                     continue
@@ -411,6 +420,12 @@ class FedaggStrategy(Strategy):
             res = evaluate_fn(0, initial_arrays)
             if res is not None:
                 result.evaluate_metrics_serverapp[0] = res
+        if start_round == 1 and self.evaluate_initial:  # client-side evaluation of the initial model (round 0)
+            msgs = list(self.configure_evaluate(0, initial_arrays, evaluate_config, grid))
+            if msgs:
+                ev = self.aggregate_evaluate(0, grid.send_and_receive(msgs, timeout=timeout))
+                if ev is not None:
+                    result.evaluate_metrics_clientapp[0] = ev
         arrays = initial_arrays
         result.arrays = arrays
         for rnd in range(start_round, num_rounds + 1):
