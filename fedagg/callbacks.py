@@ -167,7 +167,7 @@ class ClientEvaluation(RoundCallback):
         self._round0_done = False
 
     def _metrics(self, scores: dict[int, tuple[float, float, int]]) -> dict[str, Any]:
-        n = int(self.exp.cfg["num_clients"])
+        n = self.exp.cfg.num_clients
         accs = [scores[c][0] if c in scores else None for c in range(n)]
         return {**distribution([a for a in accs if a is not None]), "client_accuracy": accs}
 
