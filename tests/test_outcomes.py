@@ -46,3 +46,23 @@ def test_first_signal_requests_a_stop_second_aborts():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_nobody_asked_warns_once_per_stretch():
+    from fedagg.outcomes import NobodyAsked
+
+    w = NobodyAsked()
+    assert "round 1 asked no client" in w.observe(1, 0)
+    assert w.observe(2, 0) is None  # same stretch: said once
+    assert w.observe(3, 4) is None
+    assert "round 4" in w.observe(4, 0)
+
+
+def test_early_round_warning_points_to_the_claim_preset():
+    from fedagg.outcomes import early_round_warning
+
+    msg = early_round_warning("fedau", "bernoulli", None)
+    assert "participants/N" in msg and "claim_fedau" in msg
+    assert early_round_warning("fedau", "full", None) is None  # everyone takes part: no shrinkage
+    assert early_round_warning("fedavg", "bernoulli", None) is None
+    assert early_round_warning("fedau", "bernoulli", 10.0) is None  # a tuned server lr
