@@ -7,15 +7,15 @@ only randomness is the named stream ``rng(seed, "partition")``.
 name               scheme (source)
 =================  =====================================================================
 iid                equal random split
-dirichlet          NIID-1 of NIID-Bench / MOON / FedDisco (ALGORITHMS.md §5.5)
-dirichlet_fedau    FedAU's per-client Dir(α·1_C) + contiguous cumulative split (§3.7)
+dirichlet          NIID-1 of NIID-Bench / MOON / FedDisco
+dirichlet_fedau    FedAU's per-client Dir(α·1_C) + contiguous cumulative split
 dirichlet_fedlaw   FedLAW's per-class Dir(α·1_N), rounded counts, last client takes
-                   the remainder (§4.6)
+                   the remainder
 shards             FedAvg's pathological split: sort by label, ``shards_per_client``
                    equal shards per client
 quantity_skew      IID content, log-normal client sizes (``sigma``)
 niid2              FedDisco NIID-2: ``num_biased`` clients with C/5 classes each, the
-                   rest one shard of every class (§5.5)
+                   rest one shard of every class
 natural            the dataset's own client ids (``synthetic``; ``femnist`` by writer and
                    ``shakespeare`` by speaking role, numbered by flwr-datasets'
                    ``NaturalIdPartitioner``)
