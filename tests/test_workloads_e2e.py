@@ -116,6 +116,14 @@ def test_model_that_does_not_fit_is_refused_before_training(model, dataset, extr
     assert f"model={model}" in msg and f"dataset={dataset}" in msg and "models that fit:" in msg
 
 
+@pytest.mark.parametrize("override, key", [("model.norm=layer", "model.norm"), ("model.norm_groups=two", "model.norm_groups"),
+                                           ("+model.depth=3", "model.depth")])
+def test_bad_model_option_is_refused_at_composition(override, key):
+    with pytest.raises(ConfigError) as e:
+        build(compose("dataset=mnist_5k", "model=resnet18", override, "runtime=inprocess"))
+    assert key in str(e.value)
+
+
 def test_cli_refuses_misfit_in_one_line_with_exit_2(tmp_path):
     p = subprocess.run(fedagg_cmd() + ["dataset=mnist_5k", "model=cnn1d", "runtime=inprocess",
                                        f"hydra.run.dir={tmp_path}"], check=False, cwd=ROOT, capture_output=True, text=True,

@@ -17,7 +17,7 @@ so the same config and seed give the same clients.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -57,7 +57,8 @@ def flwr_dirichlet(
 
 @register_partition("flwr_pathological")
 def flwr_pathological(
-    labels: np.ndarray, n: int, rng: np.random.Generator, classes_per_client: int = 2, assignment: str = "random",
+    labels: np.ndarray, n: int, rng: np.random.Generator, classes_per_client: int = 2,
+    assignment: Literal["random", "deterministic", "first-deterministic"] = "random",
 ) -> list[np.ndarray]:
     from flwr_datasets.partitioner import PathologicalPartitioner
 
@@ -67,6 +68,6 @@ def flwr_pathological(
     k = int(classes_per_client)
     if not 1 <= k <= len(np.unique(labels)):
         raise ValueError(f"partition.classes_per_client={k} must be in 1..{len(np.unique(labels))}")
-    p = PathologicalPartitioner(n, "label", k, class_assignment_mode=assignment, shuffle=True,  # type: ignore[arg-type]
+    p = PathologicalPartitioner(n, "label", k, class_assignment_mode=assignment, shuffle=True,
                                 seed=_seed(rng))
     return _run(p, labels, n)

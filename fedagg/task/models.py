@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -267,6 +267,7 @@ def lenet5(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 
 # --------------------------------------------------------------------------- ResNets and VGG
 NORMS = ("batch", "group")
+Norm = Literal["batch", "group"]
 
 
 def _norm_layer(norm: str, groups: int) -> Callable[[int], nn.Module]:
@@ -336,7 +337,7 @@ class ResNet(nn.Module):
 
 
 @register_model("resnet18", fits=(IMAGE,), min_side=8)
-def resnet18(input_shape: tuple[int, ...], num_classes: int, norm: str = "batch", norm_groups: int = 2) -> nn.Module:
+def resnet18(input_shape: tuple[int, ...], num_classes: int, norm: Norm = "batch", norm_groups: int = 2) -> nn.Module:
     """ResNet-18 for 32x32: widths 64-128-256-512, 2 blocks each (11.17 M
     parameters for 3 channels and 10 classes). ``norm=group`` uses
     GroupNorm(``norm_groups``, C) (2 groups: Hsieh et al. 2020, the usual FL choice)."""
@@ -344,7 +345,7 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int, norm: str = "batch"
 
 
 @register_model("resnet20", fits=(IMAGE,), min_side=8)
-def resnet20(input_shape: tuple[int, ...], num_classes: int, norm: str = "batch", norm_groups: int = 2) -> nn.Module:
+def resnet20(input_shape: tuple[int, ...], num_classes: int, norm: Norm = "batch", norm_groups: int = 2) -> nn.Module:
     """ResNet-20 (He et al. 2016, CIFAR): widths 16-32-64, 3 blocks each, 1x1
     projection shortcuts as in FedLAW's code (0.27 M parameters for 10 classes)."""
     return ResNet(input_shape, num_classes, (16, 32, 64), (3, 3, 3), norm, norm_groups)
