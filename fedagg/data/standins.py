@@ -29,7 +29,8 @@ IMAGE_SCHEMAS = {
                                     "coarse_label": [f"c{i}" for i in range(20)]}, ("train", "test")),
     "svhn": ("image", "RGB", 32, {"label": DIGITS}, ("train", "test", "extra")),
 }
-FEMNIST_CLASSES = 62
+FEMNIST_NAMES = [*DIGITS, *(chr(c) for c in range(65, 91)), *(chr(c) for c in range(97, 123))]  # 0-9 A-Z a-z
+FEMNIST_CLASSES = len(FEMNIST_NAMES)  # 62
 
 
 def _image(r: np.random.Generator, mode: str, side: int, label: int, num_classes: int):
@@ -87,7 +88,7 @@ def femnist_dataset(writers: int = 4, per_writer: int = 12, seed: int = 0):
             rows["hsf_id"].append(w % 8)
             rows["character"].append(c)
     feats = hf.Features({"image": hf.Image(), "writer_id": hf.Value("string"), "hsf_id": hf.Value("int64"),
-                         "character": hf.ClassLabel(names=[str(i) for i in range(FEMNIST_CLASSES)])})
+                         "character": hf.ClassLabel(names=FEMNIST_NAMES)})
     return hf.Dataset.from_dict(rows, features=feats)
 
 
