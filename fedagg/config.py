@@ -115,6 +115,9 @@ class Config:
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | cuda:<i> | auto
     val_fraction: float = 0.0  # per-client validation split
+    # fraction of the training set held out of every client's data (class-balanced) as the server's own
+    # labelled data; FedLAW learns on it when > 0 (else on a proxy carved from the test set)
+    server_holdout: float = 0.0
     torch_threads: Optional[int] = 1  # torch intra-op threads in the server process; null = torch's default
     train: TrainConfig = field(default_factory=TrainConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -304,6 +307,7 @@ def check_fixed(cfg: Config) -> None:
     _need(cfg.num_clients >= 1, "num_clients", cfg.num_clients, "it must be an integer >= 1")
     _need(cfg.rounds >= 1, "rounds", cfg.rounds, "it must be an integer >= 1")
     _need(0.0 <= cfg.val_fraction < 1.0, "val_fraction", cfg.val_fraction, "it must be in [0, 1)")
+    _need(0.0 <= cfg.server_holdout < 1.0, "server_holdout", cfg.server_holdout, "it must be in [0, 1)")
     _need(cfg.torch_threads is None or cfg.torch_threads >= 1, "torch_threads", cfg.torch_threads,
           "it must be >= 1 or null (torch's default)")
     dev = cfg.device

@@ -72,6 +72,8 @@ class Experiment:
 
 def data_spec(cfg: Config) -> dict[str, Any]:
     spec: dict[str, Any] = {"seed": cfg.seed, "num_clients": cfg.num_clients, "val_fraction": float(cfg.val_fraction)}
+    if cfg.server_holdout > 0:  # only when used: every other spec stays as it was
+        spec["server_holdout"] = float(cfg.server_holdout)
     for group in ("dataset", "partition", "noise"):
         for k, v in getattr(cfg, group).items():
             spec[f"{group}.{k}"] = v
@@ -100,7 +102,9 @@ def build(raw: Any) -> Experiment:
     aopts = options(cfg.aggregator)
     cls = agg.get(cfg.aggregator["name"])
     proxy = None
-    if getattr(cls, "needs_proxy", False):  # FedLAW: class-balanced proxy carved from the test set
+    if getattr(cls, "needs_proxy", False) and len(fd.holdout):  # FedLAW: the training data held out of
+        proxy = (fd.data.x_train[fd.holdout], fd.data.y_train[fd.holdout])  # every client alike
+    elif getattr(cls, "needs_proxy", False):  # FedLAW: class-balanced proxy carved from the test set
         default = inspect.signature(cls).parameters["proxy_fraction"].default
         frac = float(aopts["proxy_fraction"] if "proxy_fraction" in aopts else default)
         per_class = max(1, int(round(frac * len(y_test) / fd.num_classes)))

@@ -6,7 +6,8 @@ The same spec travels in every Flower message (a ConfigRecord holds only
 scalars), so the server and every client process rebuild exactly the same
 shards from the seed; each process builds a spec once and caches it.
 
-Spec keys: ``seed``, ``num_clients``, ``val_fraction``, ``dataset.*``,
+Spec keys: ``seed``, ``num_clients``, ``val_fraction``, ``server_holdout`` (optional: the
+class-balanced fraction of the training set held out of every client), ``dataset.*``,
 ``partition.*`` and ``noise.*``:
 
 - ``noise.kind``: ``none`` | ``label_flip`` | ``label_permute`` | ``gaussian``
@@ -92,6 +93,15 @@ class NoiseSpec:
         return cls(kind, **vals)
 
 
+def class_balanced(y: np.ndarray, fraction: float, num_classes: int, seed: int) -> np.ndarray:
+    """Sorted indices of round(fraction·|y|/C) samples of every class (fewer if a
+    class is smaller), drawn from the stream ``(seed, "server-holdout")``."""
+    per_class = max(1, int(round(fraction * len(y) / num_classes)))
+    r = named_rng(seed, "server-holdout")
+    pick = [r.permutation(np.flatnonzero(y == c))[:per_class] for c in range(num_classes)]
+    return np.sort(np.concatenate(pick)).astype(np.int64)
+
+
 class FederatedData:
     def __init__(self, spec: Mapping[str, Any]) -> None:
         self.spec = dict(spec)
@@ -103,10 +113,16 @@ class FederatedData:
         self.val_fraction = float(spec.get("val_fraction", 0.0) or 0.0)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
+        self.server_holdout = float(spec.get("server_holdout", 0.0) or 0.0)
+        if not 0.0 <= self.server_holdout < 1.0:
+            raise ValueError(f"server_holdout={self.server_holdout} must be in [0, 1)")
+        self.holdout = np.array([], dtype=np.int64)  # training indices held out of every client (server data)
         self.users: SyntheticUsers | None = None
         self.parts: list[np.ndarray] | None = None
         pname = str(spec.get("partition.name", "iid"))
         if pname == "natural" and spec["dataset.name"] == "synthetic":  # each user generates its own shard
+            if self.server_holdout:
+                raise ValueError("server_holdout needs a shared training set; synthetic natural users have none")
             self.users = SyntheticUsers(seed, **sub(spec, "dataset"))
             if self.users.num_users != self.num_clients:
                 raise ValueError(f"partition=natural needs num_clients == dataset.num_users "
@@ -114,10 +130,17 @@ class FederatedData:
             self.data: Dataset = self.users.server_dataset()
         else:
             self.data = load_dataset(str(spec["dataset.name"]), seed=seed, **sub(spec, "dataset"))
-            self.parts = partition(
-                pname, self.data.y_train, self.num_clients, seed=seed,
-                groups=self.data.client_ids, **sub(spec, "partition"),
+            y = self.data.y_train
+            pool = np.arange(len(y))
+            if self.server_holdout:
+                self.holdout = class_balanced(y, self.server_holdout, self.data.num_classes, seed)
+                pool = np.setdiff1d(pool, self.holdout)
+            groups = self.data.client_ids
+            parts = partition(
+                pname, y[pool], self.num_clients, seed=seed,
+                groups=None if groups is None else np.asarray(groups)[pool], **sub(spec, "partition"),
             )
+            self.parts = [pool[p] for p in parts]
         self.noisy_clients = self._choose_noisy()
         self._permutation = self._derangement() if self.noise.kind == "label_permute" else None
         self._clients: OrderedDict[int, ClientData] = OrderedDict()
