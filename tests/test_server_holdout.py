@@ -18,7 +18,7 @@ SPEC = {"seed": 3, "num_clients": 6, "dataset.name": "digits", "partition.name":
 def test_holdout_is_class_balanced_and_disjoint_from_every_client():
     fd = FederatedData({**SPEC, "server_holdout": 0.05})
     y = fd.data.y_train
-    per_class = int(round(0.05 * len(y) / 10))
+    per_class = round(0.05 * len(y) / 10)
     assert np.bincount(y[fd.holdout], minlength=10).tolist() == [per_class] * 10
     shards = np.concatenate(fd.parts)
     assert not np.intersect1d(shards, fd.holdout).size  # no client holds a server sample

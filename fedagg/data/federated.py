@@ -96,7 +96,7 @@ class NoiseSpec:
 def class_balanced(y: np.ndarray, fraction: float, num_classes: int, seed: int) -> np.ndarray:
     """Sorted indices of round(fraction·|y|/C) samples of every class (fewer if a
     class is smaller), drawn from the stream ``(seed, "server-holdout")``."""
-    per_class = max(1, int(round(fraction * len(y) / num_classes)))
+    per_class = max(1, round(fraction * len(y) / num_classes))
     r = named_rng(seed, "server-holdout")
     pick = [r.permutation(np.flatnonzero(y == c))[:per_class] for c in range(num_classes)]
     return np.sort(np.concatenate(pick)).astype(np.int64)
