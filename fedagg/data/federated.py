@@ -225,7 +225,8 @@ class LazyLabelDists:
     (participation patterns that never look at the data never pay for it)."""
 
     def __init__(self, fd: FederatedData) -> None:
-        self._fd, self._value = fd, None
+        self._fd = fd
+        self._value: np.ndarray | None = None
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         if self._value is None:

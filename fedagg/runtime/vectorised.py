@@ -180,7 +180,7 @@ def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list
                 raise ca.InjectedFault(f"client {pid}: dropped out mid-round after {done} steps")
             if fault == "deadline":
                 raise ca.InjectedFault(f"client {pid}: straggler missed the round deadline")
-            rec = msg.content["arrays"]
+            rec = msg.content.array_records["arrays"]
             if id(rec) not in decoded:
                 decoded[id(rec)] = record_to_params(rec)
             m = Member(pid, data.x_train, data.y_train, decoded[id(rec)], epochs=epochs, steps=steps,
