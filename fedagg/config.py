@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Literal, Optional, Union, get_args, get_
 
 from .errors import ConfigError
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # packaged with fedagg (package-data)
 GROUPS = ("aggregator", "dataset", "partition", "noise", "model", "participation", "heterogeneity", "logger")
 RUNTIMES = ("inprocess", "flower", "ray")
 
@@ -415,7 +415,8 @@ def _unknown_keys(cfg: Any) -> None:
         if key not in sections:
             near = difflib.get_close_matches(key, list(sections), n=1)
             hint = f"did you mean {near[0]}? " if near else ""
-            value = cfg._get_node(key)._value() if hasattr(cfg._get_node(key), "_value") else "?"  # noqa: SLF001
+            node = cfg._get_node(key)  # noqa: SLF001 - the raw value, without resolving interpolations
+            value = node._value() if node is not None else "?"  # noqa: SLF001
             raise ConfigError(
                 f"{key}={value} is not a config key; {hint}valid keys: {', '.join(sorted(sections))}"
             )

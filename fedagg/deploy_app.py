@@ -5,8 +5,8 @@ two keys:
 
 - ``overrides``: Hydra overrides as one string, e.g.
   ``"aggregator=feddisco rounds=2 num_clients=2 dataset=digits model=mlp"``,
-  composed on the repo's ``conf/`` (found next to the imported ``fedagg``
-  package; the FAB ships ``conf/**/*.yaml`` for the same reason);
+  composed on ``fedagg/conf/`` (package data of the imported ``fedagg``;
+  the FAB ships ``fedagg/conf/**/*.yaml`` for the same reason);
 - ``out-dir``: where metrics.csv, rounds.jsonl, model.pt, config.yaml and
   status.json are written (a relative path resolves against the SuperLink
   process's working directory, so pass an absolute one).
@@ -39,15 +39,15 @@ app = ServerApp()
 
 
 def conf_dir() -> Path:
-    """``conf/`` next to the imported fedagg package (the repo in an editable
-    install, the FAB's copy when the app runs from $FLWR_HOME/apps/...)."""
+    """``fedagg/conf/`` of the imported fedagg package (the installed copy, or
+    the FAB's when the app runs from $FLWR_HOME/apps/...)."""
     from .config import CONF_DIR  # the one place that says where conf/ is
 
     d = Path(CONF_DIR)
     if not (d / "config.yaml").is_file():
         raise FileNotFoundError(
-            f"fedagg config dir not found at {d}; install fedagg from the repo (pip install -e .) "
-            "or build the FAB with conf/**/*.yaml included"
+            f"fedagg config dir not found at {d}; install fedagg (pip install .) "
+            "or build the FAB with fedagg/conf/**/*.yaml included"
         )
     return d
 

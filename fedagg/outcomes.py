@@ -121,7 +121,7 @@ def early_round_warning(aggregator: str, participation: str, server_lr: float | 
     return (f"aggregator={aggregator} with participation={participation}: each round's update is divided by "
             f"num_clients, so early rounds move ~participants/N as far as FedAvg's at server lr "
             f"{1.0 if server_lr is None else server_lr}; the paper's tuned learning rates are in "
-            f"conf/experiment/claim_fedau.yaml (claim_lr, claim_server_lr; +experiment=claim_fedau)")
+            f"fedagg/conf/experiment/claim_fedau.yaml (vars.claim_lr, vars.claim_server_lr; +experiment=claim_fedau)")
 
 
 class NobodyAsked:

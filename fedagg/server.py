@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -25,7 +25,6 @@ from .callbacks import (
     Outcome,
     Progress,
 )
-from .experiment import Experiment
 from .flower.callbacks import RoundCallback
 from .flower.codec import params_to_record, record_to_params
 from .flower.strategy import FedaggStrategy
@@ -33,6 +32,9 @@ from .outcomes import RunGuard, early_round_warning
 from .report.loggers import make_logger
 from .report.metrics import Recorder
 from .task.train import evaluate, set_params
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
 
 log = logging.getLogger("fedagg")
 

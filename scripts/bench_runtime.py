@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = next((d for d in (ROOT / "fedagg" / "conf", ROOT / "conf") if (d / "config.yaml").exists()), ROOT / "conf")
+CONF_DIR = ROOT / "fedagg" / "conf"
 
 
 def overrides(clients: int, rounds: int, extra: list[str], model: str = "cnn1d") -> list[str]:

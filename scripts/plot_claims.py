@@ -17,11 +17,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import yaml
-
-import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-
 from fedagg_testing import ROOT, fedagg_cmd
 
-CLAIMS = sorted(p.stem[: -len("_small")] for p in (ROOT / "conf" / "experiment").glob("claim_*_small.yaml"))
+from fedagg.config import CONF_DIR
+
+CLAIMS = sorted(p.stem[: -len("_small")] for p in (Path(CONF_DIR) / "experiment").glob("claim_*_small.yaml"))
 
 
 def test_every_claim_has_a_small_variant():
-    full = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("claim_*.yaml") if not p.stem.endswith("_small"))
+    full = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("claim_*.yaml") if not p.stem.endswith("_small"))
     assert full == CLAIMS and len(CLAIMS) == 5
 
 

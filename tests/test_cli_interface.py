@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import yaml
+from fedagg_testing import CONF_DIR
 
 from fedagg.help import help_text, version
 from fedagg.resume import expand_resume, override_key
-
-from fedagg_testing import CONF_DIR
 
 
 def test_help_lists_groups_choices_and_an_example_each():

@@ -7,12 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from fedagg.config import Config, compose, load, to_config
-from fedagg.errors import ConfigError
-
 from fedagg_testing import ROOT, fedagg_cmd
 from fedagg_testing import compose as raw_compose
+
+from fedagg.config import CONF_DIR, Config, compose, load, to_config
+from fedagg.errors import ConfigError
 
 # (overrides, words the one line must contain)
 CASES = [
@@ -65,11 +64,11 @@ def test_schema_holds_one_default_per_key():
     only place a fixed key's default lives."""
     import yaml
 
-    text = yaml.safe_load((Path(ROOT) / "conf" / "config.yaml").read_text())
+    text = yaml.safe_load((Path(CONF_DIR) / "config.yaml").read_text())
     assert set(text) == {"defaults", "hydra"}
     assert text["defaults"][0] == "base_config"
     for sub in ("ray", "flower", "inprocess"):
-        assert set(yaml.safe_load((Path(ROOT) / "conf" / "runtime" / f"{sub}.yaml").read_text())) == {"name"}
+        assert set(yaml.safe_load((Path(CONF_DIR) / "runtime" / f"{sub}.yaml").read_text())) == {"name"}
     cfg = load(raw_compose())
     assert isinstance(cfg, Config)
     assert (cfg.train.lr, cfg.train.epochs, cfg.num_clients, cfg.rounds) == (0.05, 2, 20, 30)

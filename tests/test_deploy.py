@@ -1,4 +1,4 @@
-"""Real Flower deployment on loopback (issue 7): one SuperLink + SuperNodes as
+"""Real Flower deployment on loopback: one SuperLink + SuperNodes as
 separate processes, each with its own FLWR_HOME; runs submitted with
 ``flwr run`` and judged by ``flwr ls`` status (never by ``flwr run``'s exit
 code). No mocks. Every wait has a timeout; every process is stopped by PID

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from fedagg.experiment import run
-
 from fedagg_testing import SMALL, compose
+
+from fedagg.experiment import run
 
 HET = [*SMALL, "num_clients=20", "rounds=8", "runtime=inprocess", "participation=bernoulli",
        "participation.p_min=0.2", "heterogeneity=stragglers", "heterogeneity.rate=0.3",
@@ -21,7 +21,7 @@ def test_bernoulli_stragglers_show_round_by_round(tmp_path):
     assert all(0 < a < 20 for a in asked), asked
     assert sum(failed) > 0 and len(set(failed)) > 1, failed
     assert all(r["clients_replied"] + r["clients_failed"] == r["clients_asked"] for r in rows)
-    details = [json.loads(l) for l in (tmp_path / "a" / "rounds.jsonl").read_text().splitlines()]
+    details = [json.loads(line) for line in (tmp_path / "a" / "rounds.jsonl").read_text().splitlines()]
     assert any("deadline" in why for d in details for why in d["failed"].values())
     # the same seed reproduces participation, faults and numbers exactly
     again = run(compose(*HET), tmp_path / "b")

@@ -10,7 +10,6 @@ import time
 
 import pytest
 import torch
-
 from fedagg_testing import SMALL, compose
 
 ray = pytest.importorskip("ray")

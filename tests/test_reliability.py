@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fedagg_testing import ROOT, SMALL, compose, fedagg_cmd
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from fedagg.errors import ConfigError
@@ -19,8 +20,6 @@ from fedagg.experiment import build, run
 from fedagg.flower.client_app import app as real_client_app
 from fedagg.runtime.inprocess import InProcessGrid, set_task_identity
 from fedagg.server import run_server
-
-from fedagg_testing import ROOT, SMALL, compose, fedagg_cmd
 
 BAD = 1  # the client whose replies get corrupted
 
@@ -92,7 +91,7 @@ def test_crashing_clients_survived_and_accuracy_rises(tmp_path):
     failed = sum(r["clients_failed"] for r in rows)
     assert 5 <= failed <= 40, failed  # about 20% of 100 client-rounds
     assert all(r["clients_replied"] + r["clients_failed"] == r["clients_asked"] for r in rows)
-    details = [l for l in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    details = (tmp_path / "rounds.jsonl").read_text().splitlines()
     assert "injected crash" in "".join(details)
     assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"] + 0.1
 
@@ -214,8 +213,10 @@ def test_resume_with_changed_key_is_refused_and_overwrites_nothing(tmp_path):
 def test_node_with_out_of_range_partition_id_is_refused_by_name():
     """A SuperNode started with --node-config 'partition-id=9' in a 6-client run:
     its ClientApp answers with an error naming the key and the valid range."""
+    from flwr.app import MessageType
+    from flwr.app import RecordDict as RD
+
     from fedagg.runtime.inprocess import call_client
-    from flwr.app import MessageType, RecordDict as RD
 
     exp = build(compose(*SMALL, "runtime=inprocess"))
     set_task_identity()

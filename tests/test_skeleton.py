@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from fedagg_testing import ROOT, SMALL, compose, fedagg_cmd
 
 from fedagg.errors import ConfigError
 from fedagg.experiment import build, run
-
-from fedagg_testing import ROOT, SMALL, compose, fedagg_cmd
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:

@@ -6,20 +6,20 @@ import importlib.util
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
+from fedagg_testing import ROOT, compose, fedagg_cmd
 from omegaconf import OmegaConf
 
-from fedagg.config import load, to_config
+from fedagg.config import CONF_DIR, load, to_config
 from fedagg.errors import ConfigError
 from fedagg.experiment import run
 from fedagg.report.loggers import check_logger, make_logger
 from fedagg.sweep import apply_cpu_budget, available_cores, cpu_share, parallel_jobs
 
-from fedagg_testing import ROOT, compose, fedagg_cmd
-
-PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 # presets on Hub datasets (paper_*, bench_*) run on schema-exact stand-ins in test_workloads_e2e.py
 OFFLINE_PRESETS = [p for p in PRESETS if not p.startswith(("paper_", "bench_"))]
 
@@ -27,7 +27,7 @@ OFFLINE_PRESETS = [p for p in PRESETS if not p.startswith(("paper_", "bench_"))]
 def test_presets_exist():
     assert {"small", "compare_participation"} <= set(PRESETS)
     for name in PRESETS:
-        assert (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text().startswith("# @package _global_")
+        assert (Path(CONF_DIR) / "experiment" / f"{name}.yaml").read_text().startswith("# @package _global_")
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -42,7 +42,7 @@ def test_command_line_beats_preset():
 
 
 def test_compare_participation_sweeps_the_readme_question():
-    text = yaml.safe_load((ROOT / "conf" / "experiment" / "compare_participation.yaml").read_text())
+    text = yaml.safe_load((Path(CONF_DIR) / "experiment" / "compare_participation.yaml").read_text())
     params = text["hydra"]["sweeper"]["params"]
     assert set(params["aggregator"].split(",")) == {"fedavg", "fedau", "feddisco", "ida"}
     assert len(params["participation"].split(",")) == 2

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fedagg_testing import ROOT, compose, fedagg_cmd
 
+from fedagg.config import load
 from fedagg.data.federated import FederatedData
 from fedagg.data.standins import (
     femnist_dataset,
@@ -18,7 +19,6 @@ from fedagg.data.standins import (
     save_standin,
     shakespeare_dataset,
 )
-from fedagg.config import load
 from fedagg.errors import ConfigError
 from fedagg.experiment import build, data_spec, run
 

@@ -1,15 +1,26 @@
-"""Aggregators: one module per paper, each registered by name."""
-from .base import (  # noqa: F401
+"""Aggregators: one module per paper, each registering its rule(s) by name.
+
+Every module of this package is imported here (package discovery), so a new
+built-in rule is one new module with an ``@register("name")`` class -- no edit
+of this file. A user's rule lives in the user's own package and is selected
+with ``aggregator._target_=my_pkg.rules.MyRule`` instead.
+"""
+import importlib
+import pkgutil
+
+from .base import (
     Aggregator,
     AggregatorContext,
     ClientUpdate,
+    InvalidUpdate,
     Params,
     RoundInfo,
 )
-from .registry import available, build, get, register  # noqa: F401
-from . import fedavg  # noqa: F401  (registers itself)
-from . import fedau  # noqa: F401
-from . import feddisco  # noqa: F401
-from . import ida  # noqa: F401
-from . import fedlaw  # noqa: F401
-from . import gossip  # noqa: F401
+from .registry import available, build, get, register
+
+__all__ = ["Aggregator", "AggregatorContext", "ClientUpdate", "InvalidUpdate", "Params", "RoundInfo",
+           "available", "build", "get", "register"]
+
+for _mod in pkgutil.iter_modules(__path__):
+    if _mod.name not in ("base", "registry"):
+        importlib.import_module(f"{__name__}.{_mod.name}")

@@ -124,14 +124,11 @@ class AggregatorContext:
 class Aggregator:
     """Base class. Subclasses implement :meth:`aggregate`; callers call :meth:`apply`.
 
-    ``streaming = True`` marks rules that are weighted sums and could add each
-    update into one accumulator as it arrives; rules that need the whole set
-    (IDA, FedLAW, gossip) set it False. ``per_node_models`` marks rules that
-    keep one model per client (gossip: :meth:`params_for`).
+    ``per_node_models`` marks rules that keep one model per client (gossip:
+    :meth:`params_for`).
     """
 
     name: ClassVar[str] = "base"
-    streaming: ClassVar[bool] = False
     per_node_models: ClassVar[bool] = False
     # what the rule needs from the host; the context carries only these
     needs_proxy: ClassVar[bool] = False  # ctx.proxy_data: the server's labelled proxy set

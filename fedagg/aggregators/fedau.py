@@ -111,8 +111,6 @@ class IntervalEstimator:
 class _DeltaRule(Aggregator):
     """x_{t+1} = x_t + η · direction on learnable tensors (see module doc)."""
 
-    streaming = True
-
     def __init__(
         self,
         ctx: AggregatorContext,
@@ -301,8 +299,6 @@ class AverageAll(_DeltaRule):
 class _StoredUpdates(_DeltaRule):
     """Keeps the latest Δ_n of every client (learnable tensors, in the model's
     dtype; 0 before the first participation) and their running sum (float64)."""
-
-    streaming = False
 
     def setup(self) -> None:
         self.stored: dict[int, dict[str, np.ndarray]] = {}

@@ -32,7 +32,6 @@ from .server_opt import apply_server_step, server_optimizer
 
 @register("fedavg")
 class FedAvg(Aggregator):
-    streaming = True
 
     def __init__(
         self,

@@ -78,7 +78,6 @@ def discrepancies(D: np.ndarray, T: np.ndarray, metric: str) -> np.ndarray:
 
 @register("feddisco")
 class FedDisco(Aggregator):
-    streaming = True  # a weighted sum once the (scalar) weights are known
     needs_label_hist = True  # d_k needs each participant's label distribution
 
     def __init__(

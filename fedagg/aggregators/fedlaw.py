@@ -93,7 +93,6 @@ def swa_stage_lr(base: float, epoch: int, swa_start: int, swa_lr: float) -> floa
 
 @register("fedlaw")
 class FedLAW(Aggregator):
-    streaming = False
     needs_proxy = True  # λ and γ are learned on the server's proxy set
     needs_model_fn = True  # ... through a functional forward of the model
 

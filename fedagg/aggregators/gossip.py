@@ -121,7 +121,6 @@ def variance_correct(avg: np.ndarray, target_var: float, eps: float = 0.0) -> np
 
 @register("gossip")
 class Gossip(Aggregator):
-    streaming = False
     per_node_models = True
     needs_init_params = True  # independent_init: each node starts from its own init
 

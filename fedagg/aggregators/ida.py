@@ -39,7 +39,6 @@ distances are half the gap). Stateless: nothing is kept across rounds.
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from .base import (
@@ -47,12 +46,13 @@ from .base import (
     AggregatorContext,
     ClientUpdate,
     Params,
+    chunked,
     is_float,
     is_learnable,
     sorted_updates,
+    weighted_sum,
     weights_metrics,
 )
-from .base import chunked, weighted_sum
 from .registry import register
 
 VARIANTS = ("ida", "intrac", "ida_intrac", "ida_fedavg")
@@ -60,7 +60,6 @@ VARIANTS = ("ida", "intrac", "ida_intrac", "ida_fedavg")
 
 @register("ida")
 class IDA(Aggregator):
-    streaming = False
 
     def __init__(
         self,
@@ -162,7 +161,7 @@ class IDA(Aggregator):
         per_tensor: dict[str, np.ndarray] = {}
         if self.granularity == "layer":
             per_tensor = {k: self.coefficients(self._finish(v), updates) for k, v in parts.items()}
-        out: Params = {}
+        out = {}
         top = int(np.argmax(alpha_model))
         for name, ref in global_params.items():
             if not is_float(ref):

@@ -48,7 +48,6 @@ from .partition import partition
 
 CLIENT_CACHE = 4096  # shards kept per process (least recently used are rebuilt when asked again)
 
-SPEC_PREFIXES = ("dataset.", "partition.", "noise.")
 NOISE_KINDS = ("none", "label_flip", "label_permute", "gaussian")
 
 

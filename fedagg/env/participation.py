@@ -10,7 +10,7 @@ name       pattern
 =========  ==========================================================================================
 full       everyone, every round
 uniform    ``round(fraction·N)`` (≥ 1) clients sampled uniformly without replacement per round
-bernoulli  q_n^t ~ Bernoulli(p_n), i.i.d. over rounds (FedAU, ALGORITHMS.md §3.7)
+bernoulli  q_n^t ~ Bernoulli(p_n), i.i.d. over rounds (FedAU, docs/algorithms.md §3)
 markov     two-state chain per client, stationary p_n (FedAU ``markov-a``)
 cyclic     square wave: A_n active rounds then B_n inactive ones, random phase (FedAU ``cyclic-L``)
 trace      availability read from a CSV of ``round,client`` rows
@@ -65,7 +65,7 @@ def build_participation(
 def fedau_probs(
     label_dists: np.ndarray, seed: int, p_bar: float = 0.1, p_min: float = 0.02, alpha: float = 0.1
 ) -> np.ndarray:
-    """FedAU's heterogeneous, data-correlated probabilities (ALGORITHMS.md §3.7)."""
+    """FedAU's heterogeneous, data-correlated probabilities (docs/algorithms.md §3)."""
     p_bar, p_min, alpha = float(p_bar), float(p_min), float(alpha)
     if not 0.0 < p_bar <= 1.0:
         raise ValueError(f"participation.p_bar={p_bar} must be in (0, 1] (mean participation probability)")

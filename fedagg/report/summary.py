@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -191,10 +190,6 @@ def _label(keys: list[str], vals: tuple) -> str:
     if not keys:
         return "all runs"
     return ", ".join(f"{k.split('.')[0] if k.endswith('.name') else k}={v}" for k, v in zip(keys, vals))
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)[:80]
 
 
 def build_tables(root: Path, last_k: int = 5, target: float | None = None):

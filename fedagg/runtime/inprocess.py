@@ -3,40 +3,25 @@ persistent Context per simulated node. Same ServerApp/ClientApp as every
 other runtime; no Ray, no polling."""
 from __future__ import annotations
 
-import traceback
 import uuid
 from typing import Any, Iterable, Iterator, Mapping
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
 
-ERROR_CODE_CLIENT_EXCEPTION = 1
+from .calls import ERROR_CODE_CLIENT_EXCEPTION, call_client, reply_from_node
+
+__all__ = ["ERROR_CODE_CLIENT_EXCEPTION", "NODE_ID_BASE", "InProcessGrid", "OffsetMap", "SimulatedGrid", "call_client",
+           "reply_from_node", "run_inprocess", "set_task_identity"]
 NODE_ID_BASE = 1000  # simulated node i (partition-id i) has id 1000 + i
 
 
 def set_task_identity(run_id: int = 1, node_id: int = 0, task_id: int = 1) -> None:
-    """Message() reads a process-global identity that Flower's runtimes set
-    (FLOWER_NOTES §2.4); outside one, set it ourselves."""
+    """Message() reads a process-global identity that Flower's runtimes set;
+    outside one, set it ourselves."""
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, node_id, task_id
-
-
-def reply_from_node(reply: Message, msg: Message) -> Message:
-    """Stamp the sender on a reply, as a SuperLink does: the node ``msg`` went to."""
-    reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
-    return reply
-
-
-def call_client(client_app: Any, msg: Message, ctx: Context) -> Message:
-    """Run the ClientApp on one message; an exception becomes an error reply,
-    as in Flower's real runtimes. The reply comes from ``msg``'s node."""
-    try:
-        reply = client_app(msg, ctx)
-    except Exception as e:  # noqa: BLE001 - any client failure is a failed reply
-        reason = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
-        reply = Message(Error(code=ERROR_CODE_CLIENT_EXCEPTION, reason=reason), reply_to=msg)
-    return reply_from_node(reply, msg)
 
 
 class OffsetMap(Mapping[int, int]):
@@ -148,7 +133,6 @@ class InProcessGrid(SimulatedGrid):
 
 def run_inprocess(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
     from ..flower.client_app import app as client_app
-
     from .vectorised import check_supported, settings_from
 
     vector = settings_from(exp.cfg.runtime)

@@ -31,7 +31,7 @@ from ..errors import ConfigError
 from ..flower.instruction import KEY, ClientInstruction, SimPlan
 from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_reason
 from ..task.train import round_lr
-from .inprocess import ERROR_CODE_CLIENT_EXCEPTION, reply_from_node
+from .calls import ERROR_CODE_CLIENT_EXCEPTION, reply_from_node
 
 log = logging.getLogger("fedagg")
 
@@ -145,7 +145,7 @@ def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list
     Falls back to ``client_app`` per message where the setup cannot be vectorised."""
     from ..flower import client_app as ca
     from ..flower.codec import record_to_params
-    from .inprocess import call_client
+    from .calls import call_client
 
     if not batch:
         return []

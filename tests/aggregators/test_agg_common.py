@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from aggtools import ctx, info, upd
+
 from fedagg.aggregators import available, build
 from fedagg.aggregators.base import is_float
 from fedagg.seeding import rng

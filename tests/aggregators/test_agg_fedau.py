@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 import pytest
-
 from aggtools import ctx, info, scalar, upd
+
 from fedagg.aggregators import build
 from fedagg.aggregators.fedau import IntervalEstimator
 from fedagg.seeding import rng

@@ -85,7 +85,7 @@ def test_learns_to_shrink_when_weights_are_inflated():
     assert gamma < 0.8
     assert m["fedlaw_proxy_loss_last"] < m["fedlaw_proxy_loss_first"]
     assert lam.sum() == pytest.approx(1.0)
-    expect = gamma * sum(l * u.params["weight"].astype(np.float64) for l, u in zip(lam, ups))
+    expect = gamma * sum(w * u.params["weight"].astype(np.float64) for w, u in zip(lam, ups))
     np.testing.assert_allclose(out["weight"], expect, rtol=1e-5)
     # control: clients already at the right scale -> γ stays near 1
     proxy, ups = toy(inflate=1.0)
@@ -147,7 +147,9 @@ def test_needs_proxy_and_model():
 def test_official_server_lr_per_dataset():
     proxy, _ = toy()
     assert fedlaw(proxy).server_lr == 0.005  # no dataset named: every dataset but CIFAR-10
-    mk = lambda ds, **o: build("fedlaw", ctx(n=3, c=3, model_fn=linear, proxy_data=proxy, dataset=ds), **o)
+    def mk(ds, **o):
+        return build("fedlaw", ctx(n=3, c=3, model_fn=linear, proxy_data=proxy, dataset=ds), **o)
+
     assert mk("cifar10").server_lr == 0.01
     assert mk("mnist").server_lr == mk("cifar100").server_lr == 0.005
     assert mk("cifar10", server_lr=0.2).server_lr == 0.2  # an explicit value wins

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from aggtools import ctx, info, upd
+
 from fedagg.aggregators import build
 from fedagg.seeding import rng
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
+from fedagg.config import CONF_DIR
 from fedagg.data import datasets, partition
 from fedagg.data.federated import NoiseSpec
 from fedagg.env import heterogeneity, participation
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(CONF_DIR)
 
 
 def files(group: str) -> list[Path]:
