@@ -9,7 +9,6 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import pytest
 from fedagg_testing import ROOT
 
 
