@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fedagg_testing import ROOT, fedagg_cmd
 
 # slow enough per round (~0.3-1 s) to interrupt between rounds, small enough to finish in seconds
