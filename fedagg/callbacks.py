@@ -13,12 +13,11 @@ from flwr.serverapp.strategy import Result
 
 from . import checkpoint as ckpt
 from .console import ProgressBar
-from .evaluation import distribution
 from .flower.callbacks import RoundCallback
 from .flower.strategy import FedaggStrategy, RoundRecord
 from .outcomes import RunGuard, RunInterrupted
 from .report import loggers
-from .report.metrics import Recorder
+from .report.metrics import Recorder, distribution
 from .task.train import evaluate, set_params
 
 if TYPE_CHECKING:

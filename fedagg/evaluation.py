@@ -15,31 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from .report.metrics import distribution
 from .task.train import evaluate
 
-
-def distribution(accuracies: Sequence[float], prefix: str = "client_acc") -> dict[str, float]:
-    """mean, std (population), worst 10 % and best 10 % (means of the
-    ceil(10 %) lowest / highest scores) of per-client accuracies."""
-    a = np.sort(np.asarray(accuracies, dtype=np.float64))
-    if a.size == 0:
-        return {}
-    k = max(1, math.ceil(0.1 * a.size))
-    return {
-        f"{prefix}_mean": float(a.mean()),
-        f"{prefix}_std": float(a.std()),
-        f"{prefix}_worst10": float(a[:k].mean()),
-        f"{prefix}_best10": float(a[-k:].mean()),
-    }
+__all__ = ["client_scores", "distribution", "evaluate_run", "main"]
 
 
 def client_scores(model: torch.nn.Module, fd: Any, num_clients: int) -> tuple[list[dict[str, Any]], str]:

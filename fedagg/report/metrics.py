@@ -8,9 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 BASE_COLUMNS = [
     "round", "clients_asked", "clients_replied", "clients_failed", "clients_rejected",
@@ -111,3 +115,18 @@ class Recorder:
         fig.savefig(path)
         plt.close(fig)
         return path
+
+
+def distribution(accuracies: Sequence[float], prefix: str = "client_acc") -> dict[str, float]:
+    """mean, std (population), worst 10 % and best 10 % (means of the
+    ceil(10 %) lowest / highest scores) of per-client accuracies."""
+    a = np.sort(np.asarray(accuracies, dtype=np.float64))
+    if a.size == 0:
+        return {}
+    k = max(1, math.ceil(0.1 * a.size))
+    return {
+        f"{prefix}_mean": float(a.mean()),
+        f"{prefix}_std": float(a.std()),
+        f"{prefix}_worst10": float(a[:k].mean()),
+        f"{prefix}_best10": float(a[-k:].mean()),
+    }
