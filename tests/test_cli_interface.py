@@ -1,6 +1,7 @@
 """fedagg's own --help / --version, and ``resume=<dir>`` alone reusing the run's overrides."""
 from __future__ import annotations
 
+import pytest
 import yaml
 from fedagg_testing import CONF_DIR
 
@@ -101,3 +102,22 @@ def test_progress_bar_with_eta_on_a_terminal_plain_lines_otherwise(tmp_path):
                            cwd=tmp_path, timeout=180)
     assert piped.returncode == 0
     assert "round 3/3 |" in piped.stdout and "3/3 [" not in piped.stdout + piped.stderr
+
+
+@pytest.mark.slow
+def test_flower_runtime_prints_no_third_party_noise(tmp_path):
+    """runtime=flower used to add alembic's plugin INFO lines, Flower's
+    run_simulation deprecation banner and Ray's FutureWarning."""
+    import os
+    import subprocess
+
+    from fedagg_testing import ROOT, fedagg_cmd
+
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env.pop("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", None)  # the suite's conftest sets it; a user's shell does not
+    p = subprocess.run([*fedagg_cmd(), "runtime=flower", "dataset=digits", "model=mlp", "num_clients=2", "rounds=1",
+                        f"hydra.run.dir={tmp_path / 'r'}"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    said = p.stdout + p.stderr
+    assert "alembic" not in said and "DEPRECATED" not in said and "FutureWarning" not in said, said[-3000:]
+    assert "round 1/1 |" in said

@@ -66,3 +66,25 @@ def test_early_round_warning_points_to_the_claim_preset():
     assert early_round_warning("fedau", "full", None) is None  # everyone takes part: no shrinkage
     assert early_round_warning("fedavg", "bernoulli", None) is None
     assert early_round_warning("fedau", "bernoulli", 10.0) is None  # a tuned server lr
+
+
+def test_the_tours_bernoulli_stragglers_run_says_when_nobody_was_asked(tmp_path, caplog):
+    """The README tour's ``participation=bernoulli heterogeneity=stragglers``
+    asks nobody in rounds 1-2; the run now says so (once), and FedAU under
+    Bernoulli participation points to the claim preset's learning rates."""
+    import logging
+
+    from fedagg.experiment import run
+
+    from fedagg_testing import compose
+
+    with caplog.at_level(logging.WARNING, logger="fedagg"):
+        run(compose("runtime=inprocess", "model=mlp", "rounds=3", "participation=bernoulli",
+                    "heterogeneity=stragglers"), tmp_path / "a")
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("asked no client" in m for m in said) == 1 and any(m.startswith("round 1 asked no client") for m in said)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedagg"):
+        run(compose("runtime=inprocess", "dataset=digits", "model=mlp", "rounds=1", "aggregator=fedau",
+                    "participation=bernoulli", "participation.p_bar=0.3"), tmp_path / "b")
+    assert any("claim_fedau" in r.getMessage() for r in caplog.records)

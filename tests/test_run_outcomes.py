@@ -77,6 +77,14 @@ def test_all_clients_failing_stops_the_run_as_failed(tmp_path):
     assert len(_rows(run)) == 3  # stopped after 3 all-failed rounds, not 20
     errors = [line for line in (p.stdout + p.stderr).splitlines() if "run failed" in line]
     assert len(errors) == 1 and errors[0].count("injected crash") == 1  # the client error named once
+    import sys
+
+    rep = subprocess.run([sys.executable, "-m", "fedagg.report", str(tmp_path), "--no-plots"], capture_output=True,
+                         text=True, env=_env(), timeout=120)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    with open(tmp_path / "runs.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "failed" and "consecutive rounds" in row["error"]  # a sweep report counts it as failed
 
 
 @pytest.mark.slow
@@ -146,3 +154,17 @@ def test_interrupted_sweep_skips_finished_jobs_and_resumes_the_interrupted_one(t
     assert [_status(d)["status"] for d in jobs()] == ["completed"] * 4
     assert _status(jobs()[0])["finished"] == first_finished  # skipped, not re-run
     assert [int(r["round"]) for r in _rows(jobs()[1])] == [1, 2, 3, 4]  # resumed: each round once
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_ray_runtime(tmp_path):
+    """The Ray actor pool used to leave status.json at 'running' with a traceback."""
+    run = tmp_path / "r"
+    proc = _start([*SLOW, "runtime=ray", "rounds=60", "checkpoint.every=50", f"hydra.run.dir={run}"], tmp_path)
+    _wait_for(lambda: len(_rows(run)) >= 1, 180, "round 1", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in out + err
+    assert _status(run)["status"] == "interrupted" and len(_rows(run)) < 60
+    assert f"fedagg resume={run}" in out + err
