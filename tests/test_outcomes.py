@@ -74,9 +74,9 @@ def test_the_tours_bernoulli_stragglers_run_says_when_nobody_was_asked(tmp_path,
     Bernoulli participation points to the claim preset's learning rates."""
     import logging
 
-    from fedagg.experiment import run
-
     from fedagg_testing import compose
+
+    from fedagg.experiment import run
 
     with caplog.at_level(logging.WARNING, logger="fedagg"):
         run(compose("runtime=inprocess", "model=mlp", "rounds=3", "participation=bernoulli",
