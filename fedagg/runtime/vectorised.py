@@ -18,9 +18,10 @@ untouched.
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from flwr.app import Array, ArrayRecord, Context, Error, Message, MessageType, M
 
 from ..config import RuntimeConfig
 from ..errors import ConfigError
-from ..flower.instruction import KEY, ClientInstruction, SimPlan
+from ..flower.instruction import KEY, ClientInstruction
 from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_reason
 from ..task.train import round_lr
 from .calls import ERROR_CODE_CLIENT_EXCEPTION, reply_from_node
@@ -81,9 +82,16 @@ def _instruction(msg: Message) -> ClientInstruction:
     return ClientInstruction.decode(msg.content.config_records["config"])
 
 
-def _group_key(instr: ClientInstruction) -> str:
-    """Everything but the per-client simulation plan (epochs, work fraction, fault)."""
-    return replace(instr, plan=SimPlan()).encode()[KEY]  # type: ignore[return-value]
+def _group_key(msg: Message) -> str | None:
+    """Everything but the per-client simulation plan (epochs, work fraction, fault): the
+    instruction's JSON (sorted keys) without its ``plan`` entry; None if there is no
+    readable instruction (the ClientApp then answers with the error)."""
+    try:
+        d = json.loads(str(msg.content.config_records["config"][KEY]))
+        d.pop("plan")
+    except Exception:  # noqa: BLE001 - malformed: leave it to the ClientApp's error reply
+        return None
+    return json.dumps(d, sort_keys=True)
 
 
 def plan_chunks(messages: Sequence[Message], node_config: Callable[[int], dict[str, Any]],
@@ -97,7 +105,11 @@ def plan_chunks(messages: Sequence[Message], node_config: Callable[[int], dict[s
         if msg.metadata.message_type != MessageType.TRAIN or nc.get("data-path") or "partition-id" not in nc:
             rest.append(msg)
             continue
-        groups.setdefault(_group_key(_instruction(msg)), []).append((int(nc["partition-id"]), msg))
+        key = _group_key(msg)
+        if key is None:
+            rest.append(msg)
+            continue
+        groups.setdefault(key, []).append((int(nc["partition-id"]), msg))
     chunks = []
     for key in sorted(groups):
         ordered = [m for _, m in sorted(groups[key], key=lambda t: t[0])]
