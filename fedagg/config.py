@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import inspect
 import math
 import os
@@ -32,7 +33,6 @@ from .errors import ConfigError
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # packaged with fedagg (package-data)
 GROUPS = ("aggregator", "dataset", "partition", "noise", "model", "participation", "heterogeneity", "logger")
-RUNTIMES = ("inprocess", "flower", "ray")
 
 
 # --------------------------------------------------------------------------- the schema
@@ -95,17 +95,19 @@ class RuntimeConfig:
     cohort_chunk: int = 10  # inprocess/ray: clients per stacked model, in client-id order
 
 
-def _group(name: str) -> Any:
-    return field(default_factory=lambda: {"name": name})
+def _group(name: str, target: bool = False) -> Any:
+    """A group section's default; ``target``: the group also takes a user's
+    ``_target_`` (so ``aggregator._target_=pkg.mod.Class`` needs no ``+``)."""
+    return field(default_factory=lambda: {"name": name, "_target_": None} if target else {"name": name})
 
 
 @dataclass
 class Config:
-    aggregator: Dict[str, Any] = _group("fedavg")
-    dataset: Dict[str, Any] = _group("mnist1d")
+    aggregator: Dict[str, Any] = _group("fedavg", target=True)
+    dataset: Dict[str, Any] = _group("mnist1d", target=True)
     partition: Dict[str, Any] = _group("dirichlet")
     noise: Dict[str, Any] = _group("none")
-    model: Dict[str, Any] = _group("cnn1d")
+    model: Dict[str, Any] = _group("cnn1d", target=True)
     participation: Dict[str, Any] = _group("full")
     heterogeneity: Dict[str, Any] = _group("none")
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -140,8 +142,17 @@ register_schema()
 
 
 def options(section: Mapping[str, Any]) -> dict[str, Any]:
-    """A group section's builder options: every key but ``name``."""
-    return {k: v for k, v in section.items() if k != "name"}
+    """A group section's builder options: every key but ``name`` and ``_target_``."""
+    return {k: v for k, v in section.items() if k not in ("name", "_target_")}
+
+
+TARGET_GROUPS = ("aggregator", "model", "dataset")  # groups a user's own class or function may fill
+
+
+def target_of(section: Mapping[str, Any]) -> str | None:
+    """The user's ``_target_`` (``pkg.mod.Name``) of a group section, if any."""
+    t = section.get("_target_")
+    return str(t) if t else None
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -259,16 +270,80 @@ def _conforms(v: Any, hint: Any) -> bool:
     return True  # a type this check does not know: the builder decides
 
 
-def check_group(group: str, section: Mapping[str, Any]) -> None:
-    """``group.name`` is registered and every other key is an option of its
-    builder, of the annotated type."""
-    name = section.get("name")
-    if name is None:
-        raise ConfigError(f"{group}.name is missing; pick one with {group}=<choice>")
+def import_object(path: str) -> Any:
+    """``pkg.module.Name`` (also ``pkg.module.Class.attr``) imported, like
+    Hydra's ``_target_`` resolution, without Hydra's own error logging."""
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        modname = ".".join(parts[:i])
+        try:
+            obj: Any = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name is not None and modname.startswith(e.name):
+                continue  # no module at this depth: try a shorter one
+            raise
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(f"No module named {parts[0]!r}")
+
+
+def locate_target(group: str, target: str) -> Callable[..., Any]:
+    """Import a user's ``group._target_`` and check it is what the group
+    builds (a one-line ConfigError otherwise)."""
     try:
-        fn, skip = _builder(group, str(name))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+        obj = import_object(target)
+    except Exception as e:  # noqa: BLE001 - any import failure is the same config error
+        cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise ConfigError(f"{group}._target_={target!r} cannot be imported ({cause}); give the dotted path "
+                          "pkg.module.Name of a class or function on PYTHONPATH") from None
+    if group == "aggregator":
+        from .aggregators import Aggregator
+
+        if not (isinstance(obj, type) and issubclass(obj, Aggregator)):
+            raise ConfigError(f"aggregator._target_={target!r} is not a subclass of fedagg.aggregators.Aggregator; "
+                              "subclass it and implement aggregate()")
+    elif group == "model":
+        import torch
+
+        if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)) and not callable(obj):
+            raise ConfigError(f"model._target_={target!r} is not a torch.nn.Module subclass or a function "
+                              "(input_shape, num_classes, **options) -> nn.Module")
+    elif not callable(obj):
+        raise ConfigError(f"{group}._target_={target!r} is not callable; give a function (seed, **options) -> "
+                          "fedagg.data.datasets.Dataset")
+    return obj  # type: ignore[no-any-return]
+
+
+def check_group(group: str, section: Dict[str, Any]) -> None:
+    """``group.name`` is registered (or ``group._target_`` importable) and
+    every other key is an option of its builder, of the annotated type."""
+    name = section.get("name")
+    target = target_of(section)
+    if target is not None and group not in TARGET_GROUPS:
+        raise ConfigError(f"{group}._target_ is not supported; a user's own class or function can fill "
+                          f"{', '.join(TARGET_GROUPS)}")
+    if name is None and target is None:
+        raise ConfigError(f"{group}.name is missing; pick one with {group}=<choice>")
+    if target is not None:
+        fn: Callable[..., Any] = locate_target(group, target)
+        skip = {"aggregator": 1, "model": 2, "dataset": 0}[group]
+        named: set[str] = set()
+        if name is not None:  # the options the default choice's YAML brought along do not apply to the target
+            try:
+                named = set(_signature_options(_builder(group, str(name))[0], {"aggregator": 1, "model": 2,
+                                                                                "dataset": 0}[group])[0])
+            except (ValueError, ConfigError):
+                named = set()
+        own = set(_signature_options(fn, skip)[0])
+        for key in [k for k in options(section) if k in named and k not in own]:
+            del section[key]
+        name = target
+    else:
+        try:
+            fn, skip = _builder(group, str(name))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     params, open_, hints = _signature_options(fn, skip)
     drops_none = group in ("dataset", "partition")  # null = the builder's default
     for key, value in options(section).items():
@@ -342,7 +417,9 @@ def check_fixed(cfg: Config) -> None:
 
 
 def check_runtime(rt: RuntimeConfig) -> None:
-    _need(rt.name in RUNTIMES, "runtime.name", rt.name, f"valid choices: {', '.join(RUNTIMES)}")
+    from .runtime import available as runtimes
+
+    _need(rt.name in runtimes(), "runtime.name", rt.name, f"valid choices: {', '.join(runtimes())}")
     n = cores()
     _need(0 < rt.num_cpus_per_client <= n, "runtime.num_cpus_per_client", rt.num_cpus_per_client,
           f"it must be in (0, {n}] (this machine's CPU count)")

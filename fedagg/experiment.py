@@ -19,7 +19,7 @@ import torch
 
 from . import aggregators as agg
 from .aggregators.base import AggregatorContext, Params
-from .config import Config, load, options, to_dict
+from .config import Config, load, locate_target, options, target_of, to_dict
 from .data.federated import FederatedData, get_federated_data
 from .env import heterogeneity as het
 from .env import participation as part
@@ -76,6 +76,8 @@ def data_spec(cfg: Config) -> dict[str, Any]:
         spec["server_holdout"] = float(cfg.server_holdout)
     for group in ("dataset", "partition", "noise"):
         for k, v in getattr(cfg, group).items():
+            if k == "_target_" and not v:
+                continue  # no user loader: the spec stays what it was before plug-ins existed
             spec[f"{group}.{k}"] = v
     return spec
 
@@ -90,17 +92,20 @@ def build(raw: Any) -> Experiment:
         fd = get_federated_data(data_spec(cfg))
     except (ValueError, TypeError) as e:  # missing / malformed data, bad partition options: one line, exit 2
         raise _as_config_error("dataset", e) from None
-    misfit = fit_error(cfg.model["name"], cfg.dataset["name"], fd.data.input_kind, fd.data.input_shape)
-    if misfit:
-        raise ConfigError(misfit)
+    model_target = target_of(cfg.model)
+    if model_target is None:
+        misfit = fit_error(cfg.model["name"], cfg.dataset["name"], fd.data.input_kind, fd.data.input_shape)
+        if misfit:
+            raise ConfigError(misfit)
     model_spec = {
-        "name": cfg.model["name"], "options": options(cfg.model),
+        "name": model_target or cfg.model["name"], "options": options(cfg.model),
         "input_shape": list(fd.data.input_shape), "num_classes": fd.num_classes,
     }
     seed = cfg.seed
     x_test, y_test = fd.data.x_test, fd.data.y_test
     aopts = options(cfg.aggregator)
-    cls = agg.get(cfg.aggregator["name"])
+    agg_target = target_of(cfg.aggregator)
+    cls = locate_target("aggregator", agg_target) if agg_target else agg.get(cfg.aggregator["name"])
     proxy = None
     if getattr(cls, "needs_proxy", False) and len(fd.holdout):  # FedLAW: the training data held out of
         proxy = (fd.data.x_train[fd.holdout], fd.data.y_train[fd.holdout])  # every client alike
@@ -139,6 +144,10 @@ def build(raw: Any) -> Experiment:
         exp.model()
     except (ValueError, TypeError) as e:
         raise _as_config_error("model", e) from None
+    except Exception as e:  # hydra's InstantiationException around a user model's own error
+        if type(e).__name__ != "InstantiationException":
+            raise
+        raise _as_config_error("model", e.__cause__ or e) from None
     ctx = AggregatorContext(
         num_clients=cfg.num_clients, num_classes=fd.num_classes, seed=seed,
         dataset=str(cfg.dataset["name"]), model_fn=exp.model,
@@ -146,9 +155,18 @@ def build(raw: Any) -> Experiment:
         oracle_participation_probs=np.asarray(participation.probs, dtype=float),
     )
     try:
-        exp.aggregator = agg.build(cfg.aggregator["name"], ctx, **aopts)
+        if agg_target:  # a user's rule: hydra.utils.instantiate(_target_, ctx, **options)
+            from hydra.utils import instantiate
+
+            exp.aggregator = instantiate({"_target_": agg_target, **aopts}, ctx, _convert_="all")
+        else:
+            exp.aggregator = agg.build(cfg.aggregator["name"], ctx, **aopts)
     except (ValueError, TypeError) as e:
         raise _as_config_error("aggregator", e) from None
+    except Exception as e:  # hydra's InstantiationException around the user's own error
+        if type(e).__name__ != "InstantiationException":
+            raise
+        raise _as_config_error("aggregator", e.__cause__ or e) from None
     if cfg.resume:  # read and checked once, before any runtime starts
         from . import checkpoint as ckpt
 

@@ -89,8 +89,18 @@ available = _LOADERS.available
 
 
 def load_dataset(name: str, seed: int = 0, **options: Any) -> Dataset:
-    fn = _LOADERS.get(name)
+    """A registered dataset by name, or a user's loader ``dataset._target_``
+    (a function ``(seed, **options) -> Dataset``, built with hydra's instantiate)."""
+    target = options.pop("_target_", None)
     options = {k: v for k, v in options.items() if v is not None and v != ""}
+    if target:
+        from hydra.utils import instantiate
+
+        ds = instantiate({"_target_": target, **options}, seed=seed, _convert_="all")
+        if not isinstance(ds, Dataset):
+            raise ValueError(f"dataset._target_={target!r} returned {type(ds).__name__}, not a fedagg Dataset")
+        return ds
+    fn = _LOADERS.get(name)
     params = inspect.signature(fn).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(options) - set(params))

@@ -53,13 +53,15 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 
-from ..config import RuntimeConfig
 from ..errors import ConfigError
 from .inprocess import NODE_ID_BASE, SimulatedGrid, call_client, reply_from_node, set_task_identity
+
+if TYPE_CHECKING:
+    from ..config import RuntimeConfig
 
 log = logging.getLogger("fedagg")
 

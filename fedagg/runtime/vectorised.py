@@ -22,17 +22,19 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 
-from ..config import RuntimeConfig
 from ..errors import ConfigError
 from ..flower.instruction import KEY, ClientInstruction
 from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_reason
 from ..task.train import round_lr
 from .calls import ERROR_CODE_CLIENT_EXCEPTION, reply_from_node
+
+if TYPE_CHECKING:
+    from ..config import RuntimeConfig
 
 log = logging.getLogger("fedagg")
 

@@ -99,7 +99,14 @@ def fit_error(model: str, dataset: str, input_kind: str, input_shape: tuple[int,
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options: Any) -> nn.Module:
-    return builder(name)(tuple(int(d) for d in input_shape), int(num_classes), **options)
+    """A registered model by name, or a user's own by dotted path (``model._target_``:
+    a class or function ``(input_shape, num_classes, **options) -> nn.Module``)."""
+    shape = tuple(int(d) for d in input_shape)
+    if name not in _MODELS and "." in name:
+        from hydra.utils import instantiate
+
+        return instantiate({"_target_": name, **options}, shape, int(num_classes), _convert_="all")
+    return builder(name)(shape, int(num_classes), **options)
 
 
 # --------------------------------------------------------------------------- vectors
