@@ -79,7 +79,7 @@ def cache_dir() -> Path:
 
 def atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
     os.replace(tmp, path)
 
 
@@ -287,8 +287,11 @@ def synthetic(
     for k in range(num_users):
         x_tr, y_tr, x_te, y_te = users.user(k)
         if k < users.test_users:
-            xs_te.append(x_te), ys_te.append(y_te)
-        xs_tr.append(x_tr), ys_tr.append(y_tr), ids_tr.append(np.full(len(y_tr), k))
+            xs_te.append(x_te)
+            ys_te.append(y_te)
+        xs_tr.append(x_tr)
+        ys_tr.append(y_tr)
+        ids_tr.append(np.full(len(y_tr), k))
     return Dataset(
         "synthetic",
         np.concatenate(xs_tr), np.concatenate(ys_tr), np.concatenate(xs_te), np.concatenate(ys_te),

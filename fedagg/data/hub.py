@@ -110,7 +110,8 @@ def _open_hub(name: str, spec: HubSpec) -> Any:
         if not online:  # the env var is read at import time: force offline mode for this call
             import huggingface_hub.constants as hf_constants
 
-            for mod in (hf.config, hf_constants):
+            mods: tuple[Any, ...] = (hf.config, hf_constants)
+            for mod in mods:
                 old = mod.HF_HUB_OFFLINE
                 mod.HF_HUB_OFFLINE = True
                 stack.callback(setattr, mod, "HF_HUB_OFFLINE", old)
