@@ -144,13 +144,16 @@ def load_rounds(run: Path) -> list[dict[str, Any]]:
 def run_stats(df: Any, last_k: int, target: float | None) -> dict[str, Any]:
     acc = df[ACC].astype(float)
     k = max(1, min(int(last_k), len(acc)))
-    reached = df.loc[acc >= target, "round"] if target is not None else []
+    first_hit: int | None = None
+    if target is not None:
+        reached = df.loc[acc >= target, "round"]
+        first_hit = int(reached.iloc[0]) if len(reached) else None
     return {
         "rounds_done": int(df["round"].max()),
         "final_k": k,
         "final_accuracy": float(acc.iloc[-k:].mean()),
         "best_accuracy": float(acc.max()),
-        "rounds_to_target": (int(reached.iloc[0]) if len(reached) else None) if target is not None else None,
+        "rounds_to_target": first_hit,
         # rules with one model per node (gossip): the nodes' own accuracy, mean and worst node
         **{f"final_{c}": float(df[c].astype(float).iloc[-k:].mean()) for c in NODE_COLS if c in df.columns},
     }
