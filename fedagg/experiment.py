@@ -10,9 +10,10 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -37,10 +38,24 @@ __all__ = ["ConfigError", "Experiment", "build", "data_spec", "load", "run", "wr
 _KEYS = ("aggregator", "dataset", "partition", "noise", "model", "participation", "heterogeneity", "num_clients")
 
 
-def _as_config_error(group: str, e: Exception) -> ConfigError:
+def _as_config_error(group: str, e: BaseException) -> ConfigError:
     """A builder's ValueError/TypeError (bad option value) as a one-line config error."""
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     return ConfigError(msg if msg.startswith(_KEYS) else f"{group}: {msg}")
+
+
+@contextmanager
+def _refusals_of(group: str) -> Iterator[None]:
+    """Turn a builder's refusal while building ``group`` into a one-line ConfigError: a ValueError/TypeError, or
+    hydra's InstantiationException around a user ``_target_``'s own error."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        raise _as_config_error(group, e) from None
+    except Exception as e:
+        if type(e).__name__ != "InstantiationException":
+            raise
+        raise _as_config_error(group, e.__cause__ or e) from None
 
 
 # --------------------------------------------------------------------------- building
@@ -88,10 +103,8 @@ def build(raw: Any) -> Experiment:
     on a dataset without natural clients) is a ConfigError too, raised here,
     before any runtime starts."""
     cfg = load(raw)
-    try:
+    with _refusals_of("dataset"):  # missing / malformed data, bad partition options: one line, exit 2
         fd = get_federated_data(data_spec(cfg))
-    except (ValueError, TypeError) as e:  # missing / malformed data, bad partition options: one line, exit 2
-        raise _as_config_error("dataset", e) from None
     model_target = target_of(cfg.model)
     if model_target is None:
         misfit = fit_error(cfg.model["name"], cfg.dataset["name"], fd.data.input_kind, fd.data.input_shape)
@@ -118,12 +131,10 @@ def build(raw: Any) -> Experiment:
         proxy = (x_test[pick], y_test[pick])
         keep = np.setdiff1d(np.arange(len(y_test)), pick)
         x_test, y_test = x_test[keep], y_test[keep]
-    try:
+    with _refusals_of("participation"):
         participation = part.build_participation(
             cfg.participation["name"], cfg.num_clients, seed, fd.lazy_label_dists(), **options(cfg.participation)
         )
-    except (ValueError, TypeError) as e:
-        raise _as_config_error("participation", e) from None
     heterogeneity = het.build_heterogeneity(cfg.heterogeneity["name"], cfg.num_clients, seed,
                                             **options(cfg.heterogeneity))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
@@ -140,33 +151,21 @@ def build(raw: Any) -> Experiment:
         seed=seed, device=device,
     )
     exp = Experiment(cfg, fd, model_spec, None, participation, heterogeneity, x_test, y_test, instruction, device)  # type: ignore[arg-type]
-    try:
+    with _refusals_of("model"):
         exp.model()
-    except (ValueError, TypeError) as e:
-        raise _as_config_error("model", e) from None
-    except Exception as e:  # hydra's InstantiationException around a user model's own error
-        if type(e).__name__ != "InstantiationException":
-            raise
-        raise _as_config_error("model", e.__cause__ or e) from None
     ctx = AggregatorContext(
         num_clients=cfg.num_clients, num_classes=fd.num_classes, seed=seed,
         dataset=str(cfg.dataset["name"]), model_fn=exp.model,
         init_params_fn=lambda cid: exp.init_params(cid + 1), proxy_data=proxy,
         oracle_participation_probs=np.asarray(participation.probs, dtype=float),
     )
-    try:
+    with _refusals_of("aggregator"):
         if agg_target:  # a user's rule: hydra.utils.instantiate(_target_, ctx, **options)
             from hydra.utils import instantiate
 
             exp.aggregator = instantiate({"_target_": agg_target, **aopts}, ctx, _convert_="all")
         else:
             exp.aggregator = agg.build(cfg.aggregator["name"], ctx, **aopts)
-    except (ValueError, TypeError) as e:
-        raise _as_config_error("aggregator", e) from None
-    except Exception as e:  # hydra's InstantiationException around the user's own error
-        if type(e).__name__ != "InstantiationException":
-            raise
-        raise _as_config_error("aggregator", e.__cause__ or e) from None
     if cfg.resume:  # read and checked once, before any runtime starts
         from . import checkpoint as ckpt
 
