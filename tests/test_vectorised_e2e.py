@@ -79,18 +79,3 @@ def test_vectorize_auto_falls_back_for_batchnorm(tmp_path, caplog):
 def test_bad_vector_settings(tmp_path, bad):
     with pytest.raises(ConfigError, match=bad.split("=")[0]):
         run(compose(*SMALL, "runtime=inprocess", bad), tmp_path)
-
-
-def test_fast_reply_encoding_is_byte_identical():
-    """The cohort path's replies carry exactly the bytes codec.params_to_record would."""
-    import numpy as np
-
-    from fedagg.flower.codec import params_to_record
-    from fedagg.runtime.vectorised import params_to_record_fast
-
-    r = np.random.default_rng(0)
-    p = {"w": r.normal(size=(3, 4)).astype(np.float32), "b": r.normal(size=7).astype(np.float32)[::2],
-         "n": np.array(3, dtype=np.int64), "d": r.normal(size=(5, 2))[:, 0], "e": np.zeros((0, 3), np.float32)}
-    a, b = params_to_record(p), params_to_record_fast(p)
-    for k in p:
-        assert (a[k].data, a[k].shape, a[k].dtype, a[k].stype) == (b[k].data, b[k].shape, b[k].dtype, b[k].stype)

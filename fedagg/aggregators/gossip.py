@@ -43,7 +43,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import networkx as nx
 import numpy as np
 
 from ..seeding import rng
@@ -66,6 +65,8 @@ def build_topology(
     n: int, topology: str, seed: int, degree: int = 4, p: float = 0.3
 ) -> list[list[int]]:
     """Neighbour lists (sorted) of an undirected graph on nodes 0..n-1."""
+    import networkx as nx  # here, not at module level: every ClientApp process imports this package
+
     g = rng(seed, "topology")
     if topology == "ring":
         G = nx.cycle_graph(n) if n >= 3 else nx.path_graph(n)

@@ -12,6 +12,7 @@ client side (every value comes from the experiment's config).
 """
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -110,16 +111,23 @@ class ClientInstruction:
                 f"the message's config has no '{KEY}' record: this ClientApp needs a fedagg strategy "
                 "(fedagg.flower.strategy_for) that sends one"
             )
-        try:
-            d = json.loads(raw)
-            m = d["model"]
-            return cls(
-                data=dict(d["data"]),
-                model=ModelSpec(str(m["name"]), tuple(int(s) for s in m["input_shape"]), int(m["num_classes"]),
-                                dict(m.get("options") or {})),
-                train=TrainOptions(**d["train"]),
-                seed=int(d["seed"]), device=str(d["device"]), round=int(d["round"]),
-                plan=SimPlan(**d["plan"]),
-            )
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ValueError(f"malformed '{KEY}' record ({type(e).__name__}: {e})") from e
+        return _decode(raw)
+
+
+@functools.lru_cache(maxsize=64)
+def _decode(raw: str) -> ClientInstruction:
+    """Parse once per distinct record: a round's clients mostly share one (every value is immutable but ``data``,
+    which no reader changes)."""
+    try:
+        d = json.loads(raw)
+        m = d["model"]
+        return ClientInstruction(
+            data=dict(d["data"]),
+            model=ModelSpec(str(m["name"]), tuple(int(s) for s in m["input_shape"]), int(m["num_classes"]),
+                            dict(m.get("options") or {})),
+            train=TrainOptions(**d["train"]),
+            seed=int(d["seed"]), device=str(d["device"]), round=int(d["round"]),
+            plan=SimPlan(**d["plan"]),
+        )
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"malformed '{KEY}' record ({type(e).__name__}: {e})") from e

@@ -133,6 +133,7 @@ class FedaggStrategy(Strategy):
         self.participation = participation
         self.heterogeneity = heterogeneity
         self.instruction = instruction
+        self._encoded: dict[tuple[int, SimPlan, float | None], ConfigRecord] = {}  # instruction records, reused
         self.fraction_evaluate = float(fraction_evaluate)
         self.min_available_nodes = int(min_available_nodes)
         self.connect_timeout = float(connect_timeout)
@@ -247,7 +248,13 @@ class FedaggStrategy(Strategy):
             plan = SimPlan()
             if train and self.heterogeneity is not None:
                 plan = SimPlan(**dict(self.heterogeneity.plan(server_round, cid)))  # type: ignore[arg-type]
-            out.update(self.instruction.for_client(server_round, plan, mu).encode())
+            key = (server_round, plan, mu)
+            enc = self._encoded.get(key)
+            if enc is None:  # one JSON encoding per distinct plan in a round, not one per client
+                if len(self._encoded) > 256:
+                    self._encoded.clear()
+                enc = self._encoded[key] = self.instruction.for_client(server_round, plan, mu).encode()
+            out.update(enc)
         return out
 
     # -- the five Strategy methods ----------------------------------------------------

@@ -17,7 +17,7 @@ untouched.
 """
 from __future__ import annotations
 
-import io
+import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, MessageType, MetricRecord, RecordDict
 
 from ..errors import ConfigError
 from ..flower.instruction import KEY, ClientInstruction
@@ -89,7 +89,16 @@ def _group_key(msg: Message) -> str | None:
     instruction's JSON (sorted keys) without its ``plan`` entry; None if there is no
     readable instruction (the ClientApp then answers with the error)."""
     try:
-        d = json.loads(str(msg.content.config_records["config"][KEY]))
+        raw = msg.content.config_records["config"][KEY]
+    except Exception:  # noqa: BLE001 - no instruction: leave it to the ClientApp's error reply
+        return None
+    return _key_of(str(raw))
+
+
+@functools.lru_cache(maxsize=64)
+def _key_of(raw: str) -> str | None:
+    try:
+        d = json.loads(raw)
         d.pop("plan")
     except Exception:  # noqa: BLE001 - malformed: leave it to the ClientApp's error reply
         return None
@@ -120,35 +129,6 @@ def plan_chunks(messages: Sequence[Message], node_config: Callable[[int], dict[s
 
 
 # --------------------------------------------------------------------------- training (worker side)
-_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    """``np.save(a)``'s bytes (what ``flwr.app.Array(ndarray)`` stores), with the header cached per dtype and shape."""
-    key = (a.dtype.str, a.shape)
-    head = _NPY_HEADERS.get(key)
-    if head is None:
-        buf = io.BytesIO()
-        np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(a))
-        head = _NPY_HEADERS[key] = buf.getvalue()
-    return head + np.ascontiguousarray(a).tobytes()
-
-
-def params_to_record_fast(params: dict[str, np.ndarray]) -> ArrayRecord:
-    """Same ArrayRecord as ``codec.params_to_record`` (byte for byte), without np.save's per-array overhead."""
-    out = {}
-    for k, v in params.items():
-        v = np.asarray(v)
-        if v.ndim == 0 or not v.flags.c_contiguous:  # np.save's general path (0-d, views)
-            from ..flower.codec import params_to_record
-
-            out[k] = params_to_record({k: v})[k]
-            continue
-        out[k] = Array(dtype=str(v.dtype), shape=tuple(int(d) for d in v.shape), stype="numpy.ndarray",
-                       data=_npy_bytes(v))
-    return ArrayRecord(out)
-
-
 def _error(msg: Message, exc: BaseException) -> Message:
     reason = f"{type(exc).__name__}: {exc}"
     return reply_from_node(Message(Error(code=ERROR_CODE_CLIENT_EXCEPTION, reason=reason), reply_to=msg), msg)
@@ -158,7 +138,7 @@ def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list
     """Train one chunk (same setup) vectorised; one reply per message, in order.
     Falls back to ``client_app`` per message where the setup cannot be vectorised."""
     from ..flower import client_app as ca
-    from ..flower.codec import record_to_params
+    from ..flower.codec import params_to_record, record_to_params
     from .calls import call_client
 
     if not batch:
@@ -222,7 +202,7 @@ def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list
                     "train-accuracy": float(res.accuracy), "steps": int(res.steps),
                     "label-hist": [int(c) for c in hist],
                 })
-                reply = Message(RecordDict({"arrays": params_to_record_fast(params), "metrics": metrics}),
+                reply = Message(RecordDict({"arrays": params_to_record(params), "metrics": metrics}),
                                 reply_to=msg)
                 replies[i] = reply_from_node(reply, msg)
     return [replies[i] for i in range(len(batch))]
