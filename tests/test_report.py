@@ -253,3 +253,20 @@ def test_gossip_node_accuracy_columns(tmp_path):
     assert s.loc["gossip", "final_node_accuracy_worst_mean"] == pytest.approx(0.45)
     assert "| gossip | 2 | 0 | 0.7000 ± 0.0000 | 0.7000 ± 0.0000 | 0.7000 ± 0.1414 | 0.4500 ± 0.0707 |" in res["markdown"]
     assert "node acc worst (last 1)" in res["markdown"] and "| fedavg | 2 | 0 | 0.7000 ± 0.0000 | 0.7000 ± 0.0000 | — | — |" in res["markdown"]
+
+
+def test_paired_node_accuracy_of_a_per_node_rule(tmp_path):
+    """gossip's nodes against FedAvg's: every FedAvg node holds the global model, so its node accuracy is its
+    test accuracy; gossip's own mean/worst node accuracy (here 0.5 every round) is paired with it by seed."""
+    root = tmp_path / "g"
+    for seed in (0, 1, 2):
+        fake_run(root / f"fedavg_{seed}", "fedavg", seed, ACCS[("fedavg", seed)])  # final (last 1): 0.4, 0.6, 0.8
+        fake_run(root / f"gossip_{seed}", "gossip", seed, [0.1, 0.2, 0.3, 0.3],
+                 extra_cols=["node_accuracy_mean", "node_accuracy_worst"])
+    res = report(root, last_k=1, plots=False, paired_ref="fedavg", bootstrap=2000)
+    g = res["summary"].set_index("aggregator.name").loc["gossip"]
+    assert g["paired_diff_mean"] == pytest.approx(0.3 - 0.6)
+    assert g["paired_node_accuracy_mean_mean"] == pytest.approx(-0.1)  # (0.1 - 0.1 - 0.3) / 3
+    assert g["paired_node_accuracy_worst_mean"] == pytest.approx(-0.1)
+    assert g["paired_node_accuracy_mean_low"] >= -0.3 - 1e-12 and g["paired_node_accuracy_mean_high"] <= 0.1 + 1e-12
+    assert "Δ node acc mean vs fedavg [95% CI]" in res["text"] and "-0.1000 [" in res["text"]

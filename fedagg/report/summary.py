@@ -338,26 +338,41 @@ def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int
     def setting(r: Any) -> tuple:
         return tuple(str(r[k]) for k in match_keys) + (str(r["seed"]),)
 
-    ref_acc = {setting(r): float(r["final_accuracy"]) for _, r in refs.iterrows()}
+    def node_acc(r: Any, c: str) -> float:
+        """A per-node rule's node accuracy; for a one-model rule every node holds the global model."""
+        v = r.get(f"final_{c}")
+        return float(r["final_accuracy"]) if v is None or math.isnan(float(v)) else float(v)
+
+    ref_rows = {setting(r): r for _, r in refs.iterrows()}
     out: dict[tuple, dict[str, Any]] = {}
     for vals, g in runs_df.groupby(group_keys, dropna=False, sort=False):
         vals = vals if isinstance(vals, tuple) else (vals,)
         if str(dict(zip(group_keys, vals))[RULE_KEY]) == ref:
             continue
-        diffs = [float(r["final_accuracy"]) - ref_acc[setting(r)]
-                 for _, r in g[g["status"] == "completed"].iterrows() if setting(r) in ref_acc]
+        pairs = [(r, ref_rows[setting(r)]) for _, r in g[g["status"] == "completed"].iterrows() if setting(r) in ref_rows]
+        diffs = [float(r["final_accuracy"]) - float(q["final_accuracy"]) for r, q in pairs]
         lo, hi = paired_bootstrap_ci(diffs, resamples, seed)
-        out[tuple(str(v) for v in vals)] = {"paired_n": len(diffs), "paired_diff_mean": float(np.mean(diffs)) if diffs else float("nan"),
-                     "paired_ci_low": lo, "paired_ci_high": hi}
+        res: dict[str, Any] = {"paired_n": len(diffs), "paired_diff_mean": float(np.mean(diffs)) if diffs else float("nan"),
+                               "paired_ci_low": lo, "paired_ci_high": hi}
+        for c in NODE_COLS:  # per-node rules (gossip): the nodes' own accuracy against the reference's
+            if pairs and all(not math.isnan(float(r.get(f"final_{c}", float("nan")))) for r, _ in pairs):
+                d = [node_acc(r, c) - node_acc(q, c) for r, q in pairs]
+                lo, hi = paired_bootstrap_ci(d, resamples, seed)
+                res.update({f"paired_{c}_mean": float(np.mean(d)), f"paired_{c}_low": lo, f"paired_{c}_high": hi})
+        out[tuple(str(v) for v in vals)] = res
     return out
 
 
-def _fmt_diff(p: dict[str, Any]) -> str:
+def _fmt_diff(p: dict[str, Any], col: str = "diff") -> str:
+    """``col``: "diff" (final accuracy) or a NODE_COLS entry."""
     n = p.get("paired_n")
     if n is None or math.isnan(float(n)) or int(n) == 0:
         return "— (no pairs)"
-    return (f"{p['paired_diff_mean']:+.4f} [{p['paired_ci_low']:+.4f}, {p['paired_ci_high']:+.4f}]"
-            f" (n={int(n)})")
+    mean, lo, hi = ((p["paired_diff_mean"], p["paired_ci_low"], p["paired_ci_high"]) if col == "diff" else
+                    (p.get(f"paired_{col}_mean"), p.get(f"paired_{col}_low"), p.get(f"paired_{col}_high")))
+    if mean is None or math.isnan(float(mean)):
+        return "—"
+    return f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}] (n={int(n)})"
 
 
 def _k_label(ks: Any, last_k: int) -> str:
@@ -388,6 +403,9 @@ def summary_markdown(summary_df: Any, group_keys: list[str], last_k: int, target
                 n_node = 0 if math.isnan(float(s[f"final_{c}_mean"])) else r["n"]
                 r[f"node acc {name} (last {k_label or last_k})"] = _fmt(
                     s[f"final_{c}_mean"], s[f"final_{c}_std"], n_node)
+                if paired_ref is not None and f"paired_{c}_mean" in summary_df.columns:
+                    r[f"Δ node acc {name} vs {paired_ref} [95% CI]"] = (
+                        "(reference)" if str(s[RULE_KEY]) == paired_ref else _fmt_diff(s.to_dict(), c))
         if target is not None:
             r[f"rounds to {target:g}"] = (
                 f"{_fmt(s['rounds_to_target_mean'], s['rounds_to_target_std'], int(s['reached_target']), 1)}"
@@ -596,11 +614,16 @@ def report(root: Path, out: Path | None = None, last_k: int = 5, target: float |
     paired_note = ""
     if paired_ref is not None:
         pairs = paired_against(runs_df, group_keys, paired_ref, bootstrap, bootstrap_seed)
-        for col in ("paired_n", "paired_diff_mean", "paired_ci_low", "paired_ci_high"):
+        cols = ["paired_n", "paired_diff_mean", "paired_ci_low", "paired_ci_high"]
+        cols += sorted({c for p in pairs.values() for c in p if c not in cols})  # per-node Δ, where any
+        for col in cols:
             summary_df[col] = [pairs.get(tuple(str(r[k]) for k in group_keys), {}).get(col)
                                for _, r in summary_df.iterrows()]
         paired_note = (f" Δ = mean over seeds of (final acc − {paired_ref}'s final acc), runs paired by seed and "
-                       f"data settings; [95% CI] = paired bootstrap ({bootstrap} resamples, seed {bootstrap_seed}).")
+                       f"data settings; [95% CI] = paired bootstrap ({bootstrap} resamples, seed {bootstrap_seed})"
+                       + ("; Δ node acc: a per-node rule's node accuracy minus the reference's (a one-model "
+                          "rule's nodes all hold its global model)." if any(
+                              c.startswith("paired_node") for c in summary_df.columns) else "."))
     out.mkdir(parents=True, exist_ok=True)
     runs_df.to_csv(out / "runs.csv", index=False)
     summary_df.to_csv(out / "summary.csv", index=False)
