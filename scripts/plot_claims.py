@@ -4,10 +4,11 @@
 
     python scripts/plot_claims.py [--runs experiments/runs] [--out experiments/figures] [claim ...]
 
-claims: fedau feddisco fedlaw ida gossip, and the IDA follow-ups ida_iid ida_flip (default: every one whose sweep
-folder ``<runs>/claim_<name>`` exists). Curves are the mean over seeds with a
-±1 sample-std band (ddof=1, as fedagg-report); nothing is smoothed or dropped (failed / unfinished runs, i.e.
-without status "completed", are skipped and counted on stderr).
+claims: fedau feddisco fedlaw ida gossip (default: every one whose sweep folder ``<runs>/claim_<name>``
+exists). Curves are the mean over seeds with a ±1 sample-std band (ddof=1, as fedagg-report); each accuracy
+figure has a zoomed panel on the last 40 % of the rounds, where the full-range curves overlap. Nothing is
+smoothed or dropped (failed / unfinished runs, i.e. without status "completed", are skipped and counted on
+stderr).
 """
 from __future__ import annotations
 
@@ -51,16 +52,32 @@ def group(runs: list[dict], key) -> dict:
     return out
 
 
-def band(ax, dfs: list[pd.DataFrame], col: str, label: str, **kw) -> None:
+def band(ax, dfs: list[pd.DataFrame], col: str, label: str, x_from: float = 0.0, **kw) -> None:
+    """Mean over seeds ± 1 sample std of ``col`` per round (rounds >= ``x_from`` only)."""
     dfs = [d for d in dfs if col in d.columns]
     if not dfs:
         return
     n = min(len(d) for d in dfs)
     x = dfs[0]["round"].to_numpy()[:n]
     y = np.stack([d[col].to_numpy(dtype=float)[:n] for d in dfs])
+    keep = x >= x_from
+    x, y = x[keep], y[:, keep]
     m, s = y.mean(0), (y.std(0, ddof=1) if len(y) > 1 else np.zeros(y.shape[1]))
     (line,) = ax.plot(x, m, label=f"{label} (n={len(dfs)})", lw=1.3, **kw)
     ax.fill_between(x, m - s, m + s, color=line.get_color(), alpha=0.15, lw=0)
+
+
+ZOOM = 0.6  # zoomed panels show the last 40 % of the rounds, where the curves overlap in the full view
+
+
+def zoomed(ax, title: str) -> None:
+    ax.set_title(f"{title} (zoom: last {100 - int(ZOOM * 100)}% of rounds)", fontsize=9)
+    ax.set_xlabel("round")
+    ax.grid(alpha=0.3)
+
+
+def last_round(runs) -> int:
+    return max(int(r["df"]["round"].max()) for r in runs)
 
 
 def save(fig, out: Path) -> None:
@@ -86,53 +103,71 @@ def method(cfg: dict) -> str:
 # --------------------------------------------------------------------------- claims
 def fedau(runs, out: Path) -> None:
     pats = ["bernoulli", "markov", "cyclic"]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
-    for ax, p in zip(axes, pats):
+    x0 = ZOOM * last_round(runs)
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
+    for col, p in enumerate(pats):
         g = group([r for r in runs if r["cfg"]["participation"]["name"] == p], method)
         for lab in sorted(g):
-            band(ax, g[lab], "test_accuracy", lab)
-        ax.set_title(f"participation={p}", fontsize=9)
-        ax.set_xlabel("round")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy")
-    axes[0].legend(fontsize=7, loc="lower right")
+            kw = {"ls": "-" if "FedAU" in lab else ("--" if lab != "known_prob" else ":")}
+            band(axes[0, col], g[lab], "test_accuracy", lab, **kw)
+            band(axes[1, col], g[lab], "test_accuracy", lab, x_from=x0, **kw)
+        axes[0, col].set_title(f"participation={p}", fontsize=9)
+        axes[0, col].set_xlabel("round")
+        axes[0, col].grid(alpha=0.3)
+        zoomed(axes[1, col], p)
+    axes[0, 0].set_ylabel("test accuracy")
+    axes[1, 0].set_ylabel("test accuracy")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
     save(fig, out / "claim_fedau_accuracy.png")
 
 
 def feddisco(runs, out: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    for ax, (pname, title) in zip(axes, [("dirichlet", "NIID-1 (Dirichlet β=0.5, 10 clients)"), ("niid2", "NIID-2 (5 biased + 1 unbiased)")]):
+    x0 = ZOOM * last_round(runs)
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6.4))
+    for col, (pname, title) in enumerate([("dirichlet", "NIID-1 (Dirichlet β=0.5, 10 clients)"),
+                                          ("niid2", "NIID-2 (5 biased + 1 unbiased)")]):
         g = group([r for r in runs if r["cfg"]["partition"]["name"] == pname],
                   lambda c: ("FedAvgM" if c.get("vars", {}).get("base", c.get("base")) == "fedavgm" else "FedAvg") + (" + Disco" if c["aggregator"]["name"] == "feddisco" else ""))
-        for lab in sorted(g):
-            band(ax, g[lab], "test_accuracy", lab, ls="-" if "Disco" in lab else "--")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("round")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy")
-    axes[0].legend(fontsize=7, loc="lower right")
+        for i, lab in enumerate(sorted(g)):
+            kw = {"ls": "-" if "Disco" in lab else "--", "color": f"C{i // 2}"}
+            band(axes[0, col], g[lab], "test_accuracy", lab, **kw)
+            band(axes[1, col], g[lab], "test_accuracy", lab, x_from=x0, **kw)
+        axes[0, col].set_title(title, fontsize=9)
+        axes[0, col].set_xlabel("round")
+        axes[0, col].grid(alpha=0.3)
+        zoomed(axes[1, col], pname)
+    axes[0, 0].set_ylabel("test accuracy")
+    axes[1, 0].set_ylabel("test accuracy")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
     save(fig, out / "claim_feddisco_accuracy.png")
 
 
 def fedlaw(runs, out: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    x0 = ZOOM * last_round(runs)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     g = group(runs, lambda c: (c["partition"]["alpha"], c["aggregator"]["name"]))
+    alphas = sorted({a for a, _ in g})
     for (alpha, name) in sorted(g):
-        band(axes[0], g[(alpha, name)], "test_accuracy", f"{name} α={alpha}", ls="-" if name == "fedlaw" else "--")
-        if name == "fedlaw":
-            band(axes[1], g[(alpha, name)], "fedlaw_gamma", f"FedLAW γ, α={alpha}")
+        kw = {"ls": {"fedavg": "--", "fedlaw": "-"}.get(name, ":"), "color": f"C{alphas.index(alpha)}"}
+        band(axes[0], g[(alpha, name)], "test_accuracy", f"{name} α={alpha}", **kw)
+        band(axes[1], g[(alpha, name)], "test_accuracy", f"{name} α={alpha}", x_from=x0, **kw)
+        if name != "fedavg":
+            band(axes[2], g[(alpha, name)], "fedlaw_gamma", f"{name} γ, α={alpha}", **kw)
     axes[0].set_ylabel("test accuracy")
-    axes[1].axhline(1.0, color="k", lw=0.8, ls=":")
-    axes[1].set_ylabel("learned γ (global shrinking)")
+    axes[1].set_ylabel("test accuracy")
+    axes[2].axhline(1.0, color="k", lw=0.8, ls=":")
+    axes[2].set_ylabel("learned γ (global shrinking)")
     for ax in axes:
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    zoomed(axes[1], "accuracy")
+    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7)
     save(fig, out / "claim_fedlaw_accuracy_gamma.png")
 
 
 def ida(runs, out: Path, last_k: int = 5, name: str = "claim_ida") -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     g = group(runs, lambda c: (method(c), float(c["noise"]["fraction"])))
     methods = sorted({m for m, _ in g})
     for m in methods:
@@ -146,40 +181,54 @@ def ida(runs, out: Path, last_k: int = 5, name: str = "claim_ida") -> None:
     axes[0].legend(fontsize=7)
     axes[0].grid(alpha=0.3)
     top = max(f for _, f in g)
+    x0 = ZOOM * last_round(runs)
     for m in methods:
         band(axes[1], g[(m, top)], "test_accuracy", m)
+        band(axes[2], g[(m, top)], "test_accuracy", m, x_from=x0)
     axes[1].set_title(f"noisy fraction {top}", fontsize=9)
     axes[1].set_xlabel("round")
     axes[1].grid(alpha=0.3)
     axes[1].legend(fontsize=7)
+    zoomed(axes[2], f"noisy fraction {top}")
     save(fig, out / f"{name}_noise.png")
 
 
 def gossip(runs, out: Path) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    x0 = ZOOM * last_round(runs)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.6))
     g = group(runs, method)
     for i, lab in enumerate(sorted(g)):
         kw = {"ls": "-" if "VC" in lab else ("--" if "plain" in lab else ":"), "color": f"C{i}"}
-        band(axes[0], g[lab], "test_accuracy", lab, **kw)
+        band(axes[0, 0], g[lab], "test_accuracy", lab, **kw)
+        band(axes[1, 0], g[lab], "test_accuracy", lab, x_from=x0, **kw)
+        # a FedAvg node holds the global model: its node accuracy is the test accuracy
+        node = "node_accuracy_mean" if "gossip" in lab else "test_accuracy"
+        worst = "node_accuracy_worst" if "gossip" in lab else "test_accuracy"
+        band(axes[0, 1], g[lab], node, lab, x_from=x0, **kw)
+        band(axes[0, 2], g[lab], worst, lab, x_from=x0, **kw)
         if "gossip" in lab:
-            band(axes[1], g[lab], "node_layer_variance", lab, **kw)
-            band(axes[2], g[lab], "consensus_distance", lab, **kw)
-    axes[0].set_ylabel("test accuracy (mean of node models)")
-    axes[1].set_ylabel("weight variance of a node's layers")
-    axes[1].set_yscale("log")
-    axes[2].set_ylabel("consensus distance")
-    axes[2].set_yscale("log")
-    for ax in axes:
+            band(axes[1, 1], g[lab], "node_layer_variance", lab, **kw)
+            band(axes[1, 2], g[lab], "consensus_distance", lab, **kw)
+    axes[0, 0].set_ylabel("test accuracy of the mean model")
+    axes[0, 0].set_title("mean of the node models", fontsize=9)
+    axes[1, 0].set_ylabel("test accuracy of the mean model")
+    zoomed(axes[1, 0], "mean model")
+    axes[0, 1].set_ylabel("mean over nodes of each node's accuracy")
+    zoomed(axes[0, 1], "node accuracy, mean")
+    axes[0, 2].set_ylabel("worst node's accuracy")
+    zoomed(axes[0, 2], "node accuracy, worst")
+    axes[1, 1].set_ylabel("weight variance of a node's layers")
+    axes[1, 1].set_yscale("log")
+    axes[1, 2].set_ylabel("consensus distance")
+    axes[1, 2].set_yscale("log")
+    for ax in axes.flat:
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0, 0].legend(fontsize=7)
     save(fig, out / "claim_gossip.png")
 
 
-CLAIMS = {"fedau": fedau, "feddisco": feddisco, "fedlaw": fedlaw, "ida": ida, "gossip": gossip,
-          # follow-up sweeps of the IDA claim (commands in RESULTS.md)
-          "ida_iid": lambda runs, out: ida(runs, out, name="claim_ida_iid"),
-          "ida_flip": lambda runs, out: ida(runs, out, name="claim_ida_flip")}
+CLAIMS = {"fedau": fedau, "feddisco": feddisco, "fedlaw": fedlaw, "ida": ida, "gossip": gossip}
 
 
 def main() -> None:

@@ -67,8 +67,12 @@ def _ndarray(arr: Array) -> np.ndarray:
 
 
 def params_to_record(params: Params) -> ArrayRecord:
-    """One Array per tensor, with exactly the bytes ``Array(ndarray)`` would hold (0-d tensors keep their shape)."""
-    return ArrayRecord({k: _array(v) for k, v in params.items()})
+    """One Array per tensor, with exactly the bytes ``Array(ndarray)`` would hold (0-d tensors keep their shape).
+    Filled key by key: ``ArrayRecord(dict)`` would build every Array a second time."""
+    rec = ArrayRecord()
+    for k, v in params.items():
+        rec[k] = _array(v)
+    return rec
 
 
 def record_to_params(rec: ArrayRecord) -> Params:
