@@ -270,3 +270,17 @@ def test_paired_node_accuracy_of_a_per_node_rule(tmp_path):
     assert g["paired_node_accuracy_worst_mean"] == pytest.approx(-0.1)
     assert g["paired_node_accuracy_mean_low"] >= -0.3 - 1e-12 and g["paired_node_accuracy_mean_high"] <= 0.1 + 1e-12
     assert "Δ node acc mean vs fedavg [95% CI]" in res["text"] and "-0.1000 [" in res["text"]
+
+
+def test_pairing_ignores_method_keys_such_as_a_rules_own_learning_rate(tmp_path):
+    """FedAU's preset gives each rule its own train.lr: runs still pair by seed and data settings."""
+    root = tmp_path / "lr"
+    for rule, lr, accs in (("avg_participating", 0.0562, [0.5, 0.6]), ("fedau", 0.1, [0.6, 0.8])):
+        for seed, a in enumerate(accs):
+            fake_run(root / f"{rule}_{seed}", rule, seed, [0.1, a])
+            cfg = yaml.safe_load((root / f"{rule}_{seed}" / "config.yaml").read_text())
+            cfg["train"] = {"lr": lr}
+            (root / f"{rule}_{seed}" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = report(root, last_k=1, plots=False, paired_ref="avg_participating", bootstrap=1000)
+    f = res["summary"].set_index("aggregator.name").loc["fedau"]
+    assert f["paired_n"] == 2 and f["paired_diff_mean"] == pytest.approx(0.15)

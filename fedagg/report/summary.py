@@ -289,6 +289,9 @@ def fixed_settings_markdown(fixed: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- paired comparisons
 RULE_KEY = "aggregator.name"
+# keys that belong to a method, not to the setting it runs in: a rule's options and its local training
+# (FedAU's preset gives each rule its own train.lr); runs pair when everything else and the seed agree
+METHOD_KEYS = ("aggregator.", "train.")
 
 
 def paired_bootstrap_ci(diffs: Any, resamples: int = 10000, seed: int = 0,
@@ -315,8 +318,8 @@ def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int
     """For each group (tuple of its group-key values as str) whose rule is not
     ``ref``: n pairs, mean of (final acc − ref's final acc) over seeds and its
     paired bootstrap 95 % CI. Runs pair when they share the seed and every
-    group key outside ``aggregator.*`` (same data, partition, participation,
-    initial model); only completed runs pair."""
+    group key outside ``aggregator.*`` and ``train.*`` (same data, partition,
+    participation, initial model); only completed runs pair."""
     import numpy as np
 
     if RULE_KEY not in group_keys:
@@ -324,7 +327,7 @@ def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int
     rules = set(runs_df[RULE_KEY].astype(str))
     if ref not in rules:
         raise ReportError(f"--paired-against {ref}: no run has {RULE_KEY}={ref} (found: {', '.join(sorted(rules))})")
-    match_keys = [k for k in group_keys if not k.startswith("aggregator.")]
+    match_keys = [k for k in group_keys if not k.startswith(METHOD_KEYS)]
     done = runs_df[runs_df["status"] == "completed"]
     refs = done[done[RULE_KEY].astype(str) == ref]
     ref_groups = refs.groupby(group_keys, dropna=False, sort=False).ngroups
@@ -332,7 +335,7 @@ def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int
     if ref_groups > per_setting:
         raise ReportError(
             f"--paired-against {ref}: several groups of {ref} share the same data settings (they differ in "
-            f"{', '.join(k for k in group_keys if k.startswith('aggregator.') and k != RULE_KEY)}); "
+            f"{', '.join(k for k in group_keys if k.startswith(METHOD_KEYS) and k != RULE_KEY)}); "
             "report them in separate sweeps")
 
     def setting(r: Any) -> tuple:
@@ -666,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plots", action="store_true", help="tables only")
     ap.add_argument("--paired-against", default=None, metavar="RULE",
                     help="an aggregator.name: report each other rule's mean paired difference in final accuracy "
-                         "to it over seeds, with a paired bootstrap 95%% CI")
+                         "to it over seeds (runs pair by seed and every swept key outside aggregator.* and train.*), "
+                         "with a paired bootstrap 95%% CI")
     ap.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the CI (10000)")
     ap.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap's named stream (0)")
     a = ap.parse_args(argv)
