@@ -101,45 +101,50 @@ def method(cfg: dict) -> str:
 
 
 # --------------------------------------------------------------------------- claims
+def full_and_zoom(top, bottom, g: dict, style, title: str, x0: float) -> None:
+    """Test accuracy of every group in ``g``: all rounds on ``top``, rounds >= ``x0`` on ``bottom``."""
+    for i, lab in enumerate(sorted(g)):
+        kw = style(i, lab)
+        band(top, g[lab], "test_accuracy", lab, **kw)
+        band(bottom, g[lab], "test_accuracy", lab, x_from=x0, **kw)
+    top.set_title(title, fontsize=9)
+    top.set_xlabel("round")
+    top.grid(alpha=0.3)
+    zoomed(bottom, title)
+
+
+def grid_done(axes, out: Path) -> None:
+    axes[0, 0].set_ylabel("test accuracy")
+    axes[1, 0].set_ylabel("test accuracy")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    save(axes[0, 0].figure, out)
+
+
 def fedau(runs, out: Path) -> None:
     pats = ["bernoulli", "markov", "cyclic"]
-    x0 = ZOOM * last_round(runs)
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
     for col, p in enumerate(pats):
         g = group([r for r in runs if r["cfg"]["participation"]["name"] == p], method)
-        for lab in sorted(g):
-            kw = {"ls": "-" if "FedAU" in lab else ("--" if lab != "known_prob" else ":")}
-            band(axes[0, col], g[lab], "test_accuracy", lab, **kw)
-            band(axes[1, col], g[lab], "test_accuracy", lab, x_from=x0, **kw)
-        axes[0, col].set_title(f"participation={p}", fontsize=9)
-        axes[0, col].set_xlabel("round")
-        axes[0, col].grid(alpha=0.3)
-        zoomed(axes[1, col], p)
-    axes[0, 0].set_ylabel("test accuracy")
-    axes[1, 0].set_ylabel("test accuracy")
-    axes[0, 0].legend(fontsize=7, loc="lower right")
-    save(fig, out / "claim_fedau_accuracy.png")
+        full_and_zoom(axes[0, col], axes[1, col], g,
+                      lambda i, lab: {"ls": "-" if "FedAU" in lab else ("--" if lab != "known_prob" else ":")},
+                      f"participation={p}", ZOOM * last_round(runs))
+    grid_done(axes, out / "claim_fedau_accuracy.png")
+
+
+def disco_label(c: dict) -> str:
+    base = "FedAvgM" if c.get("vars", {}).get("base", c.get("base")) == "fedavgm" else "FedAvg"
+    return base + (" + Disco" if c["aggregator"]["name"] == "feddisco" else "")
 
 
 def feddisco(runs, out: Path) -> None:
-    x0 = ZOOM * last_round(runs)
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.4))
     for col, (pname, title) in enumerate([("dirichlet", "NIID-1 (Dirichlet β=0.5, 10 clients)"),
                                           ("niid2", "NIID-2 (5 biased + 1 unbiased)")]):
-        g = group([r for r in runs if r["cfg"]["partition"]["name"] == pname],
-                  lambda c: ("FedAvgM" if c.get("vars", {}).get("base", c.get("base")) == "fedavgm" else "FedAvg") + (" + Disco" if c["aggregator"]["name"] == "feddisco" else ""))
-        for i, lab in enumerate(sorted(g)):
-            kw = {"ls": "-" if "Disco" in lab else "--", "color": f"C{i // 2}"}
-            band(axes[0, col], g[lab], "test_accuracy", lab, **kw)
-            band(axes[1, col], g[lab], "test_accuracy", lab, x_from=x0, **kw)
-        axes[0, col].set_title(title, fontsize=9)
-        axes[0, col].set_xlabel("round")
-        axes[0, col].grid(alpha=0.3)
-        zoomed(axes[1, col], pname)
-    axes[0, 0].set_ylabel("test accuracy")
-    axes[1, 0].set_ylabel("test accuracy")
-    axes[0, 0].legend(fontsize=7, loc="lower right")
-    save(fig, out / "claim_feddisco_accuracy.png")
+        g = group([r for r in runs if r["cfg"]["partition"]["name"] == pname], disco_label)
+        full_and_zoom(axes[0, col], axes[1, col], g,
+                      lambda i, lab: {"ls": "-" if "Disco" in lab else "--", "color": f"C{i // 2}"},
+                      title, ZOOM * last_round(runs))
+    grid_done(axes, out / "claim_feddisco_accuracy.png")
 
 
 def fedlaw(runs, out: Path) -> None:
