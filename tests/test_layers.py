@@ -148,3 +148,18 @@ def test_flower_source_does_not_mention_hydra():
             names = [a.name for a in n.names] if isinstance(n, ast.Import) else \
                 [n.module or ""] if isinstance(n, ast.ImportFrom) else []
             assert not any(x.split(".")[0] == "hydra" for x in names), p
+
+
+def test_a_clientapp_process_imports_no_strategy_side():
+    """Every Ray worker and SuperNode imports the ClientApp: it must not pull in the strategy, the aggregators'
+    graph library, Hydra/omegaconf, Ray, pandas or matplotlib (each costs start-up in every worker)."""
+    heavy = ("fedagg.flower.strategy", "fedagg.flower.rules", "networkx", "omegaconf", "hydra", "ray", "pandas",
+             "matplotlib")
+    code = ("import sys, fedagg.flower.client_app; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "", f"the ClientApp imports {out.stdout.strip()}"
+    lazy = subprocess.run([sys.executable, "-c", "from fedagg.flower import strategy_for, FedaggStrategy; print('ok')"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert lazy.stdout.strip() == "ok", lazy.stderr[-2000:]
