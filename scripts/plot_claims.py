@@ -6,7 +6,8 @@
 
 claims: fedau feddisco fedlaw ida gossip (default: every one whose sweep folder ``<runs>/claim_<name>``
 exists). Curves are the mean over seeds with a ±1 sample-std band (ddof=1, as fedagg-report); each accuracy
-figure has a zoomed panel on the last 40 % of the rounds, where the full-range curves overlap. Nothing is
+figure has a zoomed panel on the last 40 % of the rounds, where the full-range curves overlap (its y-range
+fits the mean curves within 0.15 of the best; one far below them is whole in the full panel). Nothing is
 smoothed or dropped (failed / unfinished runs, i.e. without status "completed", are skipped and counted on
 stderr).
 """
@@ -71,9 +72,20 @@ ZOOM = 0.6  # zoomed panels show the last 40 % of the rounds, where the curves o
 
 
 def zoomed(ax, title: str) -> None:
+    """Title the zoomed panel and fit its y-range to the mean curves whose median in the window is within
+    0.15 of the best one's (a curve far below the others, e.g. a rule that collapsed in some seeds, leaves the
+    panel there and stays whole in the full-range panel above)."""
     ax.set_title(f"{title} (zoom: last {100 - int(ZOOM * 100)}% of rounds)", fontsize=9)
     ax.set_xlabel("round")
     ax.grid(alpha=0.3)
+    means = [np.asarray(line.get_ydata(), dtype=float) for line in ax.lines]
+    means = [m[np.isfinite(m)] for m in means if np.isfinite(m).any()]
+    if means:
+        best = max(float(np.median(m)) for m in means)
+        keep = [m for m in means if float(np.median(m)) >= best - 0.15]
+        lo, hi = min(float(np.percentile(m, 5)) for m in keep), max(float(m.max()) for m in keep)
+        pad = 0.1 * max(hi - lo, 1e-3)
+        ax.set_ylim(lo - pad, hi + pad)
 
 
 def last_round(runs) -> int:
