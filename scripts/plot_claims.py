@@ -221,8 +221,8 @@ def gossip(runs, out: Path) -> None:
         # a FedAvg node holds the global model: its node accuracy is the test accuracy
         node = "node_accuracy_mean" if "gossip" in lab else "test_accuracy"
         worst = "node_accuracy_worst" if "gossip" in lab else "test_accuracy"
-        band(axes[0, 1], g[lab], node, lab, x_from=x0, **kw)
-        band(axes[0, 2], g[lab], worst, lab, x_from=x0, **kw)
+        band(axes[0, 1], g[lab], node, lab, **kw)
+        band(axes[0, 2], g[lab], worst, lab, **kw)
         if "gossip" in lab:
             band(axes[1, 1], g[lab], "node_layer_variance", lab, **kw)
             band(axes[1, 2], g[lab], "consensus_distance", lab, **kw)
@@ -231,9 +231,9 @@ def gossip(runs, out: Path) -> None:
     axes[1, 0].set_ylabel("test accuracy of the mean model")
     zoomed(axes[1, 0], "mean model")
     axes[0, 1].set_ylabel("mean over nodes of each node's accuracy")
-    zoomed(axes[0, 1], "node accuracy, mean")
+    axes[0, 1].set_title("node accuracy, mean (FedAvg: its global model)", fontsize=9)
     axes[0, 2].set_ylabel("worst node's accuracy")
-    zoomed(axes[0, 2], "node accuracy, worst")
+    axes[0, 2].set_title("node accuracy, worst node", fontsize=9)
     axes[1, 1].set_ylabel("weight variance of a node's layers")
     axes[1, 1].set_yscale("log")
     axes[1, 2].set_ylabel("consensus distance")
