@@ -35,7 +35,11 @@ whole process tree (Ray daemons and workers included) every 0.1 s.
     ray stop
 
 Columns: start-up = wall time of the run after imports minus the time spent
-in rounds (data, Ray start, workers, connect and teardown); steady round =
+in rounds and, for ``runtime=ray``, minus Ray's teardown (``ray_grid.shutdown``,
+timed on its own and shown as "teardown"): data, Ray start, workers, connect,
+and the run's final writes (an upper bound of the time to the first round;
+Flower's simulation tears down inside the run, so its start-up includes its
+teardown); steady round =
 median of rounds >= 2; ratio = steady round / the plain loop's; updates/s =
 clients per round / steady round.
 """
@@ -139,7 +143,8 @@ def worker(args: argparse.Namespace) -> None:
             ray_grid.shutdown()
             info["shutdown_s"] = time.perf_counter() - t_sd
     wall = time.perf_counter() - t0
-    res = {"imports_s": imports_s, "wall_s": wall, "round_s": secs, "startup_s": wall - sum(secs),
+    res = {"imports_s": imports_s, "wall_s": wall, "round_s": secs,
+           "startup_s": wall - sum(secs) - info.get("shutdown_s", 0.0),
            "final_accuracy": rows[-1]["test_accuracy"], "torch_threads": torch.get_num_threads(), **info}
     Path(args.result).write_text(json.dumps(res))
 
@@ -217,19 +222,20 @@ def run_variant(variant: str, clients: int, rounds: int, extra: list[str], timeo
 
 def table(results: dict[tuple[int, str], dict], first: str = "clients/round", per_round: int | None = None,
           base_key: str = "plain") -> str:
-    lines = [f"| {first} | variant | start-up s | median steady round s | ratio to {base_key} | updates/s | "
-             "peak RSS MB (tree) | final acc |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| {first} | variant | start-up s | teardown s | median steady round s | ratio to {base_key} | updates/s | "
+             "peak RSS MB (tree) | final acc |", "|---|---|---|---|---|---|---|---|---|"]
     for (clients, variant), r in results.items():
         if "error" in r:
             why = r["error"].strip().splitlines()[-1][:80] if r["error"].strip() else "?"
-            lines.append(f"| {clients} | {variant} | failed: {why} | | | | | |")
+            lines.append(f"| {clients} | {variant} | failed: {why} | | | | | | |")
             continue
         steady = statistics.median(r["round_s"][1:]) if len(r["round_s"]) > 1 else r["round_s"][0]
         r["steady_s"] = steady
         base = results.get((clients, base_key), {}).get("steady_s") if base_key == "plain" else \
             next((v.get("steady_s") for (c, vv), v in results.items() if vv == variant), None)
         ratio = f"{steady / base:.2f}" if base else "n/a"
-        lines.append(f"| {clients} | {variant} | {r['startup_s']:.2f} | {steady:.3f} | {ratio} | "
+        down = f"{r['shutdown_s']:.2f}" if "shutdown_s" in r else "—"
+        lines.append(f"| {clients} | {variant} | {r['startup_s']:.2f} | {down} | {steady:.3f} | {ratio} | "
                      f"{(per_round or clients) / steady:.0f} | {r['peak_rss_mb']:.0f} | {r['final_accuracy']:.4f} |")
     return "\n".join(lines)
 
