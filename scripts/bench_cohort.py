@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""The compute ceiling of vectorised cohorts: training alone, no FL machinery.
+
+Times ``fedagg.task.cohort.train_cohort`` (the cohort as stacked models,
+``--chunk`` clients at a time) against ``fedagg.task.train.train_local``
+(the same clients one by one) in one process, alternating, on one torch
+thread: ``--clients`` clients of ``--samples`` random MNIST-1D-shaped samples
+each, 1 local epoch of batch 32, plain SGD, the same starting model. A
+runtime's steady round cannot be faster than the stacked time (divided by the
+number of workers), so this is the floor under ``bench_runtime.py``'s ratios.
+
+    python scripts/bench_cohort.py --model mlp cnn1d --chunk 10 50 100
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from fedagg.task.cohort import Member, train_cohort
+from fedagg.task.models import build_model
+from fedagg.task.train import get_params, set_params, train_local
+
+
+def measure(model_name: str, clients: int, samples: int, chunk: int, repeats: int) -> tuple[float, float]:
+    model = build_model(model_name, (40,), 10)
+    start = get_params(model)
+    g = np.random.default_rng(0)
+    data = [(g.normal(size=(samples, 40)).astype(np.float32), g.integers(0, 10, samples)) for _ in range(clients)]
+    members = [Member(c, x, y, start, epochs=1, steps=0, work_fraction=1.0) for c, (x, y) in enumerate(data)]
+
+    def one_by_one() -> None:
+        for c, (x, y) in enumerate(data):
+            set_params(model, start)
+            train_local(model, x, y, epochs=1, steps=0, batch_size=32, lr=0.05, momentum=0.0, weight_decay=0.0,
+                        seed=0, round=1, client=c)
+            get_params(model)
+
+    def stacked() -> None:
+        for s in range(0, clients, chunk):
+            train_cohort(model, members[s : s + chunk], batch_size=32, lr=0.05, seed=0, round=1)
+
+    one_by_one(), stacked()  # warm-up
+    a, b = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        one_by_one()
+        a.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        stacked()
+        b.append(time.perf_counter() - t)
+    return statistics.median(a), statistics.median(b)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", nargs="+", default=["mlp", "cnn1d"])
+    ap.add_argument("--chunk", type=int, nargs="+", default=[10, 50, 100])
+    ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--samples", type=int, default=96, help="samples per client (MNIST-1D's 9,600 over 100)")
+    ap.add_argument("--repeats", type=int, default=5)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    print("| model | chunk | one by one s | stacked s | ratio |\n|---|---|---|---|---|")
+    for m in a.model:
+        for c in a.chunk:
+            x, y = measure(m, a.clients, a.samples, c, a.repeats)
+            print(f"| {m} | {c} | {x:.3f} | {y:.3f} | {y / x:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
