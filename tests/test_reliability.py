@@ -216,7 +216,7 @@ def test_node_with_out_of_range_partition_id_is_refused_by_name():
     from flwr.app import MessageType
     from flwr.app import RecordDict as RD
 
-    from fedagg.runtime.inprocess import call_client
+    from fedagg.runtime.calls import call_client
 
     exp = build(compose(*SMALL, "runtime=inprocess"))
     set_task_identity()

@@ -100,13 +100,9 @@ def build_topology(
             np.fill_diagonal(sym, np.inf)
             need = float(sym.min(axis=1).max())
             fix = f"aggregator.p={min(1.0, np.floor(need * 100) / 100 + 0.01):g} or more connects every node (seed {seed})"
-        raise ValueError(
-            f"aggregator.topology={topology} with aggregator.p={p} on {n} nodes leaves node(s) {lonely[:10]} "
-            f"without neighbours; gossip needs every node connected: {fix}"
-            if topology == "erdos_renyi" else
-            f"aggregator.topology={topology} on {n} nodes leaves node(s) {lonely[:10]} without neighbours; "
-            f"gossip needs every node connected: {fix}"
-        )
+        where = f"aggregator.topology={topology}" + (f" with aggregator.p={p}" if topology == "erdos_renyi" else "")
+        raise ValueError(f"{where} on {n} nodes leaves node(s) {lonely[:10]} without neighbours; "
+                         f"gossip needs every node connected: {fix}")
     return nbrs
 
 

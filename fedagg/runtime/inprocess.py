@@ -9,10 +9,8 @@ from typing import Any, Iterable, Iterator, Mapping
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
 
-from .calls import ERROR_CODE_CLIENT_EXCEPTION, call_client, reply_from_node
+from .calls import call_client
 
-__all__ = ["ERROR_CODE_CLIENT_EXCEPTION", "NODE_ID_BASE", "InProcessGrid", "OffsetMap", "SimulatedGrid", "call_client",
-           "reply_from_node", "run_inprocess", "set_task_identity"]
 NODE_ID_BASE = 1000  # simulated node i (partition-id i) has id 1000 + i
 
 

@@ -58,7 +58,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from flwr.app import Context, Error, Message, RecordDict
 
 from ..errors import ConfigError
-from .inprocess import NODE_ID_BASE, SimulatedGrid, call_client, reply_from_node, set_task_identity
+from .calls import call_client, reply_from_node
+from .inprocess import NODE_ID_BASE, SimulatedGrid, set_task_identity
 
 if TYPE_CHECKING:
     from ..config import RuntimeConfig
