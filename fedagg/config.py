@@ -92,7 +92,7 @@ class RuntimeConfig:
     batch_size: Any = 8  # ray: messages per actor call (int >= 1), or auto = one call per actor per round
     max_retries: int = 2  # ray: resend a lost worker's messages this many times
     vectorize: Any = "auto"  # inprocess/ray: train a round's clients as stacked models (torch.func.vmap): auto|true|false
-    cohort_chunk: int = 10  # inprocess/ray: clients per stacked model, in client-id order
+    cohort_chunk: int = 10  # inprocess/ray: clients per stacked model, ordered by planned steps, then client id
 
 
 def _group(name: str, target: bool = False) -> Any:

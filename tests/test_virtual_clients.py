@@ -20,9 +20,15 @@ def _spec(n: int) -> dict:
             "dataset.num_samples": 10 * n, "dataset.test_users": 50, "partition.name": "natural"}
 
 
-def test_hundred_thousand_clients_start_fast_and_build_only_asked_shards(tmp_path):
+def test_hundred_thousand_clients_start_fast_and_build_only_asked_shards(tmp_path, monkeypatch):
     from fedagg.config import load
     from fedagg.experiment import data_spec
+    from fedagg.runtime.inprocess import OffsetMap
+
+    def no_walk(self):  # a round asks 20 clients: nothing may walk all N registered ones
+        raise AssertionError(f"iterated over all {len(self)} entries of the node <-> client map")
+
+    monkeypatch.setattr(OffsetMap, "__iter__", no_walk)
 
     cfg = compose("dataset=synthetic", f"dataset.num_users={N}", f"dataset.num_samples={10 * N}",
                   "dataset.test_users=50", "partition=natural", f"num_clients={N}", "model=mlp",
@@ -58,3 +64,18 @@ def test_synthetic_test_users_bounds_the_test_set():
     assert np.array_equal(pool.x_test, x_te) and np.array_equal(pool.y_test, y_te)
     with pytest.raises(ValueError, match="dataset.test_users"):
         SyntheticUsers(num_users=5, num_samples=100, test_users=0)
+
+
+@pytest.mark.parametrize("spec", [
+    {"seed": 3, "num_clients": 12, "dataset.name": "digits", "partition.name": "dirichlet",
+     "partition.alpha": 0.3, "val_fraction": 0.2},
+    {**_spec(40), "val_fraction": 0.1},
+])
+def test_train_size_is_the_shard_size_without_building_it(spec):
+    fd = FederatedData(spec)
+    sizes = [fd.train_size(c) for c in range(fd.num_clients)]
+    assert not fd._clients  # nothing built
+    assert sizes == [len(fd.client(c).y_train) for c in range(fd.num_clients)]
+    assert len(set(sizes)) > 1  # unequal shards: the check above could fail
+    with pytest.raises(ValueError, match=f"partition-id={fd.num_clients} is out of range"):
+        fd.train_size(fd.num_clients)

@@ -237,9 +237,13 @@ class SyntheticUsers:
             v = gk.normal(b_mean, 1, self.dim)
         x = v + gk.normal(0, 1, (int(self.sizes[k]), self.dim)) * self.cov_sqrt
         y = np.argmax(x @ w + b, axis=1)
-        n_test = max(1, int(round(len(y) * self.test_fraction)))
+        n_test = self.test_size(len(y))
         return (x[n_test:].astype(np.float32), y[n_test:].astype(np.int64),
                 x[:n_test].astype(np.float32), y[:n_test].astype(np.int64))
+
+    def test_size(self, n: int) -> int:
+        """How many of a user's ``n`` samples are test samples."""
+        return max(1, int(round(n * self.test_fraction)))
 
     def test_set(self) -> tuple[np.ndarray, np.ndarray]:
         """The test samples of the first ``test_users`` users, concatenated."""

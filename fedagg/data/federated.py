@@ -205,6 +205,18 @@ class FederatedData:
             self._clients.popitem(last=False)
         return data
 
+    def train_size(self, cid: int) -> int:
+        """``len(self.client(cid).y_train)`` without building the shard."""
+        if not 0 <= cid < self.num_clients:
+            raise ValueError(f"partition-id={cid} is out of range 0..{self.num_clients - 1}")
+        if self.users is not None:
+            n = int(self.users.sizes[cid])
+            n -= self.users.test_size(n)
+        else:
+            assert self.parts is not None
+            n = len(self.parts[cid])
+        return n - int(round(n * self.val_fraction))
+
     def label_hist(self, cid: int) -> np.ndarray:
         return np.bincount(self.client(cid).y_train, minlength=self.num_classes)
 

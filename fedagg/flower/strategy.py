@@ -262,12 +262,11 @@ class FedaggStrategy(Strategy):
         self.connect(grid, wait=self._aggregator is None)  # cheap when no node joined
         self._sync(arrays)
         agg = self.aggregator
-        known = sorted(self.node_of)
-        if self.participation is not None:
+        if self.participation is not None:  # O(asked) work per round, however many clients are registered
             available = np.asarray(self.participation.available(server_round), dtype=bool)
             asked = [c for c in np.flatnonzero(available).tolist() if c in self.node_of]
         else:
-            asked = known
+            asked = sorted(self.node_of)
         self._sent = {}
         for cid in asked:
             params = agg.params_for(cid, self.params)

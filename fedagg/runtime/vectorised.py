@@ -3,10 +3,14 @@
 A simulation grid hands a round's TRAIN messages to :func:`plan_chunks`,
 which groups them by training setup (model, data spec, batch size, learning
 rate, momentum, weight decay, FedProx mu, seed, round, device), orders each
-group by client id and cuts it into fixed-size chunks of
-``runtime.cohort_chunk`` clients -- so a chunk's composition, and therefore
-every number it produces, depends neither on the number of workers nor on
-scheduling. :func:`run_chunk` trains one chunk as one stacked model
+group by planned step count, then client id, and cuts it into fixed-size
+chunks of ``runtime.cohort_chunk`` clients -- so a chunk's composition, and
+therefore every number it produces, depends neither on the number of workers
+nor on scheduling. A stacked step costs about the same whether one client or
+all of the chunk still works, so clients with similar step counts are put
+together: on MNIST-1D with Dirichlet shards that makes a round 7-15 % faster
+than chunks in plain client-id order (``scripts/bench_runtime.py``).
+:func:`run_chunk` trains one chunk as one stacked model
 (:mod:`fedagg.task.cohort`) and builds, per message, exactly the reply the
 ClientApp would have built: the same metrics keys and label histogram, and
 the same error replies for injected faults (crash, dropout, deadline).
@@ -105,10 +109,29 @@ def _key_of(raw: str) -> str | None:
     return json.dumps(d, sort_keys=True)
 
 
+def planned_work(msg: Message, pid: int) -> int:
+    """The minibatch steps client ``pid`` will take for ``msg``: 0 for an injected fault (its
+    work is not kept) or when the shard size cannot be known here. A deterministic sort key."""
+    from ..data.federated import get_federated_data
+    from ..task.cohort import planned_steps
+
+    try:
+        instr = _instruction(msg)
+        plan, tr = instr.plan, instr.train
+        if plan.fault is not None:
+            return 0
+        n = get_federated_data(instr.data).train_size(pid)
+        return planned_steps(n, epochs=plan.epochs if plan.epochs is not None else tr.epochs, steps=tr.steps,
+                             batch_size=tr.batch_size, work_fraction=plan.work_fraction)
+    except Exception:  # noqa: BLE001 - the ClientApp path reports what is wrong with this message
+        return 0
+
+
 def plan_chunks(messages: Sequence[Message], node_config: Callable[[int], dict[str, Any]],
                 chunk: int) -> tuple[list[list[Message]], list[Message]]:
     """Split a round's messages into cohort chunks and the rest (sent one by one).
-    Chunks: TRAIN messages with the same setup, ordered by client id, ``chunk`` at a time."""
+    Chunks: TRAIN messages with the same setup, ordered by (planned steps, client id),
+    ``chunk`` at a time."""
     groups: dict[str, list[tuple[int, Message]]] = {}
     rest: list[Message] = []
     for msg in messages:
@@ -120,7 +143,8 @@ def plan_chunks(messages: Sequence[Message], node_config: Callable[[int], dict[s
         if key is None:
             rest.append(msg)
             continue
-        groups.setdefault(key, []).append((int(nc["partition-id"]), msg))
+        pid = int(nc["partition-id"])
+        groups.setdefault(key, []).append(((planned_work(msg, pid), pid), msg))
     chunks = []
     for key in sorted(groups):
         ordered = [m for _, m in sorted(groups[key], key=lambda t: t[0])]
