@@ -113,7 +113,7 @@ def worker(args: argparse.Namespace) -> None:
         tr = c.train
         model = exp.model()
         glob = exp.init_params(0)
-        secs, rows = [], []
+        secs, rows, train_secs = [], [], []
         for rnd in range(1, c.rounds + 1):
             r0 = time.perf_counter()
             ups, ns = [], []
@@ -125,6 +125,7 @@ def worker(args: argparse.Namespace) -> None:
                             weight_decay=tr.weight_decay, seed=c.seed, round=rnd, client=cid)
                 ups.append(get_params(model))
                 ns.append(len(d.y_train))
+            train_secs.append(time.perf_counter() - r0)  # the rest: averaging and the test evaluation
             w = np.asarray(ns, dtype=np.float64) / sum(ns)
             glob = {k: sum(wi * u[k] for wi, u in zip(w, ups)).astype(v.dtype) if np.issubdtype(v.dtype, np.floating)
                     else ups[int(np.argmax(w))][k] for k, v in glob.items()}
@@ -132,6 +133,7 @@ def worker(args: argparse.Namespace) -> None:
             loss, acc = evaluate(model, exp.x_test, exp.y_test)
             secs.append(time.perf_counter() - r0)
             rows.append({"test_accuracy": acc})
+        info["train_s"] = train_secs
     else:
         with tempfile.TemporaryDirectory(prefix="fedagg_bench") as out:
             rows = run(cfg, out)
@@ -301,6 +303,9 @@ def main() -> None:
                 results[(c, v)] = r
                 print(f"{c} clients, {v}: imports {r.get('imports_s', 0):.1f}s, start-up {r.get('startup_s', 0):.2f}s,"
                       f" rounds {['%.2f' % s for s in r.get('round_s', [])]}", flush=True)
+                if r.get("train_s"):  # the plain loop: how much of its round is training
+                    tr = statistics.median(r["train_s"][1:] or r["train_s"])
+                    print(f"{c} clients, {v}: training {tr:.3f}s of the median round (the rest: averaging + test)")
         print()
         print(table(results))
         for c in clients:

@@ -8,8 +8,8 @@ chunks of ``runtime.cohort_chunk`` clients -- so a chunk's composition, and
 therefore every number it produces, depends neither on the number of workers
 nor on scheduling. A stacked step costs about the same whether one client or
 all of the chunk still works, so clients with similar step counts are put
-together: on MNIST-1D with Dirichlet shards that makes a round 7-15 % faster
-than chunks in plain client-id order (``scripts/bench_runtime.py``).
+together: on MNIST-1D with Dirichlet shards that made a round up to 15 %
+faster than chunks in plain client-id order (README, Performance).
 :func:`run_chunk` trains one chunk as one stacked model
 (:mod:`fedagg.task.cohort`) and builds, per message, exactly the reply the
 ClientApp would have built: the same metrics keys and label histogram, and

@@ -1,0 +1,35 @@
+"""The benchmark scripts run end to end (their figures are reported in the
+README; here only that they run and what they report is consistent)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from fedagg_testing import ROOT
+
+
+def test_bench_runtime_quick_plain_and_vectorised(tmp_path):
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_runtime.py"), "--quick",
+                        "--variants", "plain,inprocess-vec", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "| 10 | inprocess-vec |" in p.stdout and "training" in p.stdout
+    r = json.loads(out.read_text())
+    plain, vec = r["10|plain"], r["10|inprocess-vec"]
+    assert len(plain["round_s"]) == len(vec["round_s"]) == 3
+    # the plain loop's training is part of its round, and the two paths learn the same model (to rounding)
+    assert all(0 < t <= s for t, s in zip(plain["train_s"], plain["round_s"]))
+    assert abs(plain["final_accuracy"] - vec["final_accuracy"]) < 0.01
+    assert plain["final_accuracy"] > 0.15  # 10 classes: above chance after 3 rounds
+
+
+def test_bench_cohort_reports_a_ratio_per_model_and_chunk():
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_cohort.py"), "--model", "mlp", "--chunk", "5",
+                        "--clients", "10", "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    row = [ln for ln in p.stdout.splitlines() if ln.startswith("| mlp | 5 |")]
+    assert len(row) == 1
+    one, stacked, ratio = (float(v) for v in row[0].strip("| ").split("|")[2:5])
+    assert one > 0 and stacked > 0 and abs(ratio * one - stacked) <= 0.001  # printed to 3 decimals
