@@ -39,6 +39,7 @@ from .outcomes import EXIT_FAILED, EXIT_INTERRUPTED
 log = logging.getLogger("fedagg")
 CONFIG_EXIT = 2
 _SWEEP: dict[str, Any] = {"interrupted": None, "failed": False}
+SWEEP_PARENT_ENV = "FEDAGG_SWEEP_PARENT"  # the pid of the command that runs a sweep
 
 
 def run_folder_name(overrides: str, fallback: str) -> str:
@@ -74,7 +75,7 @@ def _previous(out: Path) -> tuple[str | None, Any]:
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
 def _main(raw: DictConfig) -> float | None:
     from .experiment import run
-    from .outcomes import Interrupts, RunFailed, RunInterrupted
+    from .outcomes import Interrupts, RunFailed, RunInterrupted, sweep_stop
     from .sweep import prepare_job
 
     quiet_third_party()
@@ -82,7 +83,8 @@ def _main(raw: DictConfig) -> float | None:
     out = Path(hc.runtime.output_dir)
     multirun = hc.mode.name == "MULTIRUN"
     if multirun:
-        if _SWEEP["interrupted"]:  # the sweep was interrupted: later jobs wait for the re-run
+        _stop_sweep_on_sigint_between_jobs()
+        if _SWEEP["interrupted"] or sweep_stop():  # the sweep was interrupted: later jobs wait for the re-run
             return None
         before, final = _previous(out)
         if before == "completed":
@@ -143,6 +145,46 @@ def _main(raw: DictConfig) -> float | None:
     return final
 
 
+def _say_sweep_stops(name: str) -> None:
+    from .outcomes import request_sweep_stop
+
+    request_sweep_stop(name)
+    print(f"\n{name}: running jobs finish their current round, later jobs are not started "
+          "(press Ctrl-C again to abort)", file=sys.stderr, flush=True)
+
+
+def _stop_sweep_on_sigint_between_jobs() -> None:
+    """In a job process of a parallel sweep (not the command's own process), a SIGINT that
+    arrives between jobs stops the sweep instead of killing the process (jobs install their own)."""
+    import signal
+    import threading
+
+    from .outcomes import request_sweep_stop
+
+    parent = os.environ.get(SWEEP_PARENT_ENV)
+    if parent is None or parent == str(os.getpid()) or threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: request_sweep_stop("SIGINT"))
+
+
+def _sweep() -> None:
+    """Run a multirun with a stop file its job processes share (fedagg.outcomes.sweep_stop):
+    the first signal lets running jobs finish their round, a second aborts."""
+    import tempfile
+
+    from .outcomes import SWEEP_STOP_ENV, Interrupts, sweep_stop
+
+    stop = Path(tempfile.gettempdir()) / f"fedagg-sweep-stop-{os.getpid()}-{time.time_ns()}"
+    os.environ[SWEEP_STOP_ENV], os.environ[SWEEP_PARENT_ENV] = str(stop), str(os.getpid())
+    try:
+        with Interrupts(on_first=_say_sweep_stops):
+            _main()
+        if sweep_stop():
+            _SWEEP["interrupted"] = _SWEEP["interrupted"] or "stopped"
+    finally:
+        stop.unlink(missing_ok=True)
+
+
 def main() -> None:
     from .help import help_text, version
     from .resume import expand_resume
@@ -160,7 +202,10 @@ def main() -> None:
     # let them reach us instead, and print them as one line with exit status 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        _main()
+        if "-m" in argv or "--multirun" in argv:
+            _sweep()
+        else:
+            _main()
     except (HydraException, OmegaConfBaseException) as e:
         print(f"config error: {one_line(e)}", file=sys.stderr)
         sys.exit(CONFIG_EXIT)

@@ -5,10 +5,17 @@ SIGTERM: the current round finishes first; a second signal aborts).
 The server loop asks ``FailureWatch.observe`` after each round and
 ``Interrupts.requested`` before the next one; the CLI turns the outcome into
 ``status.json`` and the exit status (0 completed, 1 failed, 130 interrupted).
+
+A sweep whose jobs run in other processes (``hydra/launcher=joblib``) is
+stopped through a file named by ``$FEDAGG_SWEEP_STOP``: the first signal to
+any of its processes writes the signal's name there; every running job then
+finishes its round and ends ``interrupted``, and jobs not yet started are
+skipped (:func:`sweep_stop`).
 """
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -62,11 +69,32 @@ class FailureWatch:
 
 
 _ACTIVE: list[Interrupts] = []
+SWEEP_STOP_ENV = "FEDAGG_SWEEP_STOP"
+
+
+def sweep_stop() -> str | None:
+    """The signal that stopped this sweep in any of its processes, or None."""
+    path = os.environ.get(SWEEP_STOP_ENV)
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            return f.read().strip() or "SIGINT"
+    except OSError:
+        return None
+
+
+def request_sweep_stop(name: str) -> None:
+    """Tell every process of this sweep to stop after its current round."""
+    path = os.environ.get(SWEEP_STOP_ENV)
+    if path:
+        with open(path, "w") as f:
+            f.write(name)
 
 
 def stop_requested() -> str | None:
-    """The signal name when the innermost active ``Interrupts`` got one."""
-    return _ACTIVE[-1].requested if _ACTIVE else None
+    """The signal name when the innermost active ``Interrupts`` got one, or the sweep was stopped."""
+    return (_ACTIVE[-1].requested if _ACTIVE else None) or sweep_stop()
 
 
 class Interrupts:

@@ -168,3 +168,44 @@ def test_ctrl_c_on_the_ray_runtime(tmp_path):
     assert "Traceback" not in out + err
     assert _status(run)["status"] == "interrupted" and len(_rows(run)) < 60
     assert f"fedagg resume={run}" in out + err
+
+
+def _try_status(run: Path) -> str | None:
+    try:
+        return _status(run)["status"]
+    except (OSError, ValueError, KeyError):  # not there yet, or being written
+        return None
+
+
+@pytest.mark.slow
+def test_interrupted_joblib_sweep_lets_running_jobs_finish_their_round(tmp_path):
+    """Under hydra/launcher=joblib the jobs run in worker processes: SIGINT to the command used to kill them
+    mid-round with status.json left at 'running'. Now each running job finishes its round and ends
+    'interrupted', later jobs are not started, and the re-run completes the sweep, resuming each job once."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *SLOW, "rounds=12", "checkpoint.every=1", "seed=0,1,2,3,4,5", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    log = open(tmp_path / "out.txt", "w")  # noqa: SIM115 - a pipe could fill up and block the sweep
+    proc = subprocess.Popen([*fedagg_cmd(), *args], stdout=log, stderr=subprocess.STDOUT, text=True, env=_env(),
+                            cwd=tmp_path)
+    jobs = lambda: sorted(d for d in sweep.glob("*") if (d / "status.json").exists())  # noqa: E731
+    mid_round = lambda: any(_try_status(d) == "running" and len(_rows(d)) >= 1 for d in jobs())  # noqa: E731
+    _wait_for(mid_round, 240, "a job past its first round", proc)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=180)
+    log.close()
+    said = (tmp_path / "out.txt").read_text()
+    assert proc.returncode == 130, said[-3000:]
+    assert "Traceback" not in said
+    states = {d.name: _try_status(d) for d in jobs()}
+    assert set(states.values()) <= {"completed", "interrupted"}, states
+    assert "interrupted" in states.values() and len(states) < 6, states  # later jobs never started
+    stopped = [d for d in jobs() if states[d.name] == "interrupted"]
+    assert all(1 <= len(_rows(d)) < 12 for d in stopped)
+    finished = {d.name: _status(d)["finished"] for d in jobs() if states[d.name] == "completed"}
+    p = _fedagg(args, tmp_path, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert len(jobs()) == 6 and all(_status(d)["status"] == "completed" for d in jobs())
+    assert all(_status(sweep / name)["finished"] == t for name, t in finished.items())  # skipped, not re-run
+    for d in stopped:  # resumed from its checkpoint: every round exactly once
+        assert [int(r["round"]) for r in _rows(d)] == list(range(1, 13))
