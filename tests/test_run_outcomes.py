@@ -178,7 +178,8 @@ def _try_status(run: Path) -> str | None:
 
 
 @pytest.mark.slow
-def test_interrupted_joblib_sweep_lets_running_jobs_finish_their_round(tmp_path):
+@pytest.mark.parametrize("to", ["command", "process group"])  # kill -INT <pid>, a terminal's Ctrl-C
+def test_interrupted_joblib_sweep_lets_running_jobs_finish_their_round(tmp_path, to):
     """Under hydra/launcher=joblib the jobs run in worker processes: SIGINT to the command used to kill them
     mid-round with status.json left at 'running'. Now each running job finishes its round and ends
     'interrupted', later jobs are not started, and the re-run completes the sweep, resuming each job once."""
@@ -187,11 +188,14 @@ def test_interrupted_joblib_sweep_lets_running_jobs_finish_their_round(tmp_path)
             "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
     log = open(tmp_path / "out.txt", "w")  # noqa: SIM115 - a pipe could fill up and block the sweep
     proc = subprocess.Popen([*fedagg_cmd(), *args], stdout=log, stderr=subprocess.STDOUT, text=True, env=_env(),
-                            cwd=tmp_path)
+                            cwd=tmp_path, start_new_session=True)
     jobs = lambda: sorted(d for d in sweep.glob("*") if (d / "status.json").exists())  # noqa: E731
     mid_round = lambda: any(_try_status(d) == "running" and len(_rows(d)) >= 1 for d in jobs())  # noqa: E731
     _wait_for(mid_round, 240, "a job past its first round", proc)
-    proc.send_signal(signal.SIGINT)
+    if to == "command":
+        proc.send_signal(signal.SIGINT)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=180)
     log.close()
     said = (tmp_path / "out.txt").read_text()
