@@ -132,7 +132,7 @@ def plan_chunks(messages: Sequence[Message], node_config: Callable[[int], dict[s
     """Split a round's messages into cohort chunks and the rest (sent one by one).
     Chunks: TRAIN messages with the same setup, ordered by (planned steps, client id),
     ``chunk`` at a time."""
-    groups: dict[str, list[tuple[int, Message]]] = {}
+    groups: dict[str, list[tuple[tuple[int, int], Message]]] = {}
     rest: list[Message] = []
     for msg in messages:
         nc = node_config(msg.metadata.dst_node_id)
