@@ -4,12 +4,17 @@
 Times ``fedagg.task.cohort.train_cohort`` (the cohort as stacked models,
 ``--chunk`` clients at a time) against ``fedagg.task.train.train_local``
 (the same clients one by one) in one process, alternating, on one torch
-thread: ``--clients`` clients of ``--samples`` random MNIST-1D-shaped samples
-each, 1 local epoch of batch 32, plain SGD, the same starting model. A
+thread: ``--clients`` clients of ``--samples`` random samples each (MNIST-1D
+signals, or 28x28 images for the image models), 1 local epoch of batch 32, plain SGD, the same starting model. A
 runtime's steady round cannot be faster than the stacked time (divided by the
 number of workers), so this is the floor under ``bench_runtime.py``'s ratios.
 
     python scripts/bench_cohort.py --model mlp cnn1d --chunk 10 50 100
+    python scripts/bench_cohort.py --model cnn lenet5 cnn_fedau --chunk 10   # 2-D CNNs on 28x28 inputs
+
+The 2-D CNNs train slower stacked than one by one on CPU (grouped
+convolutions), which is why ``runtime.vectorize=auto`` leaves them client by
+client (``fedagg.task.cohort.slower_reason``).
 """
 from __future__ import annotations
 
@@ -25,11 +30,17 @@ from fedagg.task.models import build_model
 from fedagg.task.train import get_params, set_params, train_local
 
 
+def input_shape(model_name: str) -> tuple[int, ...]:
+    """MNIST-1D signals for the MLP and the 1-D CNN, MNIST-sized images (1, 28, 28) for the image models."""
+    return (40,) if model_name in ("mlp", "cnn1d") else (1, 28, 28)
+
+
 def measure(model_name: str, clients: int, samples: int, chunk: int, repeats: int) -> tuple[float, float]:
-    model = build_model(model_name, (40,), 10)
+    shape = input_shape(model_name)
+    model = build_model(model_name, shape, 10)
     start = get_params(model)
     g = np.random.default_rng(0)
-    data = [(g.normal(size=(samples, 40)).astype(np.float32), g.integers(0, 10, samples)) for _ in range(clients)]
+    data = [(g.normal(size=(samples, *shape)).astype(np.float32), g.integers(0, 10, samples)) for _ in range(clients)]
     members = [Member(c, x, y, start, epochs=1, steps=0, work_fraction=1.0) for c, (x, y) in enumerate(data)]
 
     def one_by_one() -> None:

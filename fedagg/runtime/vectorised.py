@@ -33,7 +33,7 @@ from flwr.app import Context, Error, Message, MessageType, MetricRecord, RecordD
 
 from ..errors import ConfigError
 from ..flower.instruction import KEY, ClientInstruction
-from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_reason
+from ..task.cohort import Member, log_fallback_once, slower_reason, train_cohort, unsupported_reason
 from ..task.train import round_lr
 from .calls import ERROR_CODE_CLIENT_EXCEPTION, reply_from_node
 
@@ -68,16 +68,19 @@ def settings_from(rt: RuntimeConfig) -> VectorSettings:
 
 
 def check_supported(exp: Any, settings: VectorSettings) -> str | None:
-    """Why this experiment's clients cannot be vectorised (None: they can).
-    ``runtime.vectorize=true`` turns a reason into a config error, before training."""
+    """Why this experiment's clients are not vectorised (None: they are).
+    ``runtime.vectorize=true`` turns a reason they cannot be into a config error, before
+    training; ``auto`` also leaves client by client the models that train slower stacked."""
     if not settings.enabled:
         return None
     optimizer = exp.cfg.train.optimizer
-    reason = unsupported_reason(exp.model(), optimizer=optimizer,
-                                input_shape=tuple(exp.model_spec["input_shape"]))
+    model = exp.model()
+    reason = unsupported_reason(model, optimizer=optimizer, input_shape=tuple(exp.model_spec["input_shape"]))
     if reason and settings.mode == "true":
         raise ConfigError(f"runtime.vectorize=true but this setup cannot be vectorised: {reason}; "
                           "use runtime.vectorize=auto (falls back to per-client training) or false")
+    if reason is None and settings.mode == "auto":
+        reason = slower_reason(model)
     if reason:
         log_fallback_once(reason)
     return reason
