@@ -67,7 +67,10 @@ def test_vectorize_true_refuses_batchnorm(tmp_path):
                     "runtime.vectorize=true", "rounds=1", "num_clients=2"), tmp_path)
 
 
-def test_vectorize_auto_falls_back_for_batchnorm(tmp_path, caplog):
+def test_vectorize_auto_falls_back_for_batchnorm(tmp_path, caplog, monkeypatch):
+    from fedagg.task import cohort
+
+    monkeypatch.setattr(cohort, "_LOGGED", set())  # said once per process: earlier tests may have said it
     caplog.set_level("INFO", logger="fedagg")
     rows = run(compose("dataset=mnist1d", "model=cnn1d", "model.batch_norm=true", "model.channels=4",
                        "runtime=inprocess", "rounds=1", "num_clients=3", "train.epochs=1"), tmp_path)
@@ -81,9 +84,12 @@ def test_bad_vector_settings(tmp_path, bad):
         run(compose(*SMALL, "runtime=inprocess", bad), tmp_path)
 
 
-def test_auto_trains_2d_convolutions_client_by_client_and_true_stacks_them(tmp_path, caplog):
+def test_auto_trains_2d_convolutions_client_by_client_and_true_stacks_them(tmp_path, caplog, monkeypatch):
     """Stacked 2-D convolutions are slower than one client at a time on CPU (scripts/bench_cohort.py), so
     auto leaves them client by client -- bitwise the per-client run -- while true still stacks them."""
+    from fedagg.task import cohort
+
+    monkeypatch.setattr(cohort, "_LOGGED", set())  # said once per process: earlier tests may have said it
     caplog.set_level("INFO", logger="fedagg")
     # a few steps only: over a whole epoch of real digits a 2-D ReLU CNN is chaotic -- a 1e-7 nudge of the
     # starting parameters moves one client's result by up to 1e-2 -- so no two paths agree there to 1e-5
