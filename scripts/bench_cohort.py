@@ -5,9 +5,10 @@ Times ``fedagg.task.cohort.train_cohort`` (the cohort as stacked models,
 ``--chunk`` clients at a time) against ``fedagg.task.train.train_local``
 (the same clients one by one) in one process, alternating, on one torch
 thread: ``--clients`` clients of ``--samples`` random samples each (MNIST-1D
-signals, or 28x28 images for the image models), 1 local epoch of batch 32, plain SGD, the same starting model. A
-runtime's steady round cannot be faster than the stacked time (divided by the
-number of workers), so this is the floor under ``bench_runtime.py``'s ratios.
+signals, or 28x28 images for the image models), 1 local epoch of batch 32,
+plain SGD, the same starting model. A runtime's steady round cannot be
+faster than the stacked time (divided by the number of workers), so this is
+the floor under ``bench_runtime.py``'s ratios.
 
     python scripts/bench_cohort.py --model mlp cnn1d --chunk 10 50 100
     python scripts/bench_cohort.py --model cnn lenet5 cnn_fedau --chunk 10   # 2-D CNNs on 28x28 inputs

@@ -197,7 +197,7 @@ class FederatedData:
             idx = self.parts[cid]
             x, y = self.data.x_train[idx], self.data.y_train[idx]
         x, y = self._apply_noise(cid, x, y)
-        n_val = int(round(len(y) * self.val_fraction))
+        n_val = self.val_size(len(y))
         perm = named_rng(self.seed, "val-split", cid).permutation(len(y))
         va, tr = perm[:n_val], perm[n_val:]
         data = self._clients[cid] = ClientData(x[tr], y[tr], x[va], y[va])
@@ -215,7 +215,11 @@ class FederatedData:
         else:
             assert self.parts is not None
             n = len(self.parts[cid])
-        return n - int(round(n * self.val_fraction))
+        return n - self.val_size(n)
+
+    def val_size(self, n: int) -> int:
+        """How many of a client's ``n`` samples are its validation split."""
+        return int(round(n * self.val_fraction))
 
     def label_hist(self, cid: int) -> np.ndarray:
         return np.bincount(self.client(cid).y_train, minlength=self.num_classes)

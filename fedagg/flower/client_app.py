@@ -131,7 +131,7 @@ def train(msg: Message, context: Context) -> Message:
     work = 0.5 if plan.fault == "dropout" else plan.work_fraction
     res = train_local(
         model, data.x_train, data.y_train,
-        epochs=plan.epochs if plan.epochs is not None else opts.epochs, steps=opts.steps,
+        epochs=instr.epochs, steps=opts.steps,
         batch_size=opts.batch_size, lr=round_lr(opts.lr, instr.round, opts.lr_decay, opts.lr_decay_every),
         optimizer=opts.optimizer, momentum=opts.momentum, weight_decay=opts.weight_decay,
         proximal_mu=opts.proximal_mu, work_fraction=work, seed=instr.seed, round=instr.round, client=pid,

@@ -92,6 +92,11 @@ class ClientInstruction:
             raise ValueError(f"instruction data spec has num_clients={n!r}, expected an integer")
         return n
 
+    @property
+    def epochs(self) -> int:
+        """Local epochs this round: the simulation plan's, else the configured ones."""
+        return self.plan.epochs if self.plan.epochs is not None else self.train.epochs
+
     def for_client(self, round: int, plan: SimPlan, proximal_mu: float | None = None) -> ClientInstruction:
         """This instruction for one client in one round (``proximal_mu``: a FedProx
         term the aggregator sets, replacing ``train.proximal_mu``)."""

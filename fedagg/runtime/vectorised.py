@@ -33,7 +33,7 @@ from flwr.app import Context, Error, Message, MessageType, MetricRecord, RecordD
 
 from ..errors import ConfigError
 from ..flower.instruction import KEY, ClientInstruction
-from ..task.cohort import Member, log_fallback_once, slower_reason, train_cohort, unsupported_reason
+from ..task.cohort import Member, log_fallback_once, planned_steps, slower_reason, train_cohort, unsupported_reason
 from ..task.train import round_lr
 from .calls import ERROR_CODE_CLIENT_EXCEPTION, reply_from_node
 
@@ -116,7 +116,6 @@ def planned_work(msg: Message, pid: int) -> int:
     """The minibatch steps client ``pid`` will take for ``msg``: 0 for an injected fault (its
     work is not kept) or when the shard size cannot be known here. A deterministic sort key."""
     from ..data.federated import get_federated_data
-    from ..task.cohort import planned_steps
 
     try:
         instr = _instruction(msg)
@@ -124,8 +123,8 @@ def planned_work(msg: Message, pid: int) -> int:
         if plan.fault is not None:
             return 0
         n = get_federated_data(instr.data).train_size(pid)
-        return planned_steps(n, epochs=plan.epochs if plan.epochs is not None else tr.epochs, steps=tr.steps,
-                             batch_size=tr.batch_size, work_fraction=plan.work_fraction)
+        return planned_steps(n, epochs=instr.epochs, steps=tr.steps, batch_size=tr.batch_size,
+                             work_fraction=plan.work_fraction)
     except Exception:  # noqa: BLE001 - the ClientApp path reports what is wrong with this message
         return 0
 
@@ -190,12 +189,10 @@ def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list
             if fault == "crash":
                 raise ca.InjectedFault(f"client {pid}: injected crash (heterogeneity=crashes)")
             data, k = ca._client_data(ctx, instr, pid)
-            epochs = instr.plan.epochs if instr.plan.epochs is not None else instr.train.epochs
+            epochs = instr.epochs
             steps = instr.train.steps
             work = 0.5 if fault == "dropout" else instr.plan.work_fraction
             if fault == "dropout":  # its work is discarded: only the step count is reported
-                from ..task.cohort import planned_steps
-
                 done = planned_steps(len(data.y_train), epochs=epochs, steps=steps, batch_size=batch_size,
                                      work_fraction=work)
                 raise ca.InjectedFault(f"client {pid}: dropped out mid-round after {done} steps")
