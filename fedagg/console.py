@@ -20,7 +20,9 @@ class _DropDeprecationBanner(logging.Filter):
 
 def quiet_third_party() -> None:
     """Silence what a fedagg user cannot act on. Idempotent."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # Flower's telemetry and update check: off unless set
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray's usage statistics: off unless set
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's FutureWarning about num_gpus=0
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "setup plugin alembic..." x7 per import

@@ -30,8 +30,9 @@ whole process tree (Ray daemons and workers included) every 0.1 s.
     python scripts/bench_runtime.py --clients 100 --variants plain,ray-vec,flower,inprocess-vec
     python scripts/bench_runtime.py --population 1000 10000 100000 1000000
     python scripts/bench_runtime.py --scaling       # ray, 1 vs 2 workers, compute-bound
-    ray start --head --num-cpus 2 --include-dashboard=false --node-ip-address 127.0.0.1
-    python scripts/bench_runtime.py --address auto --variants ray --clients 10 --rounds 3
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 ray start --head --port 6379 \
+        --num-cpus 2 --include-dashboard=false --node-ip-address 127.0.0.1
+    python scripts/bench_runtime.py --address 127.0.0.1:6379 --variants ray --clients 10 --rounds 3
     ray stop
 
 Columns: start-up = wall time of the run after imports minus the time spent
@@ -83,6 +84,7 @@ VARIANT_OVERRIDES = {
 def worker(args: argparse.Namespace) -> None:
     t_start = time.perf_counter()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import logging
 
     import numpy as np

@@ -65,6 +65,7 @@ def base_env(flwr_home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+        RAY_USAGE_STATS_ENABLED="0",
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # flower-superexec / flwr-serverapp / flwr-clientapp
         PYTHONUNBUFFERED="1",
     )

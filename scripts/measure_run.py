@@ -5,18 +5,21 @@ process tree (sampled every 0.2 s; Ray's raylet/GCS/workers included).
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
-sys.path.insert(0, __import__("os").path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(__file__))
 from bench_runtime import tree_rss  # noqa: E402
 
 
 def main() -> None:
     cmd = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd)
+    env = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0",
+           **os.environ}  # telemetry off unless the caller says otherwise
+    p = subprocess.Popen(cmd, env=env)
     peak = 0
     while p.poll() is None:
         peak = max(peak, tree_rss(p.pid))

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from fedagg_testing import SMALL, compose
+from fedagg_testing import SMALL, compose, silent_peer
 
 ray = pytest.importorskip("ray")
 
@@ -107,14 +107,61 @@ def test_killed_worker_is_retried_and_run_continues(runs, tmp_path):
     assert killed[0] not in [p["pid"] for p in pids]
 
 
+def test_local_ray_listens_and_talks_on_loopback_only(monkeypatch, tmp_path):
+    """Ray maps 127.0.0.1 to the host's network address unless its single-machine
+    mode is on; fedagg turns it on while it starts its own Ray, even in a process
+    that imported Ray without it (this suite's conftest sets it for everything
+    else), and leaves the process as it found it."""
+    import subprocess
+
+    import ray
+    from ray._private import ray_constants
+
+    ray_grid.shutdown()
+    monkeypatch.delenv(ray_grid.LOOPBACK_ENV, raising=False)
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)  # as on any Linux host without the variable
+    rows = run(compose(*SMALL, "runtime=ray", "rounds=1"), tmp_path)
+    try:
+        node = ray._private.worker._global_node  # noqa: SLF001
+        assert node.node_ip_address == "127.0.0.1" and node.gcs_address.startswith("127.0.0.1:")
+        assert ray_constants.ENABLE_RAY_CLUSTER is True and ray_grid.LOOPBACK_ENV not in os.environ
+        pids = {str(os.getpid()), *subprocess.run(["pgrep", "-f", node.session_name], capture_output=True,
+                                                  text=True).stdout.split()}
+        listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout.splitlines()
+        ours = [line.split()[3] for line in listening if any(f"pid={p}," in line for p in pids)]
+        assert ours and all(_on_loopback(a) for a in ours), ours  # GCS, raylet, workers: loopback only
+    finally:
+        ray_grid.shutdown()
+    assert rows and rows[-1]["clients_replied"] == 6
+
+
+def _on_loopback(local_address: str) -> bool:
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(local_address.rsplit(":", 1)[0].strip("[]"))
+    except ValueError:  # "*": every interface
+        return False
+    return bool((getattr(ip, "ipv4_mapped", None) or ip).is_loopback)
+
+
+def test_is_loopback():
+    assert ray_grid.is_loopback(None) and ray_grid.is_loopback("127.0.0.1:6379")
+    assert ray_grid.is_loopback("ray://localhost:10001") and ray_grid.is_loopback("[::1]:6379")
+    assert not ray_grid.is_loopback("auto") and not ray_grid.is_loopback("head.example.org:6379")
+
+
 def test_unreachable_address_fails_fast_naming_the_key(tmp_path):
     ray_grid.shutdown()
     t0 = time.perf_counter()
     with pytest.raises(ConfigError, match="runtime.address"):
         run(compose(*SMALL, "runtime=ray", "runtime.address=127.0.0.1:1", "runtime.connect_timeout=2"), tmp_path)
-    with pytest.raises(ConfigError, match="runtime.address"):  # a black-holed host: the short timeout
-        run(compose(*SMALL, "runtime=ray", "runtime.address=10.255.255.1:6379", "runtime.connect_timeout=1"),
+    with silent_peer() as address, pytest.raises(ConfigError, match="runtime.address") as e:
+        t1 = time.perf_counter()  # a peer that never answers (as a black-holed host): the short timeout
+        run(compose(*SMALL, "runtime=ray", f"runtime.address={address}", "runtime.connect_timeout=1"),
             tmp_path / "b")
+    assert "TimeoutError" in str(e.value)  # it waited for the timeout: neither connected nor refused
+    assert 0.9 < time.perf_counter() - t1 < 10
     assert time.perf_counter() - t0 < 30
     assert not ray.is_initialized()
     assert not (tmp_path / "metrics.csv").exists()

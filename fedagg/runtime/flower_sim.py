@@ -11,6 +11,8 @@ import logging
 import os
 from typing import Any
 
+from .ray_grid import loopback_ray
+
 
 def run_flower(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
     from flwr.simulation import run_simulation
@@ -31,7 +33,9 @@ def run_flower(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
     }
     logging.getLogger("flwr").propagate = False
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    run_simulation(
-        server_app=server_app, client_app=client_app, num_supernodes=exp.cfg.num_clients,
-        backend_config=backend_config, verbose_logging=False,
-    )
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with loopback_ray(rt.address or None):  # Flower starts (or joins) Ray inside run_simulation
+        run_simulation(
+            server_app=server_app, client_app=client_app, num_supernodes=exp.cfg.num_clients,
+            backend_config=backend_config, verbose_logging=False,
+        )

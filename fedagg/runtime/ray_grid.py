@@ -28,13 +28,22 @@ Ray start-up is the expensive part (seconds), so it is paid once:
 * ``runtime.address`` (``auto``, ``host:port`` or ``ray://host:port``)
   connects to a running cluster, e.g. one started for a whole sweep::
 
-      ray start --head --num-cpus 2 --include-dashboard=false --node-ip-address 127.0.0.1
-      fedagg -m runtime=ray runtime.address=auto seed=0,1,2
+      RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head --port 6379 --num-cpus 2 \\
+          --include-dashboard=false --node-ip-address 127.0.0.1
+      fedagg -m runtime=ray runtime.address=127.0.0.1:6379 seed=0,1,2
       ray stop
 
   An unreachable address fails within ``runtime.connect_timeout`` seconds
   with an error naming ``runtime.address``. fedagg never shuts down a
   cluster it did not start.
+* Ray maps ``127.0.0.1`` to the host's network address unless
+  ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (its single-machine mode; without
+  it even ``--node-ip-address 127.0.0.1`` binds the host's address). fedagg
+  sets it (unless you did) while it starts a local instance and while it
+  connects to a loopback ``runtime.address``, so a run on one machine talks
+  only to 127.0.0.1; a cluster head on loopback needs it too (above).
+  Ray's usage statistics are off unless ``RAY_USAGE_STATS_ENABLED`` says
+  otherwise.
 * Otherwise a local Ray instance is started on first use and kept for the
   life of the process (Ray shuts it down at exit), so later Hydra multirun
   jobs in the same process reuse it. If Ray is already initialised (an
@@ -52,6 +61,8 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -162,6 +173,40 @@ def _check_address(address: str, timeout: float) -> None:
         ) from e
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is 127.0.0.1
+
+
+def is_loopback(address: str | None) -> bool:
+    """True for no address (a local instance) and for a ``127.x`` /
+    ``localhost`` / ``[::1]`` cluster address."""
+    if not address:
+        return True
+    host = str(address).split("://", 1)[-1].rstrip("/").rpartition(":")[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+@contextmanager
+def loopback_ray(address: str | None) -> Iterator[None]:
+    """Start or join Ray on 127.0.0.1 only (see the module docstring): sets
+    :data:`LOOPBACK_ENV` for the duration (Ray's daemons inherit it) unless the
+    caller set it or ``address`` names another host (``auto`` is left as it
+    is: the running cluster decides)."""
+    set_here = LOOPBACK_ENV not in os.environ and address != "auto" and is_loopback(address)
+    if not set_here:
+        yield
+        return
+    from ray._private import ray_constants  # read at Ray's import: this process may have imported Ray already
+
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[LOOPBACK_ENV] = "0"  # for the daemons and workers Ray starts now
+    ray_constants.ENABLE_RAY_CLUSTER = False  # for this driver
+    try:
+        yield
+    finally:
+        os.environ.pop(LOOPBACK_ENV, None)
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
 def init_ray(rt: RuntimeConfig) -> None:
     """Connect to ``runtime.address``, reuse an initialised Ray, or start a local one."""
     global _STARTED_RAY
@@ -177,20 +222,23 @@ def init_ray(rt: RuntimeConfig) -> None:
         shutdown()  # our local instance, but this run names a cluster
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING}
     if address:
         try:
-            ray.init(address=str(address), **common)
+            with loopback_ray(str(address)):
+                ray.init(address=str(address), **common)
         except (ConnectionError, RuntimeError, TimeoutError) as e:
             raise ConfigError(f"runtime.address='{address}': could not connect to a Ray cluster: {e}") from e
         return
     tmp = os.environ.get("RAY_TMPDIR")
-    ray.init(
-        num_cpus=int(rt.num_cpus or os.cpu_count() or 1),
-        num_gpus=rt.num_gpus,
-        _temp_dir=tmp if tmp else None,
-        **common,
-    )
+    with loopback_ray(None):
+        ray.init(
+            num_cpus=int(rt.num_cpus or os.cpu_count() or 1),
+            num_gpus=rt.num_gpus,
+            _temp_dir=tmp if tmp else None,
+            **common,
+        )
     _STARTED_RAY = True
 
 
