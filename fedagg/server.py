@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from . import dp
 from .callbacks import (
     Checkpoints,
     ClientEvaluation,
@@ -94,10 +95,13 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
     hint = early_round_warning(cfg.aggregator["name"], cfg.participation["name"], cfg.aggregator.get("server_lr"))
     if hint:
         log.warning(hint)
+    via = dp.wrap(strategy, cfg)  # dp.mode: Flower's DP wrapper runs the rounds around the strategy
+    if via is not None:
+        callbacks.insert(0, dp.NoiseSeed(cfg.seed))
     strategy.start(
         grid, initial_arrays=params_to_record(strategy.params), num_rounds=total,
         timeout=cfg.server.round_timeout, evaluate_fn=evaluate_fn,
-        callbacks=callbacks, start_round=start,
+        callbacks=callbacks, start_round=start, via=via,
     )
     return recorder.rows
 
