@@ -6,11 +6,13 @@ handlers as Flower ships them, with two changes a test needs:
   images, 10 labels; 64 training and 16 validation examples per partition,
   seeded by the partition id) instead of downloading CIFAR-10;
 * the train reply carries one more line, ``label-hist`` (the per-class counts
-  FedDisco needs).
+  FedDisco needs);
+* the evaluate reply has the quickstart's loss and accuracy, not its top-3 and
+  per-class accuracies (random labels make them noise).
 
 ``flwr run`` fills ``context.run_config`` from the app's pyproject
 (``batch-size``, ``local-epochs``); ``run_simulation`` and fedagg's in-process
-grid leave it empty, so the ClientApp gets the quickstart's values through
+grid leave it empty, so the handlers get the quickstart's values through
 ``pyproject_run_config``, a mod of the test's own.
 """
 from __future__ import annotations
@@ -28,9 +30,10 @@ RUN_CONFIG = {"batch-size": 32, "local-epochs": 1}
 
 
 def pyproject_run_config(msg: Message, context: Context, call_next):  # noqa: ANN001, ANN201
-    for k, v in RUN_CONFIG.items():
-        context.run_config.setdefault(k, v)
-    return call_next(msg, context)
+    """The handlers see the quickstart's run config (Flower's runtime forbids changing the node's own Context's)."""
+    ctx = Context(run_id=context.run_id, node_id=context.node_id, node_config=context.node_config,
+                  state=context.state, run_config={**RUN_CONFIG, **context.run_config})
+    return call_next(msg, ctx)
 
 
 class Net(nn.Module):
