@@ -6,6 +6,8 @@ from all four nodes, and nothing on the console says ERROR (no message type
 the ClientApp cannot handle is sent)."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import quickstart_pytorch_app as quickstart
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -19,10 +21,11 @@ N = 4
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_quickstart_clientapp_under_run_simulation_with_a_clean_console(capfd, monkeypatch):
+def test_quickstart_clientapp_under_run_simulation_with_a_clean_console(capfd, caplog, monkeypatch):
     from flwr.simulation import run_simulation
 
     monkeypatch.setenv("RAY_DEDUP_LOGS", "0")
+    caplog.set_level(logging.INFO)
     results: dict = {}
     app = ServerApp()
 
@@ -53,6 +56,8 @@ def test_quickstart_clientapp_under_run_simulation_with_a_clean_console(capfd, m
         train, ev = res.train_metrics_clientapp[2], res.evaluate_metrics_clientapp[2]
         assert train["num-replied"] == N and "train_loss" in train, (name, train)
         assert ev["num-replies"] == N and 0.0 <= ev["eval_acc"] <= 1.0, (name, ev)
-    console = out + err
-    assert "[ROUND 2/2]" in console and "aggregate_train: Received 4 results and 0 failures" in console
+    lines = [r.getMessage() for r in caplog.records]  # the ServerApp's log (Flower's per-round lines)
+    assert "[ROUND 2/2]" in lines and "aggregate_train: Received 4 results and 0 failures (0 rejected)" in lines
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    console = out + err  # what Ray's actors printed
     assert "ERROR" not in console, [line for line in console.splitlines() if "ERROR" in line][:5]
