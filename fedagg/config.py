@@ -70,6 +70,33 @@ class EvalConfig:
 
 
 @dataclass
+class DPConfig:
+    """Flower's central differential privacy around the run's strategy (fedagg/dp.py)."""
+
+    mode: str = "none"  # none | server_fixed | server_adaptive (Flower's DifferentialPrivacyServerSide*Clipping)
+    noise_multiplier: float = 0.0  # Gaussian noise stdev = noise_multiplier * clipping_norm / num_sampled_clients
+    clipping_norm: float = 1.0  # server_fixed: the norm each update is clipped to; server_adaptive: its start value
+    num_sampled_clients: Optional[int] = None  # clients a round is expected to ask; null = num_clients
+    target_clipped_quantile: float = 0.5  # server_adaptive: the fraction of updates to clip
+    clip_norm_lr: float = 0.2  # server_adaptive: the norm's learning rate
+
+
+def check_dp(dp: DPConfig) -> None:
+    from .dp import MODES
+
+    _need(dp.mode in MODES, "dp.mode", dp.mode, f"valid choices: {', '.join(MODES)}")
+    _need(_finite(dp.noise_multiplier) and dp.noise_multiplier >= 0, "dp.noise_multiplier", dp.noise_multiplier,
+          "it must be a finite number >= 0")
+    _need(_finite(dp.clipping_norm) and dp.clipping_norm > 0, "dp.clipping_norm", dp.clipping_norm,
+          "it must be a finite number > 0")
+    _need(dp.num_sampled_clients is None or dp.num_sampled_clients >= 1, "dp.num_sampled_clients",
+          dp.num_sampled_clients, "it must be an integer >= 1 or null (num_clients)")
+    _need(_finite(dp.target_clipped_quantile) and 0 <= dp.target_clipped_quantile <= 1, "dp.target_clipped_quantile",
+          dp.target_clipped_quantile, "it must be in [0, 1]")
+    _need(_finite(dp.clip_norm_lr) and dp.clip_norm_lr > 0, "dp.clip_norm_lr", dp.clip_norm_lr, "it must be > 0")
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 0  # write checkpoint.pkl every k rounds (0 = never)
 
@@ -126,6 +153,7 @@ class Config:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
     resume: Optional[str] = None  # a run folder to resume from
     # values a preset (conf/experiment/*.yaml) keeps for its own interpolations, e.g. a
     # per-aggregator lr table read as ${vars.claim_lr.${aggregator.name}}; fedagg never reads them
@@ -414,6 +442,7 @@ def check_fixed(cfg: Config) -> None:
     _need(cfg.server.max_failed_rounds >= 0, "server.max_failed_rounds", cfg.server.max_failed_rounds,
           "it must be >= 0 (0 = never stop for failed rounds)")
     check_runtime(cfg.runtime)
+    check_dp(cfg.dp)
 
 
 def check_runtime(rt: RuntimeConfig) -> None:

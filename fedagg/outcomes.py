@@ -47,8 +47,9 @@ class FailureWatch:
     consecutive rounds (0 = never). A round where nobody was asked neither
     counts nor resets: it is not a failure of the clients."""
 
-    def __init__(self, max_failed_rounds: int) -> None:
+    def __init__(self, max_failed_rounds: int, option: str = "server.max_failed_rounds") -> None:
         self.max_failed_rounds = int(max_failed_rounds)
+        self.option = option  # the setting the error names
         self.streak = 0
         self.first_error = ""
 
@@ -64,7 +65,7 @@ class FailureWatch:
         if self.max_failed_rounds and self.streak >= self.max_failed_rounds:
             raise RunFailed(
                 f"every asked client failed in {self.streak} consecutive rounds (up to round {rnd}; "
-                f"server.max_failed_rounds={self.max_failed_rounds}); first error: {self.first_error}"
+                f"{self.option}={self.max_failed_rounds}); first error: {self.first_error}"
             )
 
 

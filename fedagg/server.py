@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from . import dp
 from .callbacks import (
     Checkpoints,
     ClientEvaluation,
@@ -27,6 +28,7 @@ from .callbacks import (
 )
 from .flower.callbacks import RoundCallback
 from .flower.codec import params_to_record, record_to_params
+from .flower.options import FlowerOptions
 from .flower.strategy import FedaggStrategy
 from .outcomes import RunGuard, early_round_warning
 from .report.loggers import make_logger
@@ -44,11 +46,13 @@ def make_strategy(exp: Experiment) -> FedaggStrategy:
     cfg = exp.cfg
     return FedaggStrategy(
         exp.aggregator, seed=cfg.seed, participation=exp.participation, heterogeneity=exp.heterogeneity,
-        instruction=exp.instruction, fraction_evaluate=1.0 if cfg.eval.every else 0.0,
+        instruction=exp.instruction, options=FlowerOptions(fraction_evaluate=1.0 if cfg.eval.every else 0.0),
         evaluate_every=max(1, cfg.eval.every), evaluate_initial=bool(cfg.eval.every),
         connect_timeout=cfg.server.connect_timeout,
         max_update_norm=cfg.validation.max_update_norm,
         assign_unknown_nodes=False,  # fedagg's ClientApp says its partition-id; a silent node is broken
+        max_failed_rounds=0,  # the Outcome callback applies server.max_failed_rounds (status.json, checkpoint)
+        log_rounds=False,  # the ConsoleLine callback prints fedagg's own line per round
     )
 
 
@@ -91,10 +95,13 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
     hint = early_round_warning(cfg.aggregator["name"], cfg.participation["name"], cfg.aggregator.get("server_lr"))
     if hint:
         log.warning(hint)
+    via = dp.wrap(strategy, cfg)  # dp.mode: Flower's DP wrapper runs the rounds around the strategy
+    if via is not None:
+        callbacks.insert(0, dp.NoiseSeed(cfg.seed))
     strategy.start(
         grid, initial_arrays=params_to_record(strategy.params), num_rounds=total,
         timeout=cfg.server.round_timeout, evaluate_fn=evaluate_fn,
-        callbacks=callbacks, start_round=start,
+        callbacks=callbacks, start_round=start, via=via,
     )
     return recorder.rows
 

@@ -189,7 +189,7 @@ def test_fedaggs_own_clientapp_evaluates_on_the_client(tmp_path):
 
     exp = build(compose(*COMMON, "aggregator=fedavg", "val_fraction=0.2"))
     strategy = make_strategy(exp)
-    strategy.fraction_evaluate = 1.0
+    strategy.options.fraction_evaluate = 1.0
     grid = _inprocess(fedagg_client_app)
     res = strategy.start(grid, params_to_record(exp.init_params(0)), num_rounds=1)
     ev = res.evaluate_metrics_clientapp[1]

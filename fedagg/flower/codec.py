@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from typing import TypeVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
 from ..aggregators.base import ClientUpdate, InvalidUpdate, Params
 
-__all__ = ["InvalidUpdate", "params_to_record", "record_to_params", "reply_to_update"]
+__all__ = ["InvalidUpdate", "example_count", "params_to_record", "record_to_params", "reply_to_update",
+           "single_record"]
 
 # An Array of stype "numpy.ndarray" holds ``np.save(a)``'s bytes: an .npy header, then the raw
 # values. Encoding and decoding one costs np.save / np.load's per-call overhead (tens of
@@ -79,23 +81,50 @@ def record_to_params(rec: ArrayRecord) -> Params:
     return {k: _ndarray(v) for k, v in rec.items()}
 
 
+R = TypeVar("R", ArrayRecord, MetricRecord)
+
+
+def single_record(records: Mapping[str, R], key: str, kind: str) -> R:
+    """The record named ``key``, else the only record of its kind (Flower takes the
+    single ArrayRecord / MetricRecord of a reply whatever its name)."""
+    if key in records:
+        return records[key]
+    if len(records) == 1:
+        return next(iter(records.values()))
+    names = sorted(records)
+    raise InvalidUpdate(f"reply has no '{key}' record" + (f" and {len(names)} {kind}s {names}" if names else ""))
+
+
+def example_count(metrics: Mapping[str, object], key: str = "num-examples") -> int:
+    """A reply's example count: a positive whole number (an integral float such as 32.0 counts)."""
+    n = metrics.get(key)
+    if isinstance(n, float) and np.isfinite(n) and n.is_integer() and not isinstance(n, bool):
+        n = int(n)
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise InvalidUpdate(f"{key}={n!r} is not a positive whole number")
+    return n
+
+
 def reply_to_update(
     msg: Message,
     client_id: int,
     sent: Params,
     num_classes: int,
     max_update_norm: float | None = None,
+    *,
+    weight_key: str = "num-examples",
+    arrays_key: str = "arrays",
 ) -> ClientUpdate:
-    """Decode and validate one train reply; raise InvalidUpdate on any defect."""
+    """Decode and validate one train reply; raise InvalidUpdate on any defect. The
+    ArrayRecord named ``arrays_key`` (or the reply's only one, whatever its name,
+    as Flower reads it) holds the model; ``weight_key`` the example count."""
     if msg.has_error():
         raise InvalidUpdate(f"client error: {msg.error.reason}")
     content = msg.content
-    if "arrays" not in content.array_records:
-        raise InvalidUpdate("reply has no 'arrays' record")
-    if "metrics" not in content.metric_records:
-        raise InvalidUpdate("reply has no 'metrics' record")
+    arrays = single_record(content.array_records, arrays_key, "ArrayRecord")
+    m = single_record(content.metric_records, "metrics", "MetricRecord")
     try:
-        params = record_to_params(content.array_records["arrays"])
+        params = record_to_params(arrays)
     except Exception as e:  # malformed bytes
         raise InvalidUpdate(f"arrays cannot be decoded: {e}") from e
     if list(params) != list(sent):
@@ -116,10 +145,7 @@ def reply_to_update(
                 sq += float(np.sum((v.astype(np.float64) - ref) ** 2))
     if max_update_norm is not None and np.sqrt(sq) > max_update_norm:
         raise InvalidUpdate(f"update norm {np.sqrt(sq):.4g} exceeds validation.max_update_norm={max_update_norm}")
-    m: Mapping[str, object] = content["metrics"]
-    n = m.get("num-examples")
-    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-        raise InvalidUpdate(f"num-examples={n!r} is not a positive integer")
+    n = example_count(m, weight_key)
     hist = m.get("label-hist")
     label_hist = None
     if hist is not None and num_classes > 0:  # 0: the number of classes is unknown (a foreign ClientApp)
@@ -141,7 +167,7 @@ def reply_to_update(
 
     loss, acc = _finite("train-loss"), _finite("train-accuracy")
     if acc is not None and not 0.0 <= acc <= 1.0:
-        raise InvalidUpdate(f"train-accuracy={acc} is outside [0, 1]")
+        raise InvalidUpdate(f"train-accuracy={acc} is outside [0, 1] (a fraction of the examples, not a percentage)")
     steps = m.get("steps")
     meta: dict[str, int | float | str] = {"steps": steps} if isinstance(steps, int) else {}
-    return ClientUpdate(client_id, params, int(n), label_hist, loss, acc, meta)
+    return ClientUpdate(client_id, params, n, label_hist, loss, acc, meta)

@@ -5,21 +5,25 @@ your own ServerApp.
 ``fedlaw``, ``gossip``, ``mifa``, ...) or one of fedagg's presets (the files
 ``aggregator/<name>.yaml`` of its config, e.g. ``fedau_k50`` = ``fedau`` with
 ``K=50``, ``intrac`` = ``ida`` with ``variant=intrac``) or the dotted path
-of a user's own ``Aggregator`` subclass (``my_pkg.rules.MyRule``); keyword
-options the rule does not take are refused by the rule.
+of a user's own ``Aggregator`` subclass (``my_pkg.rules.MyRule``). Keyword
+options are Flower's own strategy options (``fraction_train``, ...) and the
+rule's; any other is refused when the strategy is built.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
 
 from .. import aggregators
 from ..aggregators.base import Aggregator, AggregatorContext, InitParamsFn, ModelFn
+from .options import FlowerOptions
 from .strategy import FedaggStrategy
 
 RuleOption = int | float | str | bool | None | Sequence[float]
@@ -64,6 +68,21 @@ def resolve(name: str) -> tuple[type[Aggregator], dict[str, RuleOption]]:
     return aggregators.get(rule), {k: v for k, v in p.items() if k != "name"}
 
 
+def rule_options(cls: type[Aggregator]) -> list[str]:
+    """The keyword options ``cls`` takes (its and its bases' ``__init__`` parameters after the context)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for i, p in enumerate(inspect.signature(init).parameters.values()):
+            if i < 2 or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):  # self, ctx, **kw
+                continue
+            if p.name not in names:
+                names.append(p.name)
+    return names
+
+
 def strategy_for(
     name: str,
     *,
@@ -75,33 +94,54 @@ def strategy_for(
     init_params_fn: InitParamsFn | None = None,
     proxy_data: tuple[np.ndarray, np.ndarray] | None = None,
     oracle_probs: Sequence[float] | np.ndarray | None = None,
-    fraction_evaluate: float = 1.0,
-    min_available_nodes: int = 2,
     connect_timeout: float = 120.0,
     max_update_norm: float | None = None,
-    **options: RuleOption,
+    max_failed_rounds: int = 3,
+    **options: Any,
 ) -> FedaggStrategy:
     """A Flower ``Strategy`` running fedagg's rule ``name``.
 
     Use it like Flower's own strategies::
 
-        strategy = strategy_for("fedau", K=50)
+        strategy = strategy_for("fedau", K=50, fraction_train=0.5)
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
                                 num_rounds=10, train_config=ConfigRecord({"lr": 0.05}))
 
-    Clients reply the standard keys (``arrays``; ``metrics`` with
-    ``num-examples``, optionally ``train-loss``, ``train-accuracy`` and
-    ``label-hist``). ``num_clients`` defaults to the nodes connected at the
-    start (waiting for ``min_available_nodes``), ``num_classes`` to the
-    length of the ``label-hist`` the nodes report in a ``query`` reply. What a
-    rule needs besides the replies is passed here and refused when missing:
-    ``proxy_data=(x, y)`` and ``model_fn`` (fedlaw), ``oracle_probs``
-    (known_prob), ``init_params_fn(client_id)`` (gossip with independent
-    initial models); rules that read label histograms (feddisco) name the
-    client whose reply has none. ``dataset`` names the data for rules whose
+    ``options`` are Flower's own FedAvg options, with Flower's meaning and
+    defaults (``fraction_train``, ``fraction_evaluate``, ``min_train_nodes``,
+    ``min_evaluate_nodes``, ``min_available_nodes``, ``weighted_by_key``,
+    ``arrayrecord_key``, ``configrecord_key``, ``train_metrics_aggr_fn``,
+    ``evaluate_metrics_aggr_fn``: :class:`~fedagg.flower.options.FlowerOptions`),
+    and the rule's own (``server_lr``, ``K``, ...); any other name is refused
+    here, with the list of accepted ones.
+
+    Clients reply the standard keys (the ArrayRecord; a MetricRecord with
+    ``num-examples``, optionally ``train-loss``, ``train-accuracy`` (a
+    fraction in [0, 1]), ``label-hist`` and ``partition-id``; every other
+    metric is aggregated as Flower does). ``num_clients`` defaults to the nodes
+    connected at the start (waiting for ``min_available_nodes``); client ids
+    follow the node ids, or the ``partition-id`` a node echoes in its first
+    train reply. Rules that read label histograms (feddisco) need
+    ``num_classes``. What a rule needs besides the replies is passed here and
+    refused when missing: ``proxy_data=(x, y)`` and ``model_fn`` (fedlaw),
+    ``oracle_probs`` (known_prob), ``init_params_fn(client_id)`` (gossip with
+    independent initial models). ``dataset`` names the data for rules whose
     defaults depend on it (FedLAW's official server learning rate).
+    ``start`` raises ``fedagg.outcomes.RunFailed`` after ``max_failed_rounds``
+    consecutive rounds in which every asked client failed or was rejected
+    (0: never).
     """
     cls, preset = resolve(name)
+    flower = {k: options.pop(k) for k in FlowerOptions.names() if k in options}
+    accepted = rule_options(cls)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        fedagg_own = [p for p in inspect.signature(strategy_for).parameters if p not in ("name", "options")]
+        raise TypeError(
+            f"strategy_for('{name}'): unknown option(s) {unknown}; accepted: Flower's {', '.join(FlowerOptions.names())}; "
+            f"fedagg's {', '.join(fedagg_own)}; rule '{cls.name}': {', '.join(accepted) or '(none)'}"
+        )
+    flower_options = FlowerOptions(**flower)
     opts = {**preset, **options}
     missing = [
         arg for arg, need, given in (
@@ -120,10 +160,10 @@ def strategy_for(
         return cls(full.restricted_to(cls), **opts)
 
     rule: Aggregator | None = None
-    if num_clients is not None and num_classes is not None:  # everything known: refuse bad options now
+    if num_clients is not None and num_classes is not None:  # everything known: refuse bad values now
         rule = build(AggregatorContext(num_clients=num_clients, num_classes=num_classes, seed=seed, dataset=dataset))
     return FedaggStrategy(
         rule if rule is not None else build, num_clients=num_clients, num_classes=num_classes, seed=seed,
-        fraction_evaluate=fraction_evaluate, min_available_nodes=min_available_nodes,
-        connect_timeout=connect_timeout, max_update_norm=max_update_norm,
+        options=flower_options, connect_timeout=connect_timeout, max_update_norm=max_update_norm,
+        max_failed_rounds=max_failed_rounds,
     )

@@ -20,11 +20,22 @@
 
 Client ids: aggregators key their state by a stable client id 0..N-1, never
 Flower's node id. The strategy learns them itself: a grid that knows them
-(fedagg's simulation grids: ``grid.client_node_map()``) says so; otherwise,
-before round 1, it sends every node a QUERY; a node that answers with ``partition-id`` in its metrics
-(fedagg's ClientApp does) is that client; nodes of a foreign ClientApp that
-has no query handler get ids in the order of their node ids. A train reply
-that echoes a ``partition-id`` must match what its node said.
+(fedagg's simulation grids: ``grid.client_node_map()``) says so; a strategy
+driving fedagg's own ClientApp (``instruction`` given: that app has a query
+handler) sends every node a QUERY before round 1 and uses the
+``partition-id`` it answers. Any other ClientApp is sent only what Flower's
+own strategies send (train and evaluate messages): its nodes get ids in the
+order of their node ids, and a node whose first train reply echoes a
+``partition-id`` is moved to that id from then on (in that round already).
+A train reply that echoes a ``partition-id`` must match what its node said
+before. Replies are matched to the clients asked by their node id (and the
+round in ``group_id``, when the reply carries one), so a caller or a Flower
+wrapper that rebuilds the messages does not lose them.
+
+Flower's constructor options (``fraction_train``, ``min_train_nodes``,
+``weighted_by_key``, the record keys, the metric hooks, ...) are
+:class:`~fedagg.flower.options.FlowerOptions`; that module says how
+``fraction_train`` composes with fedagg's participation patterns.
 """
 from __future__ import annotations
 
@@ -45,6 +56,7 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 
 from ..aggregators.base import (
     Aggregator,
@@ -55,12 +67,16 @@ from ..aggregators.base import (
     Params,
     RoundInfo,
 )
+from ..outcomes import FailureWatch
 from ..seeding import rng
 from .callbacks import RoundCallback
-from .codec import params_to_record, record_to_params, reply_to_update
+from .codec import example_count, params_to_record, record_to_params, reply_to_update, single_record
 from .instruction import ClientInstruction, SimPlan
+from .metrics import aggregate_reply_metrics
+from .options import FlowerOptions
 
 log = logging.getLogger("fedagg")
+flwr_log = logging.getLogger("flwr")  # the per-round lines Flower's own strategies print
 
 RuleFactory = Callable[[AggregatorContext], Aggregator]
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
@@ -101,8 +117,14 @@ class FedaggStrategy(Strategy):
     ``rule`` is a built aggregator, or a factory that gets the
     :class:`AggregatorContext` once the strategy knows the number of clients
     (``num_clients``, or the number of nodes connected at the start) and of
-    classes (``num_classes``, or the length of the ``label-hist`` the nodes
-    report; 0 if none does).
+    classes (``num_classes``, or the length of the ``label-hist`` fedagg's
+    ClientApp reports in its query reply; 0 otherwise).
+
+    ``options`` are Flower's FedAvg constructor options (:class:`FlowerOptions`).
+    :meth:`start` stops with :class:`~fedagg.outcomes.RunFailed` naming the
+    first reason when every asked client failed or was rejected in
+    ``max_failed_rounds`` consecutive rounds (0: never). ``log_rounds``
+    prints Flower's per-round lines on the ``flwr`` logger.
     """
 
     def __init__(
@@ -115,16 +137,18 @@ class FedaggStrategy(Strategy):
         participation: Availability | None = None,
         heterogeneity: Planner | None = None,
         instruction: ClientInstruction | None = None,
-        fraction_evaluate: float = 1.0,
-        min_available_nodes: int = 2,
+        options: FlowerOptions | None = None,
         connect_timeout: float = 120.0,
         max_update_norm: float | None = None,
         assign_unknown_nodes: bool = True,
         evaluate_every: int = 1,
         evaluate_initial: bool = False,
+        max_failed_rounds: int = 3,
+        log_rounds: bool = True,
     ) -> None:
-        if not 0.0 <= fraction_evaluate <= 1.0:
-            raise ValueError(f"fraction_evaluate={fraction_evaluate} must be in [0, 1]")
+        if isinstance(max_failed_rounds, bool) or not isinstance(max_failed_rounds, int) or max_failed_rounds < 0:
+            raise ValueError(f"max_failed_rounds={max_failed_rounds!r} must be a non-negative integer (0 = never stop)")
+        self.options = options if options is not None else FlowerOptions()
         self._factory: RuleFactory | None = None if isinstance(rule, Aggregator) else rule
         self._aggregator: Aggregator | None = rule if isinstance(rule, Aggregator) else None
         self.num_clients = num_clients if self._aggregator is None else self._aggregator.ctx.num_clients
@@ -134,13 +158,13 @@ class FedaggStrategy(Strategy):
         self.heterogeneity = heterogeneity
         self.instruction = instruction
         self._encoded: dict[tuple[int, SimPlan, float | None], ConfigRecord] = {}  # instruction records, reused
-        self.fraction_evaluate = float(fraction_evaluate)
-        self.min_available_nodes = int(min_available_nodes)
         self.connect_timeout = float(connect_timeout)
         self.max_update_norm = max_update_norm
         self.assign_unknown_nodes = assign_unknown_nodes
         self.evaluate_every = max(1, int(evaluate_every))  # client-side evaluation every k rounds
         self.evaluate_initial = bool(evaluate_initial)  # ... and of the initial model (round 0)
+        self.max_failed_rounds = max_failed_rounds
+        self.log_rounds = bool(log_rounds)
         self.client_scores: dict[int, dict[int, tuple[float, float, int]]] = {}  # round -> client -> (acc, loss, n)
         self.node_of: Mapping[int, int] = {}  # client id -> Flower node id
         self.client_of: Mapping[int, int] = {}  # Flower node id -> client id
@@ -149,7 +173,9 @@ class FedaggStrategy(Strategy):
         self.params: Params = {}  # the current global model
         self.last_record: RoundRecord | None = None
         self._arrays: ArrayRecord | None = None  # self.params as the ArrayRecord last handed out
-        self._sent: dict[int, tuple[Message, Params]] = {}  # this round: client id -> (message, model sent)
+        self._sent: dict[int, tuple[int, Params]] = {}  # this round: node id -> (client id, model sent)
+        self._round = 0  # the round of self._sent
+        self._reply_metrics = MetricRecord()  # this round's replies' own metrics, aggregated as Flower does
 
     # -- the rule -----------------------------------------------------------------
     @property
@@ -177,7 +203,7 @@ class FedaggStrategy(Strategy):
             self._grid_ids = True
             self._build(len(self.node_of))
             return
-        need = self.num_clients if self.num_clients is not None else self.min_available_nodes
+        need = self.num_clients if self.num_clients is not None else self.options.min_available_nodes
         deadline = time.time() + self.connect_timeout
         while wait and len(list(grid.get_node_ids())) < need:
             if time.time() > deadline:
@@ -188,22 +214,7 @@ class FedaggStrategy(Strategy):
         todo = sorted(set(grid.get_node_ids()) - set(self.client_of))
         if not todo:
             return
-        told: dict[int, int] = {}
-        classes = 0
-        config = self.instruction.encode() if self.instruction is not None else ConfigRecord()
-        msgs = [Message(RecordDict({"config": config}), dst_node_id=n, message_type=MessageType.QUERY) for n in todo]
-        for r in grid.send_and_receive(msgs, timeout=self.connect_timeout):
-            node = r.metadata.src_node_id
-            if r.has_error():
-                log.info("node %s did not answer the id query: %s", node, (r.error.reason or "").strip()[-300:])
-                continue
-            m = r.content.metric_records.get("metrics")
-            pid = None if m is None else m.get("partition-id")
-            if isinstance(pid, int):
-                told[node] = pid
-                hist = m.get("label-hist") if m is not None else None
-                if isinstance(hist, list):
-                    classes = max(classes, len(hist))
+        told, classes = self._query(grid, todo) if self.instruction is not None else ({}, 0)
         if self.num_classes is None and classes:
             self.num_classes = classes
         self._build(len(list(grid.get_node_ids())))
@@ -224,6 +235,27 @@ class FedaggStrategy(Strategy):
         missing = sorted(set(range(n)) - set(self.node_of))
         if missing:
             log.warning("no node serves client id(s) %s yet", missing[:20])
+
+    def _query(self, grid: Grid, todo: list[int]) -> tuple[dict[int, int], int]:
+        """Ask fedagg's ClientApp on ``todo`` for its partition-id: (node -> id, number of classes seen)."""
+        told: dict[int, int] = {}
+        classes = 0
+        assert self.instruction is not None
+        config = self.instruction.encode()
+        msgs = [Message(RecordDict({"config": config}), dst_node_id=n, message_type=MessageType.QUERY) for n in todo]
+        for r in grid.send_and_receive(msgs, timeout=self.connect_timeout):
+            node = r.metadata.src_node_id
+            if r.has_error():
+                log.info("node %s did not answer the id query: %s", node, (r.error.reason or "").strip()[-300:])
+                continue
+            m = r.content.metric_records.get("metrics")
+            pid = None if m is None else m.get("partition-id")
+            if isinstance(pid, int):
+                told[node] = pid
+                hist = m.get("label-hist") if m is not None else None
+                if isinstance(hist, list):
+                    classes = max(classes, len(hist))
+        return told, classes
 
     def _map(self, cid: int, node: int) -> None:
         assert isinstance(self.node_of, dict) and isinstance(self.client_of, dict)
@@ -261,29 +293,42 @@ class FedaggStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self.connect(grid, wait=self._aggregator is None)  # cheap when no node joined
         self._sync(arrays)
-        agg = self.aggregator
+        agg, opts = self.aggregator, self.options
         if self.participation is not None:  # O(asked) work per round, however many clients are registered
             available = np.asarray(self.participation.available(server_round), dtype=bool)
-            asked = [c for c in np.flatnonzero(available).tolist() if c in self.node_of]
+            eligible = [c for c in np.flatnonzero(available).tolist() if c in self.node_of]
         else:
-            asked = sorted(self.node_of)
-        self._sent = {}
+            eligible = sorted(self.node_of)
+        k = opts.train_sample_size(len(eligible))
+        asked = eligible
+        if k < len(eligible):  # fraction_train / min_train_nodes sample among the available clients
+            asked = sorted(rng(self.seed, "train-sample", server_round).choice(eligible, size=k, replace=False).tolist())
+        self._sent, self._round = {}, server_round
+        msgs = []
         for cid in asked:
             params = agg.params_for(cid, self.params)
             rec = arrays if not agg.per_node_models else params_to_record(params)
-            msg = Message(RecordDict({"arrays": rec, "config": self._config(config, server_round, cid, True)}),
-                          dst_node_id=self.node_of[cid], message_type=MessageType.TRAIN, group_id=str(server_round))
-            self._sent[cid] = (msg, params)
-        return [msg for msg, _ in self._sent.values()]
+            node = self.node_of[cid]
+            msgs.append(Message(RecordDict({opts.arrayrecord_key: rec,
+                                            opts.configrecord_key: self._config(config, server_round, cid, True)}),
+                                dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round)))
+            self._sent[node] = (cid, params)
+        if self.log_rounds:
+            flwr_log.info("configure_train: Sampled %s nodes (out of %s)", len(msgs), len(eligible))
+        return msgs
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         rec = self._aggregate(server_round, list(replies))
         self.last_record = rec
         self._arrays = params_to_record(self.params)
-        metrics: dict[str, int | float | list[int] | list[float]] = {
+        if self.log_rounds:
+            flwr_log.info("aggregate_train: Received %s results and %s failures (%s rejected)",
+                          len(rec.replied), len(rec.failed), len(rec.rejected))
+        metrics = MetricRecord(dict(self._reply_metrics))  # the replies' own metrics (Flower's weighted mean) ...
+        metrics.update({  # ... and fedagg's scalars of the round
             "num-asked": len(rec.asked), "num-replied": len(rec.replied),
             "num-failed": len(rec.failed), "num-rejected": len(rec.rejected),
-        }
+        })
         if rec.train_loss is not None:
             metrics["train-loss"] = rec.train_loss
         for k, v in rec.agg_metrics.items():
@@ -291,97 +336,169 @@ class FedaggStrategy(Strategy):
                 continue
             if isinstance(v, (int, float)) or (isinstance(v, list) and v and len({type(x) for x in v}) == 1):
                 metrics[k] = v
-        return self._arrays, MetricRecord(metrics)
+        return self._arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        if self.fraction_evaluate == 0.0 or not self.node_of or server_round % self.evaluate_every:
+        opts = self.options
+        if opts.fraction_evaluate == 0.0 or not self.node_of or server_round % self.evaluate_every:
             return []
         self._sync(arrays)
         agg = self.aggregator
         clients = sorted(self.node_of)
-        if self.fraction_evaluate < 1.0:
-            k = max(1, round(self.fraction_evaluate * len(clients)))
+        k = opts.evaluate_sample_size(len(clients))
+        if k < len(clients):
             clients = sorted(rng(self.seed, "evaluate-sample", server_round).choice(clients, size=k, replace=False).tolist())
         msgs = []
         for cid in clients:
             rec = arrays if not agg.per_node_models else params_to_record(agg.params_for(cid, self.params))
-            msgs.append(Message(RecordDict({"arrays": rec, "config": self._config(config, server_round, cid, False)}),
+            msgs.append(Message(RecordDict({opts.arrayrecord_key: rec,
+                                            opts.configrecord_key: self._config(config, server_round, cid, False)}),
                                 dst_node_id=self.node_of[cid], message_type=MessageType.EVALUATE,
                                 group_id=str(server_round)))
+        if self.log_rounds:
+            flwr_log.info("configure_evaluate: Sampled %s nodes (out of %s)", len(msgs), len(self.node_of))
         return msgs
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Weighted by ``num-examples``: the mean of every numeric metric the clients sent."""
-        total = 0
-        sums: dict[str, float] = {}
-        count = 0
+        """The replies' metrics, weighted by the example count (Flower's mean, lists
+        element-wise; ``evaluate_metrics_aggr_fn`` replaces it), plus ``num-examples``
+        (their sum) and ``num-replies``."""
+        key = self.options.weighted_by_key
+        contents: list[RecordDict] = []
+        records: list[MetricRecord] = []
+        counts: list[int] = []
+        errors = 0
         for r in replies:
-            if r.has_error() or "metrics" not in r.content.metric_records:
+            node = r.metadata.src_node_id
+            if r.has_error():
+                errors += 1
+                log.info("round %d: evaluation on node %s failed: %s", server_round, node,
+                         (r.error.reason or "").strip()[-300:])
                 continue
-            m = r.content["metrics"]
-            n = m.get("num-examples")
-            if not isinstance(n, int) or n <= 0:
+            try:
+                m = single_record(r.content.metric_records, "metrics", "MetricRecord")
+                n = example_count(m, key)
+            except InvalidUpdate as e:
+                log.warning("round %d: evaluation reply of node %s ignored: %s", server_round, node, e)
                 continue
-            count += 1
-            total += n
-            pid, acc, loss = m.get("partition-id"), m.get("accuracy"), m.get("loss")
+            contents.append(r.content)
+            records.append(m)
+            counts.append(n)
+            pid, acc, loss = m.get("partition-id", self.client_of.get(node)), m.get("accuracy"), m.get("loss")
             if isinstance(pid, int) and isinstance(acc, (int, float)):
                 loss_f = float(loss) if isinstance(loss, (int, float)) else float("nan")
                 self.client_scores.setdefault(server_round, {})[pid] = (float(acc), loss_f, n)
-            for k, v in m.items():
-                if k in ("num-examples", "partition-id") or isinstance(v, (bool, list)):
-                    continue
-                if isinstance(v, (int, float)) and np.isfinite(v):
-                    sums[k] = sums.get(k, 0.0) + n * float(v)
-        if not count:
+        if self.log_rounds:
+            flwr_log.info("aggregate_evaluate: Received %s results and %s failures", len(contents), errors)
+        if not contents:
             return None
-        out = MetricRecord({k: v / total for k, v in sums.items()})
-        out["num-examples"], out["num-replies"] = total, count
+        out = aggregate_reply_metrics(self.options.evaluate_metrics_aggr_fn, contents, records, counts, key)
+        out["num-examples"], out["num-replies"] = sum(counts), len(counts)
         if self.last_record is not None and self.last_record.round == server_round:
-            self.last_record.client_eval = {k: float(v / total) for k, v in sums.items()}
+            self.last_record.client_eval = {k: float(v) for k, v in out.items()
+                                            if isinstance(v, (int, float)) and k not in ("num-examples", "num-replies")}
         return out
 
     def summary(self) -> None:
         name = self._aggregator.name if self._aggregator is not None else "(built on connect)"
         log.info("fedagg strategy: aggregator=%s, %s clients", name, self.num_clients or "all connected")
+        if self.log_rounds:
+            o = self.options
+            flwr_log.info("\t├──> fedagg rule: %s (%s clients)", name, self.num_clients or "all connected")
+            flwr_log.info("\t├──> Sampling: fraction train (%.2f) | evaluate (%.2f); minimum nodes train (%d) | "
+                          "evaluate (%d) | available (%d)", o.fraction_train, o.fraction_evaluate, o.min_train_nodes,
+                          o.min_evaluate_nodes, o.min_available_nodes)
+            flwr_log.info("\t└──> Keys in records: weighted by '%s', ArrayRecord '%s', ConfigRecord '%s'",
+                          o.weighted_by_key, o.arrayrecord_key, o.configrecord_key)
 
     # -- the round's bookkeeping ---------------------------------------------------
+    def _replies_by_node(self, rnd: int, replies: list[Message]) -> dict[int, Message]:
+        """This round's replies keyed by the node that sent them: one per asked node;
+        replies from nodes not asked, of another round, or a node's second reply are dropped."""
+        out: dict[int, Message] = {}
+        for r in replies:
+            node, group = r.metadata.src_node_id, r.metadata.group_id
+            if node not in self._sent or (group and group != str(rnd)) or node in out:
+                log.info("round %d: ignored a reply from node %s (group %r): not one this round asked for",
+                         rnd, node, group)
+                continue
+            out[node] = r
+        return out
+
+    def _learn_ids(self, by_node: Mapping[int, Message]) -> None:
+        """A foreign ClientApp's train reply that echoes ``partition-id`` moves its
+        node to that client id (the node-order id it had was provisional)."""
+        if self._grid_ids or self.instruction is not None:
+            return
+        n = int(self.num_clients or 0)
+        assert isinstance(self.node_of, dict) and isinstance(self.client_of, dict)
+        for node, r in by_node.items():
+            if node in self._told or r.has_error():
+                continue
+            pid = _echoed_id(r)
+            if pid is None or not 0 <= pid < n:
+                continue
+            cid, sent = self._sent[node]
+            other = self.node_of.get(pid)
+            if pid != cid and other in self._told:  # another node already said it serves pid:
+                self._told.add(node)  # ... keep this node's id, so _check_echo rejects the reply
+                continue
+            if pid != cid:  # swap the provisional ids of the two nodes
+                self.node_of[pid], self.client_of[node] = node, pid
+                if other is not None:
+                    self.node_of[cid], self.client_of[other] = other, cid
+                    if other in self._sent:
+                        self._sent[other] = (cid, self._sent[other][1])
+                else:
+                    self.node_of.pop(cid, None)
+                self._sent[node] = (pid, sent)
+            self._told.add(node)
+
     def _aggregate(self, rnd: int, replies: list[Message]) -> RoundRecord:
-        by_msg = {m.metadata.reply_to_message_id: m for m in replies}
+        if rnd != self._round:
+            log.warning("round %d: aggregate_train after configure_train of round %d", rnd, self._round)
+        by_node = self._replies_by_node(rnd, replies)
+        self._learn_ids(by_node)
         updates: list[ClientUpdate] = []
+        accepted: list[tuple[RecordDict, MetricRecord, int]] = []
         failed: dict[int, str] = {}
         rejected: dict[int, str] = {}
-        for cid, (msg, sent) in self._sent.items():
-            reply = by_msg.get(msg.metadata.message_id)  # the grid set message_id when it pushed msg
-            if reply is None:
-                failed[cid] = "no reply before the round timeout"
-                continue
-            if reply.has_error():
-                reason = (reply.error.reason or "").strip().splitlines()
-                failed[cid] = f"client error: {reason[-1][:300] if reason else 'unknown'}"
+        opts = self.options
+        for node, (cid, sent) in self._sent.items():
+            reply = by_node.get(node)
+            why = _failure(reply)
+            if why is not None or reply is None:
+                failed[cid] = why or ""
                 continue
             try:
                 self._check_echo(reply, cid)
-                u = reply_to_update(reply, cid, sent, self.num_classes or 0, self.max_update_norm)
+                u = reply_to_update(reply, cid, sent, self.num_classes or 0, self.max_update_norm,
+                                    weight_key=opts.weighted_by_key, arrays_key=opts.arrayrecord_key)
                 if u.label_hist is None and self.aggregator.needs_label_hist:
                     raise InvalidUpdate(
                         f"aggregator '{self.aggregator.name}' needs each client's label_hist: reply "
                         "'label-hist' (per-class counts) in the train metrics"
-                        + ("" if self.num_classes else " and in a query reply, so the strategy learns num_classes")
+                        + ("" if self.num_classes else " and pass num_classes= to strategy_for")
                     )
                 updates.append(u)
+                accepted.append((reply.content, single_record(reply.content.metric_records, "metrics", "MetricRecord"),
+                                 u.num_examples))
             except InvalidUpdate as e:
                 rejected[cid] = str(e)
         for cid, why in failed.items():
             log.info("round %d: client %d failed: %s", rnd, cid, why)
         for cid, why in rejected.items():
             log.warning("round %d: update of client %d rejected: %s", rnd, cid, why)
-        updates.sort(key=lambda u: u.client_id)
-        asked = list(self._sent)
+        order = sorted(range(len(updates)), key=lambda i: updates[i].client_id)
+        updates, accepted = [updates[i] for i in order], [accepted[i] for i in order]
+        asked = sorted(cid for cid, _ in self._sent.values())
         info = RoundInfo(rnd, self.num_clients or 0, tuple(asked), tuple(u.client_id for u in updates))
         if not updates:
             log.warning("round %d: no valid update arrived; the global model is unchanged", rnd)
         self.params, agg_metrics = self.aggregator.apply(self.params, updates, info)
+        self._reply_metrics = aggregate_reply_metrics(
+            opts.train_metrics_aggr_fn, [a[0] for a in accepted], [a[1] for a in accepted],
+            [a[2] for a in accepted], opts.weighted_by_key)
         n = np.array([u.num_examples for u in updates], dtype=float)
         losses = [u.train_loss for u in updates]
         train_loss = None
@@ -390,14 +507,13 @@ class FedaggStrategy(Strategy):
         return RoundRecord(rnd, asked, list(info.replied), failed, rejected, train_loss, agg_metrics)
 
     def _check_echo(self, reply: Message, cid: int) -> None:
-        m = reply.content.metric_records.get("metrics")
-        pid = None if m is None else m.get("partition-id")
+        pid = _echoed_id(reply)
         told = self._grid_ids or reply.metadata.src_node_id in self._told
         if pid is not None and told and pid != cid:
             raise InvalidUpdate(f"the reply says partition-id={pid}, but its node serves client {cid}")
 
     # -- the loop -------------------------------------------------------------------
-    def start(  # type: ignore[override]  # Flower's signature, plus callbacks and a start round
+    def start(  # type: ignore[override]  # Flower's signature, plus callbacks, a start round and a wrapper
         self,
         grid: Grid,
         initial_arrays: ArrayRecord,
@@ -409,49 +525,82 @@ class FedaggStrategy(Strategy):
         *,
         callbacks: Sequence[RoundCallback] = (),
         start_round: int = 1,
+        via: Strategy | None = None,
     ) -> Result:
-        """Flower's ``Strategy.start`` (same rounds, same Result), plus
-        ``callbacks`` around each round and ``start_round`` to continue a
-        resumed run (the strategy's and the rule's state restored first)."""
+        """Flower's ``Strategy.start`` (same rounds, same Result, the same log
+        lines), plus ``callbacks`` around each round, ``start_round`` to
+        continue a resumed run (the strategy's and the rule's state restored
+        first) and ``via``: a Flower wrapper around this strategy (e.g.
+        ``DifferentialPrivacyServerSideFixedClipping(strategy, ...)``) whose
+        five methods then run the rounds; a wrapper's ``noise_multiplier`` and
+        ``clipping_norm`` join the round's metrics as ``dp_noise_multiplier``
+        and ``dp_clipping_norm``. Raises :class:`~fedagg.outcomes.RunFailed`
+        after ``max_failed_rounds`` consecutive rounds in which every asked
+        client failed or was rejected."""
+        driver: Strategy = self if via is None else via
+        watch = FailureWatch(self.max_failed_rounds, option="max_failed_rounds")
         train_config = ConfigRecord() if train_config is None else train_config
         evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
         result = Result()
+        t_start = time.time()
         self._arrays = None
         self._sync(initial_arrays)
         self.connect(grid)
-        self.summary()
+        if self.log_rounds:
+            flwr_log.info("Starting %s strategy:", type(driver).__name__)
+            log_strategy_start_info(num_rounds, initial_arrays, train_config, evaluate_config)
+        driver.summary()
         for cb in callbacks:
             cb.on_train_begin(self, start_round=start_round, num_rounds=num_rounds)
         if evaluate_fn is not None and start_round == 1:
             res = evaluate_fn(0, initial_arrays)
+            if self.log_rounds:
+                flwr_log.info("Initial global evaluation results: %s", res)
             if res is not None:
                 result.evaluate_metrics_serverapp[0] = res
         if start_round == 1 and self.evaluate_initial:  # client-side evaluation of the initial model (round 0)
-            msgs = list(self.configure_evaluate(0, initial_arrays, evaluate_config, grid))
+            msgs = list(driver.configure_evaluate(0, initial_arrays, evaluate_config, grid))
             if msgs:
-                ev = self.aggregate_evaluate(0, grid.send_and_receive(msgs, timeout=timeout))
+                ev = driver.aggregate_evaluate(0, grid.send_and_receive(msgs, timeout=timeout))
                 if ev is not None:
                     result.evaluate_metrics_clientapp[0] = ev
         arrays = initial_arrays
         result.arrays = arrays
         for rnd in range(start_round, num_rounds + 1):
             t0 = time.perf_counter()
-            msgs = list(self.configure_train(rnd, arrays, train_config, grid))
+            if self.log_rounds:
+                flwr_log.info("")
+                flwr_log.info("[ROUND %s/%s]", rnd, num_rounds)
+            self.last_record = None
+            msgs = list(driver.configure_train(rnd, arrays, train_config, grid))
             replies = list(grid.send_and_receive(msgs, timeout=timeout)) if msgs else []
-            new, train_metrics = self.aggregate_train(rnd, replies)
+            new, train_metrics = driver.aggregate_train(rnd, replies)
             if new is not None:
                 arrays = result.arrays = new
-            if train_metrics is not None:
-                result.train_metrics_clientapp[rnd] = train_metrics
-            msgs = list(self.configure_evaluate(rnd, arrays, evaluate_config, grid))
-            if msgs:
-                ev = self.aggregate_evaluate(rnd, grid.send_and_receive(msgs, timeout=timeout))
-                if ev is not None:
-                    result.evaluate_metrics_clientapp[rnd] = ev
+                self._sync(new)  # a wrapper may have changed it (DP noise): that is the global model now
             record = self.last_record
-            assert record is not None
+            if record is None or record.round != rnd:  # the wrapper did not let this strategy aggregate
+                record = self.last_record = self._skipped(rnd, replies, driver)
+            for key, attr in (("dp_noise_multiplier", "noise_multiplier"), ("dp_clipping_norm", "clipping_norm")):
+                value = getattr(via, attr, None) if via is not None else None
+                if isinstance(value, (int, float)):
+                    record.agg_metrics[key] = float(value)
+            if train_metrics is not None:
+                if self.log_rounds:
+                    flwr_log.info("\t└──> Aggregated MetricRecord: %s", train_metrics)
+                result.train_metrics_clientapp[rnd] = train_metrics
+            msgs = list(driver.configure_evaluate(rnd, arrays, evaluate_config, grid))
+            if msgs:
+                ev = driver.aggregate_evaluate(rnd, grid.send_and_receive(msgs, timeout=timeout))
+                if ev is not None:
+                    if self.log_rounds:
+                        flwr_log.info("\t└──> Aggregated MetricRecord: %s", ev)
+                    result.evaluate_metrics_clientapp[rnd] = ev
             if evaluate_fn is not None:
                 res = evaluate_fn(rnd, arrays)
+                if self.log_rounds:
+                    flwr_log.info("Global evaluation")
+                    flwr_log.info("\t└──> MetricRecord: %s", res)
                 if res is not None:
                     result.evaluate_metrics_serverapp[rnd] = res
                     loss, acc = res.get("loss"), res.get("accuracy")
@@ -459,9 +608,50 @@ class FedaggStrategy(Strategy):
                     record.test_accuracy = float(acc) if isinstance(acc, (int, float)) else None
             record.seconds = time.perf_counter() - t0
             stop = [cb.after_round(record, self) for cb in callbacks]
+            watch.observe(rnd, len(record.asked), len(record.replied), {**record.failed, **record.rejected})
             if any(stop):
                 log.info("round %d: a callback stopped training", rnd)
                 break
         for cb in callbacks:
             cb.on_train_end(self, result)
+        if self.log_rounds:
+            flwr_log.info("")
+            flwr_log.info("Strategy execution finished in %.2fs", time.time() - t_start)
         return result
+
+    def _skipped(self, rnd: int, replies: Sequence[Message], driver: Strategy) -> RoundRecord:
+        """The record of a round a wrapper aggregated without this strategy (Flower's DP
+        wrappers skip a round in which any client reported an error)."""
+        by_node = {r.metadata.src_node_id: r for r in replies}
+        failed: dict[int, str] = {}
+        rejected: dict[int, str] = {}
+        for node, (cid, _) in self._sent.items():
+            r = by_node.get(node)
+            why = _failure(r)
+            if why is not None:
+                failed[cid] = why
+            else:
+                rejected[cid] = f"{type(driver).__name__} skipped the aggregation of this round"
+        log.warning("round %d: %s did not aggregate this round; the global model is unchanged",
+                    rnd, type(driver).__name__)
+        return RoundRecord(rnd, sorted(cid for cid, _ in self._sent.values()), [], failed, rejected, None, {})
+
+
+def _failure(reply: Message | None) -> str | None:
+    """Why an asked client did not deliver an update (None: it replied)."""
+    if reply is None:
+        return "no reply before the round timeout"
+    if reply.has_error():
+        reason = (reply.error.reason or "").strip().splitlines()
+        return f"client error: {reason[-1][:300] if reason else 'unknown'}"
+    return None
+
+
+def _echoed_id(reply: Message) -> int | None:
+    """The ``partition-id`` a reply's metrics carry, if any."""
+    recs = reply.content.metric_records
+    m = recs.get("metrics") or (next(iter(recs.values())) if len(recs) == 1 else None)
+    pid = None if m is None else m.get("partition-id")
+    if isinstance(pid, float) and pid.is_integer():
+        pid = int(pid)
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
