@@ -1,7 +1,9 @@
 """What a person sees in the terminal: a progress bar with ETA when stderr is
-a terminal (plain per-round lines in logs and CI), and no third-party noise
+a terminal (plain per-round lines in logs and CI), no third-party noise
 (alembic's plugin INFO lines, Flower's deprecation banner for the simulation
-engine, Ray's accelerator FutureWarning)."""
+engine, Ray's accelerator FutureWarning), and in a sweep every fedagg line
+tagged with its job (``[job 3] round 2/5 | ...``), so the lines of jobs a
+parallel launcher runs side by side can be told apart."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +11,8 @@ import os
 import shutil
 import sys
 from typing import Any, TextIO
+
+from hydra.experimental.callback import Callback
 
 log = logging.getLogger("fedagg")
 
@@ -30,6 +34,45 @@ def quiet_third_party() -> None:
     flwr.propagate = False  # Flower logs through its own handler: no doubled lines
     if not any(isinstance(f, _DropDeprecationBanner) for f in flwr.filters):
         flwr.addFilter(_DropDeprecationBanner())  # run_simulation is how fedagg drives Flower's engine
+
+
+class _JobTag(logging.Filter):
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self.tag = tag
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = f"{self.tag} {record.msg}"  # a logger's filters see each of its records once
+        return True
+
+
+def set_job_tag(tag: str | None) -> None:
+    """Prefix every line the ``fedagg`` logger writes with ``tag`` (None: no prefix), replacing an earlier tag."""
+    logger = logging.getLogger("fedagg")
+    for f in [f for f in logger.filters if isinstance(f, _JobTag)]:
+        logger.removeFilter(f)
+    if tag:
+        logger.addFilter(_JobTag(tag))
+
+
+def job_tag(hydra_cfg: Any) -> str | None:
+    """``[job N]`` (Hydra's job number, as in the job folder's name) in a multirun; None otherwise."""
+    try:
+        return f"[job {hydra_cfg.job.num}]" if hydra_cfg.mode.name == "MULTIRUN" else None
+    except Exception:  # noqa: BLE001 - no Hydra job config: no tag
+        return None
+
+
+class JobTag(Callback):
+    """Hydra callback (``hydra.callbacks.job_tag`` in conf/config.yaml): while
+    a sweep job runs, in the process that runs it (a joblib worker, say), every
+    fedagg line starts with ``[job N]``."""
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        set_job_tag(job_tag(config.hydra))
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        set_job_tag(None)
 
 
 def is_terminal(stream: TextIO | None = None) -> bool:

@@ -32,7 +32,7 @@ from .flower.options import FlowerOptions
 from .flower.strategy import FedaggStrategy
 from .outcomes import RunGuard, early_round_warning
 from .report.loggers import make_logger
-from .report.metrics import Recorder
+from .report.metrics import Recorder, run_title
 from .task.train import evaluate, set_params
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
         log.info("resumed from %s at round %d", cfg.resume, start)
     total = cfg.rounds
     every = cfg.checkpoint.every
-    title = f"{cfg.aggregator['name']} on {cfg.dataset['name']} ({cfg.partition['name']}), seed {cfg.seed}"
+    title = run_title(cfg.aggregator, cfg.dataset["name"], cfg.partition["name"], cfg.seed)
     callbacks: list[RoundCallback] = [
         Progress(), MetricsFiles(recorder), MetricLogger(make_logger(cfg.logger, out), recorder), ConsoleLine(total),
     ]

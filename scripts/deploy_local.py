@@ -21,16 +21,26 @@ one or more runs with ``flwr run``, wait for each to finish, stop everything.
   when a run fails, so the status is polled with ``flwr ls --run-id`` until
   ``finished:*``.
 
+Ports: every process started here binds 127.0.0.1. The launcher reserves
+each port by binding it and holding the socket until the process that will
+use it starts (so no other bind, here or elsewhere, gets it in between), never
+hands the same port out twice, and starts a process again on another port if
+its port was still taken when it bound it (``address already in use``). A
+process counts as started once it listens on its port.
+
 Exit status: 0 only when every run finished ``finished:completed``; 1 when a
-run failed, was stopped or timed out; 2 for setup errors (missing
-certificate, SuperLink unreachable, a process died on start). One JSON line
-per run and a summary go to stdout; process logs stay in --workdir.
+run failed, was stopped or timed out; 2 at once for setup errors (missing
+certificate, SuperLink unreachable, a SuperLink or SuperNode that died on
+start or before a run was submitted: one line naming it, then its log's
+tail). One JSON line per run and a summary go to stdout; process logs stay
+in --workdir.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -39,6 +49,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,10 +62,87 @@ class SetupError(RuntimeError):
     """The deployment could not be brought up (exit status 2)."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+HOST = "127.0.0.1"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+CAUSES = [re.compile(p) for p in (r"\[Errno \d+\]", r"\bERROR\b", r"^\w*(Error|Exception)\b")]  # best first
+START_ATTEMPTS = 3  # a process whose reserved port was taken before it bound it is started again on another
+
+
+class Ports:
+    """TCP ports on 127.0.0.1 for the processes one launcher starts.
+    ``take()`` binds port 0 and keeps the socket open: while it is held no
+    other bind can get the port and the kernel does not give it to an
+    outgoing connection. ``hand_over(port)`` closes it just before the
+    process that binds it starts. No port is handed out twice."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, socket.socket] = {}
+        self._given: set[int] = set()
+
+    def take(self) -> int:
+        spare: list[socket.socket] = []  # ports handed out before and bound again: kept bound while looking
+        try:
+            for _ in range(1000):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.bind((HOST, 0))
+                port = int(s.getsockname()[1])
+                if port not in self._given:
+                    self._given.add(port)
+                    self._held[port] = s
+                    return port
+                spare.append(s)
+        finally:
+            for x in spare:
+                x.close()
+        raise SetupError("no free TCP port on 127.0.0.1")
+
+    def take_many(self, n: int) -> list[int]:
+        return [self.take() for _ in range(n)]
+
+    def hand_over(self, port: int) -> None:
+        """Free ``port`` for the process about to bind it (no-op for a port not held here)."""
+        s = self._held.pop(port, None)
+        if s is not None:
+            s.close()
+
+    def close(self) -> None:
+        for port in list(self._held):
+            self.hand_over(port)
+
+
+def listening(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself has a TCP socket listening on ``port``
+    (Linux /proc; elsewhere: whether anything accepts connections there)."""
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not tables[0].exists():
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return True
+        except OSError:
+            return False
+    inodes = set()
+    for t in tables:
+        try:
+            rows = t.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{f[9]}]")
+    if not inodes:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _log(msg: str) -> None:
@@ -96,9 +184,34 @@ class Proc:
     log: Path
     cmd: list[str] = field(default_factory=list)
     home: Path | None = None
+    port: int | None = None  # the port it binds on 127.0.0.1
+    log_from: int = 0  # where this process's lines start in its (appended-to) log
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def own_log(self) -> list[str]:
+        """The lines this process wrote (its log may hold an earlier start's), colour codes removed."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(self.log_from)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return []
+        return [ANSI.sub("", line) for line in text.splitlines()]
+
+    def port_was_taken(self) -> bool:
+        """Its log says it could not bind its port (``[Errno 98] ... address already in use``)."""
+        return any("address already in use" in line.lower() for line in self.own_log())
+
+    def died(self, when: str = "on start") -> str:
+        """One line naming the process that exited and the first error it logged, then its log's tail."""
+        lines = self.own_log()
+        cause = next((x.strip() for pat in CAUSES for x in lines if pat.search(x)),
+                     lines[-1].strip() if lines else "(empty log)")
+        tail = "\n".join(lines[-12:])
+        return (f"{self.name} (pid {self.popen.pid}) died {when} with exit status {self.popen.returncode}: "
+                f"{cause}\n--- its log {self.log} ends with:\n{tail}")
 
     def tail(self, n: int = 15) -> str:
         try:
@@ -133,8 +246,10 @@ class Cluster:
     port: int | None = None
     superlink: str | None = None  # HOST:PORT of an existing SuperLink
     app_dir: Path = REPO
+    start_timeout: float = 60.0  # seconds for a started process to listen on its port
     procs: list[Proc] = field(default_factory=list)
     nodes: list[Proc] = field(default_factory=list)
+    ports: Ports = field(default_factory=Ports)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()
@@ -145,8 +260,9 @@ class Cluster:
             if not (BIN / tool).exists():
                 raise SetupError(f"{tool} not found in {BIN}; run this script with the project's venv python")
         if self.superlink is None:
-            self.port = self.port or free_port()
-            self.address = f"127.0.0.1:{self.port}"
+            self._fixed_port = self.port is not None  # given by the user: never moved to another port
+            self.port = self.port or self.ports.take()
+            self.address = f"{HOST}:{self.port}"
         else:
             self.address = self.superlink
         self.cli_home = self.workdir / "home_cli"
@@ -182,20 +298,64 @@ class Cluster:
         (self.cli_home / "config.toml").write_text("\n".join(lines) + "\n")
 
     # -- processes -------------------------------------------------------------
-    def _spawn(self, name: str, cmd: list[str], home: Path, log_name: str | None = None) -> Proc:
+    def _spawn(self, name: str, cmd: list[str], home: Path, log_name: str | None = None,
+               port: int | None = None) -> Proc:
         home.mkdir(parents=True, exist_ok=True)
         log = self.workdir / "logs" / f"{log_name or name}.log"
+        if port is not None:
+            self.ports.hand_over(port)  # released at the last moment: the process binds it next
         fh = open(log, "ab")
+        log_from = fh.tell()
         p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=base_env(home), cwd=self.workdir,
                              start_new_session=True)  # own process group: its superexec/app children stop with it
         fh.close()
-        proc = Proc(name, p, log, list(cmd), home)
+        proc = Proc(name, p, log, list(cmd), home, port, log_from)
         self.procs.append(proc)
-        _log(f"started {name} (pid {p.pid}), log {log}")
+        _log(f"started {name} (pid {p.pid}{f', port {port}' if port else ''}), log {log}")
         return proc
 
+    def _wait_listening(self, proc: Proc, timeout: float) -> bool:
+        """True once ``proc`` listens on its port; False when it exited first."""
+        assert proc.port is not None
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if not proc.alive():
+                return False
+            if listening(proc.popen.pid, proc.port):
+                return True
+            time.sleep(0.2)
+        raise SetupError(f"{proc.name} (pid {proc.popen.pid}) did not listen on port {proc.port} within "
+                         f"{timeout:.0f}s; its log {proc.log} ends with:\n{proc.tail()}")
+
+    def _start_bound(self, name: str, cmd_for: Callable[[int], list[str]], port: int, home: Path,
+                     fixed: bool = False) -> Proc:
+        """Start a process that binds ``port`` and wait until it listens. If
+        the port was taken before it bound it, start it again on a new port
+        (not when the port is ``fixed``); any other death is a SetupError."""
+        attempt = 1
+        while True:
+            proc = self._spawn(name, cmd_for(port), home, port=port)
+            if self._wait_listening(proc, self.start_timeout):
+                return proc
+            if fixed or not proc.port_was_taken() or attempt == START_ATTEMPTS:
+                raise SetupError(proc.died())
+            self.procs.remove(proc)
+            new = self.ports.take()
+            _log(f"{name}: port {port} was taken before it could bind it; starting it again on port {new}")
+            port, attempt = new, attempt + 1
+
     def start_superlink(self) -> Proc:
-        cmd = [str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+        """Start the SuperLink and wait until it listens on its port (moved to
+        another one if it was taken, unless the user gave it)."""
+        assert self.port is not None
+        proc = self._start_bound("superlink", self._superlink_cmd, self.port, self.workdir / "home_superlink",
+                                 fixed=self._fixed_port)
+        self.port = proc.port
+        self.address = f"{HOST}:{self.port}"
+        return proc
+
+    def _superlink_cmd(self, port: int) -> list[str]:
+        cmd = [str(BIN / "flower-superlink"), "--host", HOST, "--port", str(port),
                "--disable-runtime-dependency-installation"]
         if self.tls:
             assert self.certs is not None
@@ -205,7 +365,7 @@ class Cluster:
             cmd += ["--insecure"]
         if self.auth:
             cmd += ["--enable-supernode-auth"]
-        return self._spawn("superlink", cmd, self.workdir / "home_superlink")
+        return cmd
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait for the SuperLink's /health endpoint (clear error after ``timeout``)."""
@@ -216,7 +376,7 @@ class Cluster:
         link = next((p for p in self.procs if p.name == "superlink"), None)
         while time.time() < deadline:
             if link is not None and not link.alive():
-                raise SetupError(f"the SuperLink exited with status {link.popen.returncode}:\n{link.tail()}")
+                raise SetupError(link.died())
             try:
                 with urllib.request.urlopen(url, timeout=3, context=ctx) as r:
                     if r.status == 200:
@@ -244,22 +404,36 @@ class Cluster:
             raise SetupError(f"registering {pubkey} failed: {res.get('error-message')}")
         return int(res["node-id"])
 
-    def start_supernode(self, name: str, node_config: str, key: Path | None = None, register: bool = True) -> Proc:
-        """Start one SuperNode. With auth, ``key`` (made if None) is registered
-        first unless ``register=False`` (then the SuperLink refuses it)."""
-        cmd = [str(BIN / "flower-supernode"), "--superlink", self.address, "--host", "127.0.0.1",
-               "--port", str(free_port()), "--node-config", node_config]
-        cmd += ["--root-certificates", str(self.ca_cert)] if self.tls else ["--insecure"]
+    def start_supernode(self, name: str, node_config: str, key: Path | None = None, register: bool = True,
+                        port: int | None = None, fixed_port: bool = False) -> Proc:
+        """Start one SuperNode and wait until its Runtime API listens on its
+        port (``port``, else one reserved here; a ``fixed_port`` is never
+        moved when it is taken). With auth,
+        ``key`` (made if None) is registered first unless ``register=False``
+        (then the SuperLink refuses it later)."""
+        extra = ["--root-certificates", str(self.ca_cert)] if self.tls else ["--insecure"]
         if self.auth or key is not None:
             if key is None:
                 key, _ = make_keypair(self.workdir / "keys" / name, comment=name)
             if register:
                 nid = self.register(Path(str(key) + ".pub"), name=name)
                 _log(f"registered {name}'s public key (node id {nid})")
-            cmd += ["--auth-supernode-private-key", str(key)]
-        p = self._spawn(name, cmd, self.workdir / f"home_{name}")
-        self.nodes.append(p)
-        return p
+            extra += ["--auth-supernode-private-key", str(key)]
+
+        def cmd_for(p: int) -> list[str]:
+            return [str(BIN / "flower-supernode"), "--superlink", self.address, "--host", HOST,
+                    "--port", str(p), "--node-config", node_config, *extra]
+
+        proc = self._start_bound(name, cmd_for, port if port is not None else self.ports.take(),
+                                 self.workdir / f"home_{name}", fixed=fixed_port)
+        self.nodes.append(proc)
+        return proc
+
+    def check_nodes(self, when: str) -> None:
+        """SetupError naming the first SuperNode started here that is no longer running."""
+        for n in self.nodes:
+            if not n.alive():
+                raise SetupError(n.died(when))
 
     # -- faults ----------------------------------------------------------------
     def kill(self, proc: Proc) -> None:
@@ -278,7 +452,7 @@ class Cluster:
         if proc.alive():
             raise RuntimeError(f"{proc.name} is still running")
         assert proc.home is not None
-        new = self._spawn(proc.name, proc.cmd, proc.home)
+        new = self._spawn(proc.name, proc.cmd, proc.home, port=proc.port)
         self.procs.remove(proc)
         if proc in self.nodes:
             self.nodes[self.nodes.index(proc)] = new
@@ -318,14 +492,19 @@ class Cluster:
     def stop_run(self, run_id: int) -> None:
         self.cli("stop", str(run_id), "fedagg", timeout=60)
 
-    def up(self, supernodes: int, timeout: float = 60.0) -> None:
+    def up(self, supernodes: int, timeout: float = 60.0, node_ports: list[int] | None = None) -> None:
+        """Start the SuperLink (unless given) and ``supernodes`` SuperNodes, each
+        listening on its own port (``node_ports``, else ones reserved here all
+        at once); a process that dies on start raises SetupError."""
         self._prepare_certs()
-        self._write_cli_config()
+        ports = node_ports if node_ports is not None else self.ports.take_many(supernodes)
         if self.superlink is None:
             self.start_superlink()
+        self._write_cli_config()
         self.wait_ready(timeout)
         for i in range(supernodes):
-            self.start_supernode(f"supernode{i}", f"partition-id={i} num-partitions={supernodes}")
+            self.start_supernode(f"supernode{i}", f"partition-id={i} num-partitions={supernodes}", port=ports[i],
+                                 fixed_port=node_ports is not None)
 
     # -- runs ----------------------------------------------------------------
     def submit(self, overrides: str, out_dir: Path) -> int:
@@ -366,6 +545,10 @@ class Cluster:
                 if not n.alive() and not getattr(n, "_reported", False):
                     _log(f"warning: {n.name} exited with status {n.popen.returncode}:\n{n.tail(5)}")
                     n._reported = True  # type: ignore[attr-defined]
+            link = next((p for p in self.procs if p.name == "superlink"), None)
+            if link is not None and not link.alive():
+                _log(f"error: {link.died('during the run')}")
+                return f"superlink exited with status {link.popen.returncode}"
             time.sleep(1.0)
         return f"timeout (last status {st or 'unknown'!r} after {timeout:.0f}s)"
 
@@ -424,6 +607,7 @@ class Cluster:
                 pass
         self.procs.clear()
         self.nodes.clear()
+        self.ports.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,13 +622,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--superlink", help="HOST:PORT of a running SuperLink (none is started)")
     ap.add_argument("--ca-cert", help="CA certificate of --superlink (with --tls)")
     ap.add_argument("--port", type=int, help="SuperLink port (default: a free one)")
+    ap.add_argument("--supernode-ports", metavar="P1,P2,...",
+                    help="Runtime API ports of the SuperNodes started here, one each (default: free ones)")
     ap.add_argument("--workdir", help="logs, FLWR_HOMEs, keys (default: a temp dir)")
     ap.add_argument("--run-timeout", type=float, default=900.0, help="seconds per run")
-    ap.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to wait for the SuperLink")
+    ap.add_argument("--startup-timeout", type=float, default=60.0,
+                    help="seconds to wait for the SuperLink and each SuperNode to come up")
     a = ap.parse_args(argv)
     runs = a.runs or [""]
     if a.supernodes < 0:
         ap.error("--supernodes must be >= 0")
+    node_ports = None
+    if a.supernode_ports is not None:
+        try:
+            node_ports = [int(x) for x in a.supernode_ports.split(",") if x.strip()]
+        except ValueError:
+            node_ports = []
+        if len(node_ports) != a.supernodes or len(set(node_ports)) != len(node_ports):
+            ap.error(f"--supernode-ports {a.supernode_ports}: give {a.supernodes} distinct port numbers, "
+                     "comma-separated")
     if a.certs is not None and not Path(a.certs).is_dir():
         print(f"error: --certs: directory not found: {a.certs}", file=sys.stderr)
         return 2
@@ -460,9 +656,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster = Cluster(workdir, tls=a.tls or a.auth or bool(a.ca_cert), auth=a.auth,
                           certs=Path(a.certs) if a.certs else None, ca_cert=Path(a.ca_cert) if a.ca_cert else None,
-                          port=a.port, superlink=a.superlink)
-        cluster.up(a.supernodes, timeout=a.startup_timeout)
+                          port=a.port, superlink=a.superlink, start_timeout=a.startup_timeout)
+        cluster.up(a.supernodes, timeout=a.startup_timeout, node_ports=node_ports)
         for k, ov in enumerate(runs, 1):
+            cluster.check_nodes(f"before run {k} was submitted")
             res = cluster.run(ov, out if len(runs) == 1 else out / f"run{k}", timeout=a.run_timeout)
             results.append(res)
             print(json.dumps({"run-id": res.run_id, "status": res.status, "overrides": ov, "out-dir": res.out_dir,
@@ -470,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
             if not res.ok:
                 _log(f"run {res.run_id} did not complete ({res.status}); its log ends with:\n{res.error}")
     except SetupError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

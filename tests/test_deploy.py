@@ -6,10 +6,12 @@ in teardown. Rounds cost ~12-18 s in deployment, so runs are tiny."""
 from __future__ import annotations
 
 import csv
+import errno
 import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -144,13 +146,115 @@ def test_missing_certificate_is_named(tmp_path):
 
 
 def test_unreachable_superlink_fails_clearly(tmp_path):
-    port = dl.free_port()  # nothing listens there
+    ports = dl.Ports()
+    port = ports.take()  # held (bound, not listening): nothing listens there
     t0 = time.time()
     rc, out, err = _launcher(["--superlink", f"127.0.0.1:{port}", "--supernodes", "0", "--startup-timeout", "3",
                               "--workdir", str(tmp_path / "wd")], timeout=60)
     assert rc == 2
     assert "unreachable" in err and str(port) in err
     assert time.time() - t0 < 45
+    ports.close()
+
+
+# --------------------------------------------------------------------------- ports and processes that die on start
+def _bound(port: int) -> bool:
+    """Whether another socket can bind 127.0.0.1:port right now (no SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            assert e.errno == errno.EADDRINUSE, e
+            return True
+    return False
+
+
+def test_reserved_ports_are_held_until_handed_over_and_never_handed_twice():
+    """A reserved port cannot be bound by anyone else until it is handed to
+    its process (a port found by binding port 0 and closing the socket can be
+    taken by the next bind, here or in another process, before the process
+    that was meant to get it binds it), and one launcher never hands out the
+    same port twice, even after the earlier one was released."""
+    ports = dl.Ports()
+    try:
+        first = ports.take_many(20)
+        assert len(set(first)) == 20
+        assert all(_bound(p) for p in first)  # held: a second bind fails with EADDRINUSE
+        ports.hand_over(first[0])
+        assert not _bound(first[0])  # handed over: the process can bind it now
+        later = ports.take_many(200)
+        assert len(set(later)) == 200 and not set(later) & set(first)
+    finally:
+        ports.close()
+    assert not any(_bound(p) for p in first[1:5])  # close() releases what is still held
+
+
+def _listener() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+@pytest.mark.timeout(150)
+def test_supernode_whose_port_is_taken_before_it_binds_is_started_on_another(tmp_path):
+    """The race: another process binds the SuperNode's port between the hand-over
+    and the node's own bind. The node dies with 'address already in use' and is
+    started again on a new reserved port; it is only counted as started once it
+    listens itself."""
+    c = dl.Cluster(tmp_path / "wd")
+    stolen: list[socket.socket] = []
+    hand_over = c.ports.hand_over
+
+    def racy_hand_over(port: int) -> None:
+        hand_over(port)
+        if c.procs and not stolen:  # the first SuperNode's port (the SuperLink is procs[0])
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", port))
+            s.listen()
+            stolen.append(s)
+
+    c.ports.hand_over = racy_hand_over  # type: ignore[method-assign]
+    try:
+        c.up(supernodes=1, timeout=60)
+        node = c.nodes[0]
+        lost = stolen[0].getsockname()[1]
+        assert node.alive() and node.port != lost
+        assert dl.listening(node.popen.pid, node.port)
+        log = node.log.read_text(errors="replace")
+        assert log.count("address already in use") == 1  # the first attempt, on the stolen port
+    finally:
+        c.stop()
+        for s in stolen:
+            s.close()
+
+
+@pytest.mark.timeout(150)
+def test_a_process_that_dies_on_start_exits_2_at_once(tmp_path):
+    """A SuperLink or SuperNode on a port that is in use (given with --port /
+    --supernode-ports, so never moved) dies on start: exit 2 within seconds,
+    one line naming the process, then its log's tail; no run is submitted."""
+    busy = _listener()
+    port = busy.getsockname()[1]
+    try:
+        for args, name in ((["--port", str(port)], "superlink"),
+                           (["--supernode-ports", str(port)], "supernode0")):
+            t0 = time.time()
+            rc, out, err = _launcher([*args, "--supernodes", "1", "--run", TINY, "--out-dir", str(tmp_path / "r"),
+                                      "--workdir", str(tmp_path / f"wd_{name}"), "--startup-timeout", "60"],
+                                     timeout=120)
+            took = time.time() - t0
+            assert rc == 2, err[-3000:]
+            line = next(x for x in err.splitlines() if x.startswith("error: "))
+            assert line.startswith(f"error: {name} (pid ") and "died on start with exit status" in line, line
+            assert "address already in use" in line  # the cause, on that line; its log's tail follows
+            assert "--- its log" in err and "Traceback" not in line
+            assert not [x for x in out.splitlines() if x.startswith("{")]  # no run submitted, no summary
+            assert not (tmp_path / "r").exists()
+            assert took < 60, took  # at once, not after a run timeout
+            print(f"{name} died on start: exit 2 after {took:.1f}s")
+    finally:
+        busy.close()
 
 
 def test_node_data_path_replaces_the_shard(tmp_path):

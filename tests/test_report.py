@@ -89,7 +89,7 @@ def test_report_means_and_sample_std(sweep, tmp_path, capsys):
     assert "RuntimeError: boom" in md  # the failed run is listed, not dropped
     assert "| fedavg | 3 | 0 |" in printed.out  # table printed to stdout too
     assert "different metric columns" in printed.err and "omega_sum_over_N" in printed.err
-    for png in ("accuracy.png", "participation.png", "weights.png"):
+    for png in ("report_accuracy.png", "report_participation.png", "report_weights.png"):
         assert (out / png).stat().st_size > 1000, png
 
 
@@ -232,7 +232,7 @@ def test_figures_legend_outside_integer_ticks_every_seed(sweep):
     # participation: fedau's two completed seeds and its failed one have rounds.jsonl? only 0 and 1 do
     fig = S.heatmap_figure(groups, runs_df, dirs, "participation")
     titles = [a.get_title() for a in fig.axes if a.get_title()]
-    assert titles == ["aggregator=fedau, seed 0", "aggregator=fedau, seed 1"]  # every seed, not seed 0 only
+    assert titles == ["fedau, seed 0", "fedau, seed 1"]  # every seed, not seed 0 only
     for a in fig.axes:
         if a.get_title():
             assert all(float(t).is_integer() for t in a.get_xticks())
@@ -284,3 +284,117 @@ def test_pairing_ignores_method_keys_such_as_a_rules_own_learning_rate(tmp_path)
     res = report(root, last_k=1, plots=False, paired_ref="avg_participating", bootstrap=1000)
     f = res["summary"].set_index("aggregator.name").loc["fedau"]
     assert f["paired_n"] == 2 and f["paired_diff_mean"] == pytest.approx(0.15)
+
+
+# -- a report on a run folder, legends a reader can use, one colour scale ----------------
+@pytest.fixture(scope="module")
+def gossip_run(tmp_path_factory):
+    """A real 2-round gossip run (one model per node) on the small preset."""
+    from fedagg_testing import compose
+
+    from fedagg.experiment import run
+
+    out = tmp_path_factory.mktemp("gossip") / "run"
+    run(compose("+experiment=small", "aggregator=gossip", "rounds=2"), out)
+    if not (out / "status.json").exists():  # the fedagg CLI writes it around run()
+        (out / "status.json").write_text(json.dumps({"status": "completed"}))
+    return out
+
+
+def test_report_on_a_run_folder_changes_none_of_its_files(gossip_run):
+    """fedagg-report <run dir> writes next to the run's own files (its
+    accuracy.png, metrics.csv, ...) and leaves every one of them as it was."""
+    before = {p.relative_to(gossip_run): p.read_bytes() for p in gossip_run.rglob("*") if p.is_file()}
+    assert "accuracy.png" in {str(k) for k in before}
+    assert main([str(gossip_run), "--last-k", "1"]) == 0
+    after = {p.relative_to(gossip_run): p.read_bytes() for p in gossip_run.rglob("*") if p.is_file()}
+    assert {k: after[k] for k in before} == before  # nothing the run wrote was overwritten
+    new = {str(k) for k in set(after) - set(before)}
+    assert new == {"runs.csv", "summary.csv", "summary.md", "report_accuracy.png",
+                   "report_participation.png"}  # (gossip reports no aggregation weights: no weights plot)
+
+
+def test_gossip_plot_draws_node_accuracies_and_names_topology_and_vc(gossip_run):
+    from fedagg.report.metrics import accuracy_figure, run_title
+
+    cfg = yaml.safe_load((gossip_run / "config.yaml").read_text())
+    rows = pd.read_csv(gossip_run / "metrics.csv").to_dict("records")
+    fig = accuracy_figure(rows, run_title(cfg["aggregator"], cfg["dataset"]["name"], cfg["partition"]["name"],
+                                          cfg["seed"]))
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert set(lines) == {"mean model (average of the nodes)", "nodes' own models: mean", "nodes' own models: worst"}
+    for col, label in (("node_accuracy_mean", "nodes' own models: mean"),
+                       ("node_accuracy_worst", "nodes' own models: worst")):
+        assert list(lines[label].get_ydata()) == pytest.approx([r[col] for r in rows])  # the real node accuracies
+    assert list(lines["mean model (average of the nodes)"].get_ydata()) == pytest.approx(
+        [r["test_accuracy"] for r in rows])
+    title = ax.get_title()
+    assert "gossip" in title and "topology ring" in title and "variance correction on" in title
+    fig.canvas.draw()
+    assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())  # right of the data
+    plain = accuracy_figure([{"round": 1, "test_accuracy": 0.5}], run_title({"name": "fedavg"}, "digits", "iid", 0))
+    assert plain.axes[0].get_legend() is None and plain.axes[0].get_title() == "fedavg\non digits (iid), seed 0"
+    assert "topology k_regular, degree 4; variance correction off" in run_title(
+        {"name": "gossip", "topology": "k_regular", "degree": 4, "variance_correction": False}, "d", "p", 1)
+
+
+@pytest.fixture
+def lr_search(tmp_path):
+    """An LR search as Optuna writes it: 24 learning rates with 17 digits, two of
+    them alike to 3 significant digits, 2 rules."""
+    root = tmp_path / "hpo"
+    lrs = [0.012345678901234567 * 1.31 ** i for i in range(23)] + [0.012349999999999999]
+    for rule in ("fedavg", "fedau"):
+        for i, lr in enumerate(lrs):
+            d = root / rule / f"{i}_train.lr={lr}"
+            fake_run(d, rule, 0, [0.1, 0.2 + 0.01 * i])
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            cfg["train"] = {"lr": lr}
+            (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return root, lrs
+
+
+def test_lr_search_legend_short_rounded_labels_outside_the_axes(lr_search):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fedagg.report import summary as S
+
+    root, lrs = lr_search
+    runs_df, _, keys, curves, dirs, _ = S.build_tables(root, 1)
+    groups = S._groups(runs_df, keys, dirs)
+    fig = S.accuracy_figure(groups, runs_df, curves, dirs)
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len(texts) == len(set(texts)) == 48  # one entry per (rule, lr), all told apart
+    assert "fedau, train.lr=0.0212 (n=1)" in texts and "fedavg, train.lr=0.0162 (n=1)" in texts
+    assert max(len(t) for t in texts) <= 35, texts  # no 17-digit learning rates
+    close = sorted(t for t in texts if t.startswith("fedavg, train.lr=0.0123"))
+    assert close == ["fedavg, train.lr=0.012346 (n=1)", "fedavg, train.lr=0.01235 (n=1)"]  # more digits where needed
+    fig.canvas.draw()
+    leg = fig.legends[0].get_window_extent()
+    for ax in fig.axes:
+        assert not leg.overlaps(ax.get_window_extent())  # no entry covers a curve
+    # every entry lands in the saved image (bbox_inches="tight" grows the canvas to hold the legend)
+    fig.savefig(root / "x.png", bbox_inches="tight")
+    import matplotlib.image as mpimg
+
+    width_px = mpimg.imread(root / "x.png").shape[1]
+    assert width_px >= (leg.x1 - min(a.get_window_extent().x0 for a in fig.axes)) * 0.99
+
+
+def test_weights_figure_has_one_colour_scale_with_a_labelled_colorbar(sweep, tmp_path):
+    from fedagg.report import summary as S
+
+    # a second group with other weights: each panel's own range would differ
+    rounds = [{"round": r, "asked": [0, 1], "replied": [0, 1], "failed": {}, "rejected": {},
+               "weight_clients": [0, 1], "weights": [0.95, 0.05]} for r in (1, 2)]
+    fake_run(sweep / "x_ida", "ida", 0, [0.2, 0.3], rounds_jsonl=rounds)
+    runs_df, _, keys, curves, dirs, _ = S.build_tables(sweep, 2)
+    fig = S.heatmap_figure(S._groups(runs_df, keys, dirs), runs_df, dirs, "weights")
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    assert len(images) == 3  # fedau seeds 0 and 1, ida seed 0
+    assert len({id(im.norm) for im in images}) == 1  # one shared scale
+    assert (images[0].norm.vmin, images[0].norm.vmax) == pytest.approx((0.05, 0.95))  # over every panel
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "aggregation weight"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -143,6 +145,40 @@ def test_tensorboard_writes_scalars(tmp_path):  # tensorboard is a dev dependenc
     lg.close()
 
 
+# --------------------------------------------------------------------------- job tags on console lines
+def test_job_tag_prefixes_a_sweep_jobs_lines_and_only_while_it_runs(caplog):
+    """The Hydra callback tags every fedagg line of a multirun job with
+    [job N]; the next job's tag replaces it (one process may run several
+    jobs); a single run and the time after a job carry none."""
+    from fedagg.callbacks import ConsoleLine
+    from fedagg.console import JobTag, set_job_tag
+    from fedagg.flower.strategy import RoundRecord
+
+    rec = RoundRecord(1, [0, 1], [0], {1: "no reply"}, {}, 0.5, {}, 0.9, 0.7)
+    cb = JobTag()
+
+    def round_line() -> str:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fedagg"):
+            ConsoleLine(2).after_round(rec, None)
+        (msg,) = caplog.messages
+        return msg
+
+    try:
+        for mode, num, head in (("MULTIRUN", 3, "[job 3] round 1/2 |"), ("MULTIRUN", 4, "[job 4] round 1/2 |"),
+                                ("RUN", 0, "round 1/2 |")):
+            cfg = OmegaConf.create({"hydra": {"mode": {"name": mode}, "job": {"num": num}}})
+            cb.on_job_start(cfg)
+            assert round_line().startswith(head)
+        cb.on_job_start(OmegaConf.create({"hydra": {"mode": {"name": "MULTIRUN"}, "job": {"num": 5}}}))
+        cb.on_job_end(cfg, None)
+        assert round_line().startswith("round 1/2 |")  # the job is over: no tag
+    finally:
+        set_job_tag(None)
+    wired = yaml.safe_load((Path(CONF_DIR) / "config.yaml").read_text())["hydra"]["callbacks"]["job_tag"]
+    assert wired == {"_target_": "fedagg.console.JobTag"}
+
+
 # --------------------------------------------------------------------------- a parallel sweep
 @pytest.mark.slow
 def test_joblib_sweep_of_12_jobs_finishes(tmp_path):
@@ -162,6 +198,14 @@ def test_joblib_sweep_of_12_jobs_finishes(tmp_path):
     for d in runs:
         assert json.loads((d / "status.json").read_text())["status"] == "completed"
         assert yaml.safe_load((d / "config.yaml").read_text())["runtime"]["num_cpus"] == share
+        # the job's own round lines carry its number (the folder's prefix), in its log file too
+        num = d.name.split("_")[0]
+        mine = [x for x in "".join(f.read_text() for f in d.glob("*.log")).splitlines() if " | asked " in x]
+        assert len(mine) == 2 and all(f"- [job {num}] round " in x for x in mine), mine
+    # on the console the two jobs' lines interleave; each says which job it belongs to
+    shown = [x for x in (p.stdout + p.stderr).splitlines() if " | asked " in x]
+    assert len(shown) == 24 and all(re.search(r"\[job \d+\] round \d/2 \|", x) for x in shown), shown[:4]
+    assert {re.search(r"\[job (\d+)\]", x).group(1) for x in shown} == {str(i) for i in range(12)}
     print(f"12-job joblib sweep: {took:.1f}s")
 
 

@@ -96,25 +96,66 @@ class Recorder:
         self._columns = cols
 
     def plot(self, title: str = "") -> Path | None:
-        rows = [r for r in self.rows if r.get("test_accuracy") is not None]
-        if not rows:
+        """accuracy.png (see :func:`accuracy_figure`); None before any scored round."""
+        fig = accuracy_figure(self.rows, title)
+        if fig is None:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
-        ax.plot([r["round"] for r in rows], [r["test_accuracy"] for r in rows], marker=".")
-        ax.set_xlabel("round")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
         path = self.out / "accuracy.png"
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")  # the legend right of the axes is part of the image
         plt.close(fig)
         return path
+
+
+NODE_LINES = {"node_accuracy_mean": "nodes' own models: mean", "node_accuracy_worst": "nodes' own models: worst"}
+
+
+def accuracy_figure(rows: Sequence[dict[str, Any]], title: str = "") -> Any:
+    """Test accuracy per round of one run. For rules with one model per node
+    (gossip: ``node_accuracy_mean`` / ``node_accuracy_worst`` in the rows)
+    the nodes' own accuracies are drawn too, next to the mean model's, with
+    a legend right of the axes. None when no round has a test accuracy."""
+    rows = [r for r in rows if r.get("test_accuracy") is not None]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
+    nodes = [c for c in NODE_LINES if any(r.get(c) is not None for r in rows)]
+    ax.plot([r["round"] for r in rows], [r["test_accuracy"] for r in rows], marker=".",
+            label="mean model (average of the nodes)" if nodes else "global model")
+    for c in nodes:
+        pts = [(r["round"], r[c]) for r in rows if r.get(c) is not None]
+        ax.plot(*zip(*pts), marker=".", linestyle="--" if c.endswith("worst") else "-", label=NODE_LINES[c])
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if nodes:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+    return fig
+
+
+def run_title(aggregator: dict[str, Any], dataset: str, partition: str, seed: int) -> str:
+    """The title of a run's plot: the rule (with its graph and variance
+    correction, for gossip), the data and partition, the seed."""
+    opts = []
+    if "topology" in aggregator:
+        topo = str(aggregator["topology"])
+        extra = {"k_regular": f", degree {aggregator.get('degree')}", "erdos_renyi": f", p {aggregator.get('p')}"}
+        opts.append(f"topology {topo}{extra.get(topo, '')}")
+    if "variance_correction" in aggregator:
+        opts.append("variance correction " + ("on" if aggregator["variance_correction"] else "off"))
+    head = f"{aggregator['name']} ({'; '.join(opts)})" if opts else str(aggregator["name"])
+    return f"{head}\non {dataset} ({partition}), seed {seed}"
 
 
 def distribution(accuracies: Sequence[float], prefix: str = "client_acc") -> dict[str, float]:

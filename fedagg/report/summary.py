@@ -20,11 +20,16 @@ config) and writes into ``--out`` (default: the sweep folder):
   paired bootstrap 95 % confidence interval (percentiles of the mean of
   ``--bootstrap`` resamples of the seed pairs, drawn from the named stream
   ``(--bootstrap-seed, "report-bootstrap")``);
-* ``accuracy.png`` (test accuracy vs round, mean ± std band per group, with
-  a zoomed panel on the last rounds; legend outside the axes),
-  ``participation.png`` (who replied in each round) and ``weights.png``
-  (aggregation weights per client and round, when the aggregator reported
-  them): one panel per run -- a row per group, a column per seed.
+* ``report_accuracy.png`` (test accuracy vs round, mean ± std band per
+  group, with a zoomed panel on the last rounds; the legend to the right of
+  the axes, numbers in it rounded to 3 significant digits, or more where
+  groups would look alike), ``report_participation.png`` (who replied in
+  each round) and ``report_weights.png`` (aggregation weights per client
+  and round, when the aggregator reported them; one colour scale for all
+  panels): one panel per run -- a row per group, a column per seed.
+
+Every file it writes has a name no fedagg run writes, so a report on a
+single run folder adds files next to the run's own and changes none.
 
 Swept keys are the config keys (nested keys flattened with dots) that take
 two or more different values across the runs. Failed runs (status.json says
@@ -41,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 ACC = "test_accuracy"
+PLOTS = {"accuracy": "report_accuracy.png", "participation": "report_participation.png",
+         "weights": "report_weights.png"}  # never a name a run writes (a run's own plot is accuracy.png)
 NODE_COLS = ("node_accuracy_mean", "node_accuracy_worst")  # written for per-node rules (gossip)
 
 
@@ -189,10 +196,31 @@ def _markdown(df: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _label(keys: list[str], vals: tuple) -> str:
+def _short(values: list[Any]) -> dict[Any, str]:
+    """Each value as written in a label: a float to 3 significant digits, or
+    to as many more as it takes to tell it from the key's other values."""
+    floats = {v for v in values if isinstance(v, float) and math.isfinite(v)}
+    out: dict[Any, str] = {}
+    for v in values:
+        if v not in floats:
+            out[v] = str(v)
+            continue
+        for digits in range(3, 18):
+            text = f"{v:.{digits}g}"
+            if all(f"{u:.{digits}g}" != text for u in floats if u != v):
+                break
+        out[v] = text
+    return out
+
+
+def _label(keys: list[str], vals: tuple, short: list[dict[Any, str]] | None = None) -> str:
+    """A group's name in legends and titles: a ``*.name`` key by its value
+    alone (``fedau``), others as ``key=value`` (``short[i]``: how key i's
+    values are written)."""
     if not keys:
         return "all runs"
-    return ", ".join(f"{k.split('.')[0] if k.endswith('.name') else k}={v}" for k, v in zip(keys, vals))
+    texts = [short[i].get(v, str(v)) if short else str(v) for i, v in enumerate(vals)]
+    return ", ".join(t if k.endswith(".name") else f"{k}={t}" for k, t in zip(keys, texts))
 
 
 def build_tables(root: Path, last_k: int = 5, target: float | None = None):
@@ -423,19 +451,21 @@ def summary_markdown(summary_df: Any, group_keys: list[str], last_k: int, target
 
 # --------------------------------------------------------------------------- plots
 def _groups(runs_df: Any, group_keys: list[str], run_dirs: list[Path]) -> list[tuple[str, list[int]]]:
+    """(label, row indices) per group; floats in the labels to 3 significant
+    digits, more only where two values of a key would look alike."""
     if not group_keys:
         return [("all runs", list(range(len(runs_df))))]
-    out = []
-    for vals, g in runs_df.groupby(group_keys, dropna=False, sort=False):
-        vals = vals if isinstance(vals, tuple) else (vals,)
-        out.append((_label(group_keys, vals), list(g.index)))
-    return out
+    groups = [(vals if isinstance(vals, tuple) else (vals,), list(g.index))
+              for vals, g in runs_df.groupby(group_keys, dropna=False, sort=False)]
+    short = [_short(list({vals[i] for vals, _ in groups})) for i in range(len(group_keys))]
+    return [(_label(group_keys, vals, short), idx) for vals, idx in groups]
 
 
 def accuracy_figure(groups, runs_df, curves, run_dirs) -> Any:
     """Mean ± std curves per group on the whole run (left) and zoomed on the
     last rounds (right, y-range fitted there); the legend sits outside the
-    axes, below them. None when no completed run has metrics."""
+    axes, to the right of the figure (saved with ``bbox_inches="tight"``), in
+    columns of at most 25 entries. None when no completed run has metrics."""
     import matplotlib.pyplot as plt
     import pandas as pd
     from matplotlib.ticker import MaxNLocator
@@ -475,11 +505,13 @@ def accuracy_figure(groups, runs_df, curves, run_dirs) -> Any:
         a.set_xlabel("round")
         a.grid(alpha=0.3)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", fontsize=7,
-               ncol=min(3, len(stats)), frameon=False)
-    rows = math.ceil(len(stats) / min(3, len(stats)))
-    fig.tight_layout(rect=(0, min(0.45, 0.06 + 0.05 * rows), 1, 1))
+    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), loc="upper left", bbox_to_anchor=(1.0, 0.98), fontsize=7,
+               ncol=math.ceil(len(stats) / LEGEND_ROWS), frameon=False)
     return fig
+
+
+LEGEND_ROWS = 25
 
 
 def plot_accuracy(path: Path, groups, runs_df, curves, run_dirs) -> Path | None:
@@ -488,7 +520,7 @@ def plot_accuracy(path: Path, groups, runs_df, curves, run_dirs) -> Path | None:
     fig = accuracy_figure(groups, runs_df, curves, run_dirs)
     if fig is None:
         return None
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # the legend outside the axes is part of the image
     plt.close(fig)
     return path
 
@@ -532,10 +564,13 @@ MAX_GROUPS, MAX_SEEDS = 16, 10
 
 def heatmap_figure(groups, runs_df, run_dirs, kind: str) -> Any:
     """kind='participation': 1 replied, 0.5 asked but no usable reply, 0 not
-    asked. kind='weights': aggregation weight per client (blank = none). One
-    panel per run: a row per group, a column per seed; integer ticks."""
+    asked. kind='weights': aggregation weight per client (blank = none), on
+    one colour scale shared by every panel (the weights' range over all of
+    them) with one labelled colorbar. One panel per run: a row per group, a
+    column per seed; integer ticks."""
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.colors import Normalize
     from matplotlib.ticker import MaxNLocator
 
     rows = []
@@ -557,7 +592,14 @@ def heatmap_figure(groups, runs_df, run_dirs, kind: str) -> Any:
         rows = [r[:MAX_SEEDS] for r in rows]
     ncols = max(len(r) for r in rows)
     fig, axes = plt.subplots(len(rows), ncols, figsize=(4.2 * ncols + 0.6, 2.4 * len(rows) + 0.5), dpi=100,
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
+    norm = Normalize(0.0, 1.0)
+    if kind == "weights":
+        finite = np.concatenate([m[np.isfinite(m)] for r in rows for _, m, _ in r])
+        if finite.size:
+            lo, hi = float(finite.min()), float(finite.max())
+            norm = Normalize(lo, hi if hi > lo else lo + 1e-12)
+    im = None
     for r, panels in enumerate(rows):
         for ax in axes[r, len(panels):]:
             ax.axis("off")
@@ -567,17 +609,17 @@ def heatmap_figure(groups, runs_df, run_dirs, kind: str) -> Any:
                 ax.imshow(mat, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0, vmax=1, extent=extent)
             else:
                 im = ax.imshow(np.ma.masked_invalid(mat), aspect="auto", interpolation="nearest", cmap="viridis",
-                               extent=extent)
-                fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+                               norm=norm, extent=extent)
             ax.set_title(title, fontsize=8)
             ax.set_xlabel("round", fontsize=8)
             ax.set_ylabel("client", fontsize=8)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.tick_params(labelsize=7)
+    if im is not None:  # one scale for the whole figure
+        fig.colorbar(im, ax=axes, label="aggregation weight", shrink=0.9, aspect=40)
     fig.suptitle("replied (black), asked but no reply (grey)" if kind == "participation"
                  else "aggregation weight per client (blank = not aggregated)", fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -594,7 +636,7 @@ def plot_heatmaps(path: Path, groups, runs_df, run_dirs, kind: str) -> Path | No
     fig = heatmap_figure(groups, runs_df, run_dirs, kind)
     if fig is None:
         return None
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -653,7 +695,7 @@ def report(root: Path, out: Path | None = None, last_k: int = 5, target: float |
         for name, fn in (("accuracy", lambda p: plot_accuracy(p, groups, runs_df, curves, run_dirs)),
                          ("participation", lambda p: plot_heatmaps(p, groups, runs_df, run_dirs, "participation")),
                          ("weights", lambda p: plot_heatmaps(p, groups, runs_df, run_dirs, "weights"))):
-            p = fn(out / f"{name}.png")
+            p = fn(out / PLOTS[name])
             if p is not None:
                 files[name] = p
     return {"runs": runs_df, "summary": summary_df, "group_keys": group_keys, "markdown": md,
