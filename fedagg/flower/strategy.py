@@ -150,6 +150,7 @@ class FedaggStrategy(Strategy):
         self.last_record: RoundRecord | None = None
         self._arrays: ArrayRecord | None = None  # self.params as the ArrayRecord last handed out
         self._sent: dict[int, tuple[Message, Params]] = {}  # this round: client id -> (message, model sent)
+        self._said_no_update = False  # the "no valid update arrived" warning was given
 
     # -- the rule -----------------------------------------------------------------
     @property
@@ -379,8 +380,10 @@ class FedaggStrategy(Strategy):
         updates.sort(key=lambda u: u.client_id)
         asked = list(self._sent)
         info = RoundInfo(rnd, self.num_clients or 0, tuple(asked), tuple(u.client_id for u in updates))
-        if not updates:
-            log.warning("round %d: no valid update arrived; the global model is unchanged", rnd)
+        if not updates and not self._said_no_update:  # once per run: metrics.csv has every round's counts
+            self._said_no_update = True
+            log.warning("round %d: no valid update arrived; the global model is unchanged (said once per run; "
+                        "metrics.csv's clients_replied and clients_rejected show every round)", rnd)
         self.params, agg_metrics = self.aggregator.apply(self.params, updates, info)
         n = np.array([u.num_examples for u in updates], dtype=float)
         losses = [u.train_loss for u in updates]
