@@ -7,7 +7,8 @@ Each fixed key has ONE default, here. Group sections (``aggregator``,
 ``dataset``, ``partition``, ``noise``, ``model``, ``participation``,
 ``heterogeneity``, ``logger``) stay plain YAML mappings with a ``name`` (the
 registered builder) and that builder's options; :func:`load` checks the
-options against the builder's signature and type annotations.
+options against the builder's signature and type annotations, including
+ranges written as ``Annotated[int, annotated_types.Gt(0)]``.
 
 :func:`load` is the one step from a composed DictConfig to the typed
 :class:`Config`; it raises :class:`~fedagg.errors.ConfigError` (one line:

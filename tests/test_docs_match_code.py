@@ -55,3 +55,23 @@ def test_the_readmes_output_folders_are_ignored_by_git():
     for out in sorted(outs):
         p = subprocess.run(["git", "check-ignore", "-q", out], cwd=ROOT)
         assert p.returncode == 0, f"{out} (written by a README command) is not in .gitignore"
+
+
+def test_warnings_the_readme_says_come_once_come_once_per_run(tmp_path, caplog):
+    """Three rounds in which every update is rejected (non-finite): the warning
+    that no valid update arrived is said once, not every round (NobodyAsked's
+    once-per-run rule is tested in test_outcomes.py)."""
+    import logging
+
+    from fedagg_testing import SMALL
+    from fedagg_testing import compose as hcompose
+
+    from fedagg.experiment import run
+
+    with caplog.at_level(logging.WARNING, logger="fedagg"):
+        rows = run(hcompose(*SMALL, "rounds=3", "runtime=inprocess", "train.lr=1e30", "server.max_failed_rounds=0"),
+                   tmp_path)
+    said = [r.getMessage() for r in caplog.records]
+    assert all(r["clients_replied"] == 0 and r["clients_rejected"] == r["clients_asked"] > 0 for r in rows), rows
+    assert sum("no valid update arrived" in m for m in said) == 1, said
+    assert any("once per run" in m for m in said if "no valid update arrived" in m)

@@ -300,15 +300,15 @@ class SyntheticUsers:
 @register_dataset("synthetic")
 def synthetic(
     seed: int = 0,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-    num_samples: int = 10000,
-    num_users: int = 30,
-    dim: int = 60,
-    classes: int = 10,
-    test_fraction: float = 0.2,
+    alpha: Annotated[float, Ge(0)] = 1.0,
+    beta: Annotated[float, Ge(0)] = 1.0,
+    num_samples: Annotated[int, Gt(0)] = 10000,
+    num_users: Annotated[int, Gt(0)] = 30,
+    dim: Annotated[int, Gt(0)] = 60,
+    classes: Annotated[int, Ge(2)] = 10,
+    test_fraction: Fraction = 0.2,
     iid: bool = False,
-    test_users: int | None = None,
+    test_users: Annotated[int, Gt(0)] | None = None,
 ) -> Dataset:
     """Synthetic(α, β) of FedProx (Li et al., MLSys 2020; their generator
     ``generate_synthetic``), generated as one pool. For natural user k:
