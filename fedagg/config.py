@@ -239,14 +239,14 @@ def _signature_options(fn: Callable[..., Any], skip: int) -> tuple[dict[str, ins
     return params, open_, hints
 
 
-_BOUNDS = (("gt", ">", "("), ("ge", ">=", "["), ("lt", "<", ")"), ("le", "<=", "]"))
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 
 
 def _bounds(meta: Sequence[Any]) -> dict[str, Any]:
     """The bounds (gt, ge, lt, le) that ``Annotated`` metadata sets (annotated_types' Gt, Ge, Lt, Le, Interval)."""
     out: dict[str, Any] = {}
     for m in meta:
-        for attr, _, _ in _BOUNDS:
+        for attr, _ in _BOUNDS:
             b = getattr(m, attr, None)
             if isinstance(b, (int, float)) and not isinstance(b, bool):
                 out[attr] = b
@@ -262,7 +262,7 @@ def _type_name(hint: Any) -> str:
         hi = next(((a, b) for a, b in bounds.items() if a in ("lt", "le")), None)
         if lo and hi:
             return f"{base} in {'(' if lo[0] == 'gt' else '['}{lo[1]}, {hi[1]}{')' if hi[0] == 'lt' else ']'}"
-        ops = {a: op for a, op, _ in _BOUNDS}
+        ops = dict(_BOUNDS)
         return " ".join([base, *(f"{ops[a]} {b}" for a, b in bounds.items())])
     if origin in (Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
@@ -668,7 +668,7 @@ def _unknown_override(e: BaseException, key: str, value: str) -> str | None:
         return None
     group, _, leaf = key.partition(".")
     try:
-        if group in GROUPS and leaf and "." not in leaf:
+        if group in GROUPS and group != "noise" and leaf and "." not in leaf:  # noise: no builder, keys as listed
             section = {k: node.get(k) for k in ("name", "_target_") if k in node}
             builder, fn, skip = _section_builder(group, section)
             params, open_, _ = _signature_options(fn, skip)

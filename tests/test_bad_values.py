@@ -96,6 +96,8 @@ def test_eval_every_without_a_validation_split_is_refused_naming_both_keys():
     (["num_client=5"], ["num_client=5", "did you mean num_clients?"], "+num_client"),
     (["+num_client=5"], ["num_client=5", "did you mean num_clients?"], "+num_client"),
     (["train.lrr=0.1"], ["train.lrr=0.1", "did you mean train.lr?"], "+train.lrr"),
+    (["noise=label_flip", "noise.fractoin=0.2"], ["noise.fractoin=0.2", "did you mean noise.fraction?"],
+     "+noise.fractoin"),
     (["dataset=femnist", "dataset.num_users=3"], ["dataset.num_users=3", "did you mean dataset.users?"],
      "+dataset.num_users"),
 ])
