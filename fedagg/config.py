@@ -7,7 +7,8 @@ Each fixed key has ONE default, here. Group sections (``aggregator``,
 ``dataset``, ``partition``, ``noise``, ``model``, ``participation``,
 ``heterogeneity``, ``logger``) stay plain YAML mappings with a ``name`` (the
 registered builder) and that builder's options; :func:`load` checks the
-options against the builder's signature and type annotations.
+options against the builder's signature and type annotations, including
+ranges written as ``Annotated[int, annotated_types.Gt(0)]``.
 
 :func:`load` is the one step from a composed DictConfig to the typed
 :class:`Config`; it raises :class:`~fedagg.errors.ConfigError` (one line:
@@ -27,7 +28,7 @@ import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Literal, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Callable, Dict, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
@@ -244,7 +245,7 @@ def _signature_options(fn: Callable[..., Any], skip: int) -> tuple[dict[str, ins
         except (TypeError, ValueError):
             return params, True, hints
         try:
-            hints.update({k: v for k, v in get_type_hints(f).items() if k not in hints})
+            hints.update({k: v for k, v in get_type_hints(f, include_extras=True).items() if k not in hints})
         except Exception:  # noqa: BLE001 - unresolvable annotations: no type check for this builder
             pass
         ps = [p for p in sig.parameters.values() if p.name != "self"]
@@ -266,17 +267,54 @@ def _signature_options(fn: Callable[..., Any], skip: int) -> tuple[dict[str, ins
     return params, open_, hints
 
 
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+def _bounds(meta: Sequence[Any]) -> dict[str, Any]:
+    """The bounds (gt, ge, lt, le) that ``Annotated`` metadata sets (annotated_types' Gt, Ge, Lt, Le, Interval)."""
+    out: dict[str, Any] = {}
+    for m in meta:
+        for attr, _ in _BOUNDS:
+            b = getattr(m, attr, None)
+            if isinstance(b, (int, float)) and not isinstance(b, bool):
+                out[attr] = b
+    return out
+
+
 def _type_name(hint: Any) -> str:
-    if get_origin(hint) is Literal:
-        return "one of " + ", ".join(map(str, get_args(hint)))
-    s = getattr(hint, "__name__", None) if not get_args(hint) else None
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Annotated:
+        base = {int: "an integer", float: "a number"}.get(args[0]) or _type_name(args[0])
+        bounds = _bounds(hint.__metadata__)
+        lo = next(((a, b) for a, b in bounds.items() if a in ("gt", "ge")), None)
+        hi = next(((a, b) for a, b in bounds.items() if a in ("lt", "le")), None)
+        if lo and hi:
+            return f"{base} in {'(' if lo[0] == 'gt' else '['}{lo[1]}, {hi[1]}{')' if hi[0] == 'lt' else ']'}"
+        ops = dict(_BOUNDS)
+        return " ".join([base, *(f"{ops[a]} {b}" for a, b in bounds.items())])
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (list, Sequence) and args:
+        return "a list of " + re.sub(r"^an? (integer|number)", r"\1s", _type_name(args[0]))
+    s = getattr(hint, "__name__", None) if not args else None
     return s or str(hint).replace("typing.", "").replace("collections.abc.", "")
+
+
+def _within(v: Any, bounds: Mapping[str, Any]) -> bool:
+    try:
+        return all({"gt": v > b, "ge": v >= b, "lt": v < b, "le": v <= b}[a] for a, b in bounds.items())
+    except TypeError:
+        return False
 
 
 def _conforms(v: Any, hint: Any) -> bool:
     if hint is Any or hint is inspect.Parameter.empty:
         return True
     origin, args = get_origin(hint), get_args(hint)
+    if origin is Annotated:  # a type with bounds, e.g. Annotated[int, annotated_types.Gt(0)]
+        return _conforms(v, args[0]) and _within(v, _bounds(hint.__metadata__))
     if origin in (Union, types.UnionType):
         return any(_conforms(v, a) for a in args)
     if hint is type(None) or hint is None:
@@ -292,7 +330,10 @@ def _conforms(v: Any, hint: Any) -> bool:
     if hint is str:
         return isinstance(v, str)
     if hint in (list, tuple) or origin in (list, tuple, Sequence):
-        return isinstance(v, (list, tuple))
+        if not isinstance(v, (list, tuple)):
+            return False
+        item = args[0] if args and (origin is not tuple or (len(args) == 2 and args[1] is Ellipsis)) else Any
+        return all(_conforms(x, item) for x in v)
     if hint is dict or origin in (dict, Mapping):
         return isinstance(v, dict)
     return True  # a type this check does not know: the builder decides
@@ -343,9 +384,20 @@ def locate_target(group: str, target: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
-def check_group(group: str, section: Dict[str, Any]) -> None:
-    """``group.name`` is registered (or ``group._target_`` importable) and
-    every other key is an option of its builder, of the annotated type."""
+_SKIP = {"aggregator": 1, "model": 2, "dataset": 0}  # leading parameters of a user's _target_ that are not options
+
+
+def near(key: str, candidates: Sequence[str]) -> str | None:
+    """The candidate ``key`` was most likely meant to be (case-insensitive), if any is close."""
+    low = {c.lower(): c for c in candidates}
+    if key.lower() in low:
+        return low[key.lower()]
+    m = difflib.get_close_matches(key.lower(), list(low), n=1)
+    return low[m[0]] if m else None
+
+
+def _section_builder(group: str, section: Mapping[str, Any]) -> tuple[str, Callable[..., Any], int]:
+    """(what to call it, builder, leading non-option parameters) of a group section."""
     name = section.get("name")
     target = target_of(section)
     if target is not None and group not in TARGET_GROUPS:
@@ -354,34 +406,50 @@ def check_group(group: str, section: Dict[str, Any]) -> None:
     if name is None and target is None:
         raise ConfigError(f"{group}.name is missing; pick one with {group}=<choice>")
     if target is not None:
-        fn: Callable[..., Any] = locate_target(group, target)
-        skip = {"aggregator": 1, "model": 2, "dataset": 0}[group]
-        named: set[str] = set()
-        if name is not None:  # the options the default choice's YAML brought along do not apply to the target
-            try:
-                named = set(_signature_options(_builder(group, str(name))[0], {"aggregator": 1, "model": 2,
-                                                                                "dataset": 0}[group])[0])
-            except (ValueError, ConfigError):
-                named = set()
+        return target, locate_target(group, target), _SKIP[group]
+    try:
+        fn, skip = _builder(group, str(name))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return str(name), fn, skip
+
+
+def _not_an_option(group: str, builder: str, key: str, value: str, params: Sequence[str]) -> ConfigError:
+    m = near(key, params)
+    hint = f" (did you mean {group}.{m}?)" if m else ""
+    return ConfigError(f"{group}.{key}={value} is not an option of {group} '{builder}'{hint}; "
+                       f"valid options: {', '.join(sorted(params)) or 'none'}")
+
+
+def _not_a_key(key: str, value: Any, candidates: Sequence[str]) -> ConfigError:
+    """``key`` (``a`` or ``a.b``) is not in the schema: the nearest spelling and every valid key."""
+    prefix, _, leaf = key.rpartition(".")
+    m = near(leaf, candidates)
+    hint = f"did you mean {prefix + '.' if prefix else ''}{m}? " if m else ""
+    under = f" of {prefix}" if prefix else ""
+    return ConfigError(f"{key}={value} is not a config key; {hint}valid keys{under}: {', '.join(sorted(candidates))}")
+
+
+def check_group(group: str, section: Dict[str, Any]) -> None:
+    """``group.name`` is registered (or ``group._target_`` importable) and
+    every other key is an option of its builder, of the annotated type."""
+    name, fn, skip = _section_builder(group, section)
+    if target_of(section) is not None and section.get("name") is not None:
+        # the options the default choice's YAML brought along do not apply to the target
+        try:
+            named = set(_signature_options(_builder(group, str(section["name"]))[0], _SKIP[group])[0])
+        except (ValueError, ConfigError):
+            named = set()
         own = set(_signature_options(fn, skip)[0])
         for key in [k for k in options(section) if k in named and k not in own]:
             del section[key]
-        name = target
-    else:
-        try:
-            fn, skip = _builder(group, str(name))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
     params, open_, hints = _signature_options(fn, skip)
     drops_none = group in ("dataset", "partition")  # null = the builder's default
     for key, value in options(section).items():
         if key not in params:
             if open_:
                 continue
-            valid = ", ".join(sorted(params)) or "none"
-            near = difflib.get_close_matches(key, list(params), n=1)
-            hint = f" (did you mean {group}.{near[0]}?)" if near else ""
-            raise ConfigError(f"{group}.{key}={value!r} is not an option of {group} '{name}'{hint}; valid options: {valid}")
+            raise _not_an_option(group, name, key, repr(value), list(params))
         hint_t = hints.get(key, params[key].annotation)
         if value is None and (drops_none or params[key].default is None):
             continue
@@ -439,6 +507,10 @@ def check_fixed(cfg: Config) -> None:
     _need(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
           "it must be >= 0 (0 = never, k = every k rounds)")
     _need(cfg.eval.every >= 0, "eval.every", cfg.eval.every, "it must be >= 0 (0 = never, k = every k rounds)")
+    if cfg.eval.every and not cfg.val_fraction:
+        raise ConfigError(f"eval.every={cfg.eval.every} is not allowed with val_fraction={cfg.val_fraction}: clients "
+                          "hold no validation split, so they would be scored on their own training data; set "
+                          "val_fraction (e.g. val_fraction=0.2) or eval.every=0")
     _need(cfg.server.max_failed_rounds >= 0, "server.max_failed_rounds", cfg.server.max_failed_rounds,
           "it must be >= 0 (0 = never stop for failed rounds)")
     check_runtime(cfg.runtime)
@@ -496,10 +568,18 @@ def check_values(cfg: Config) -> None:
     from .report.loggers import check_logger
 
     check_logger(cfg.logger)
-    for group in ("participation", "dataset"):
-        path = getattr(cfg, group).get("path")
-        if isinstance(path, str) and path and not Path(path).expanduser().exists():
-            raise ConfigError(f"{group}.path={path!r} does not exist; give the path of an existing file")
+    local = cfg.dataset.get("name") == "local" and not target_of(cfg.dataset)
+    for key, file_only in (("participation.path", True), ("dataset.path", local), ("dataset.test_path", local)):
+        group, opt = key.split(".")
+        path = getattr(cfg, group).get(opt)
+        if not (isinstance(path, str) and path):
+            continue
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise ConfigError(f"{key}={path!r} does not exist; give the path of an existing file")
+        if file_only and p.is_dir():
+            what = "a CSV of round,client rows" if group == "participation" else "an .npz, .csv or .parquet file"
+            raise ConfigError(f"{key}={path!r} is a directory; give the path of a file ({what})")
     if cfg.device.startswith("cuda"):
         import torch
 
@@ -519,13 +599,9 @@ def _unknown_keys(cfg: Any) -> None:
         if key == "hydra":
             continue
         if key not in sections:
-            near = difflib.get_close_matches(key, list(sections), n=1)
-            hint = f"did you mean {near[0]}? " if near else ""
             node = cfg._get_node(key)  # noqa: SLF001 - the raw value, without resolving interpolations
             value = node._value() if node is not None else "?"  # noqa: SLF001
-            raise ConfigError(
-                f"{key}={value} is not a config key; {hint}valid keys: {', '.join(sorted(sections))}"
-            )
+            raise _not_a_key(key, value, list(sections))
 
 
 def to_config(cfg: Any) -> Config:
@@ -604,11 +680,31 @@ def one_line(e: BaseException) -> str:
             lines.append(line)
     text = " ".join(lines).replace("\t", " ")
     m = re.search(r"Could not override '([^']+)'\. To append to your config use \+\S+ (Key '[^']+' (is )?not in \S+)", text)
-    if m:  # an unknown key: Hydra's hint (add it with +) is right only for a group's builder options
+    if m:  # an unknown key: Hydra's hint (add it with +) is right only for a builder option its YAML does not list
         key = m.group(1)
-        if key.split(".")[0] in GROUPS and "." in key:
-            text = (f"'{key}' is not set by this {key.split('.')[0]} choice; to pass it as an option of the "
-                    f"{key.split('.')[0]}'s builder (checked against its signature) write +{key}=...")
-        else:
-            text = f"'{key}' is not a config key; check its spelling (fedagg --cfg job lists every key)"
+        v = re.search(r"To append to your config use \+[^=\s]+=(\S*)", text)
+        text = _unknown_override(e, key, v.group(1) if v else "...") or (
+            f"'{key}' is not a config key; check its spelling (fedagg --cfg job lists every key)")
     return text
+
+
+def _unknown_override(e: BaseException, key: str, value: str) -> str | None:
+    """What to say about an override of a key the composed config lacks: the builder option it was most likely meant
+    to be (``partition.alpah`` -> ``partition.alpha``), Hydra's ``+key=...`` when the builder does take it, or the
+    nearest fixed key (``num_client`` -> ``num_clients``). None: nothing better than Hydra's words."""
+    node = getattr(e.__cause__, "parent_node", None)
+    if node is None or not hasattr(node, "keys"):
+        return None
+    group, _, leaf = key.partition(".")
+    try:
+        if group in GROUPS and group != "noise" and leaf and "." not in leaf:  # noise: no builder, keys as listed
+            section = {k: node.get(k) for k in ("name", "_target_") if k in node}
+            builder, fn, skip = _section_builder(group, section)
+            params, open_, _ = _signature_options(fn, skip)
+            if open_ or leaf in params:
+                return (f"'{key}' is not set by this {group} choice; to pass it as an option of {group} '{builder}' "
+                        f"(checked against its signature) write +{key}={value}")
+            return str(_not_an_option(group, builder, leaf, value, list(params)))
+        return str(_not_a_key(key, value, [str(k) for k in node.keys() if str(k) != "hydra"]))
+    except Exception:  # noqa: BLE001 - an error while explaining an error: keep Hydra's words
+        return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 GROUPS: dict[str, tuple[str, str]] = {
     # group: (what it picks, one example)
@@ -23,13 +24,42 @@ GROUPS: dict[str, tuple[str, str]] = {
     "experiment": ("named presets (add with +)", "fedagg -m +experiment=compare_participation"),
 }
 
-KEYS = """\
-plain keys (fedagg key=value):
-  num_clients=20 rounds=30 seed=0 device=cpu val_fraction=0.0
-  train.lr=0.05 train.epochs=2 train.optimizer=sgd|adam train.lr_decay=0.99 train.momentum=0.9
-  server.round_timeout=null server.max_failed_rounds=3 checkpoint.every=0 eval.every=0
-  resume=<run dir>              continue a run from its checkpoint, with its saved config
-"""
+# the plain keys --help shows, a line each; their defaults are read from the typed schema (fedagg.config)
+KEYS: tuple[tuple[str, ...], ...] = (
+    ("num_clients", "rounds", "seed", "device", "val_fraction"),
+    ("train.lr", "train.epochs", "train.optimizer", "train.lr_decay", "train.momentum"),
+    ("server.round_timeout", "server.max_failed_rounds", "checkpoint.every", "eval.every"),
+)
+
+
+def default(key: str) -> Any:
+    """The schema's one default of a plain key (``train.lr``)."""
+    from .config import Config
+
+    node: Any = Config()
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def show(value: Any) -> str:
+    """A value as an override writes it (null, true, 0.05)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def keys_text() -> str:
+    from .task.train import OPTIMIZERS
+
+    lines = ["plain keys (fedagg key=value; the defaults shown):"]
+    for row in KEYS:
+        lines.append("  " + " ".join(f"{k}={show(default(k))}" for k in row))
+    lines.append(f"  (train.optimizer: {' | '.join(OPTIMIZERS)}; train.lr_decay below 1 decays the lr every train.lr_decay_every rounds)")
+    lines.append("  resume=<run dir>              continue a run from its checkpoint, with its saved config")
+    return "\n".join(lines) + "\n"
 
 
 def version() -> str:
@@ -60,6 +90,6 @@ def help_text(conf_dir: str | Path) -> str:
         lines.append(f"  {group}: {what}")
         lines.append(f"      choices: {', '.join(names) if names else '(none)'}")
         lines.append(f"      e.g.     {example}")
-    lines += ["", KEYS, "results: outputs/<date>/<time>_<overrides>/ (metrics.csv, rounds.jsonl, model.pt, status.json);",
+    lines += ["", keys_text(), "results: outputs/<date>/<time>_<overrides>/ (metrics.csv, rounds.jsonl, model.pt, status.json);",
               "         fedagg-report <sweep dir> summarises a sweep, fedagg-eval <run dir> scores a saved model."]
     return "\n".join(lines)

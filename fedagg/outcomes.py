@@ -154,20 +154,19 @@ def early_round_warning(aggregator: str, participation: str, server_lr: float | 
 
 
 class NobodyAsked:
-    """Warns (once per stretch) when a round asks no client at all."""
+    """Warns once per run, at the first round that asks no client at all
+    (metrics.csv's ``clients_asked`` shows every such round)."""
 
     def __init__(self) -> None:
-        self._warned_at: int | None = None
+        self._warned = False
 
     def observe(self, rnd: int, asked: int) -> str | None:
-        if asked > 0:
-            self._warned_at = None
+        if asked > 0 or self._warned:
             return None
-        if self._warned_at is None:
-            self._warned_at = rnd
-            return (f"round {rnd} asked no client (none available under this participation/heterogeneity); "
-                    "the model stays unchanged until clients are available")
-        return None
+        self._warned = True
+        return (f"round {rnd} asked no client (none available under this participation/heterogeneity); "
+                "the model stays unchanged until clients are available (said once per run; metrics.csv's "
+                "clients_asked shows every such round)")
 
 
 class RunGuard:

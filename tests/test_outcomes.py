@@ -49,14 +49,16 @@ def test_first_signal_requests_a_stop_second_aborts():
     assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
-def test_nobody_asked_warns_once_per_stretch():
+def test_nobody_asked_warns_once_per_run():
     from fedagg.outcomes import NobodyAsked
 
     w = NobodyAsked()
-    assert "round 1 asked no client" in w.observe(1, 0)
-    assert w.observe(2, 0) is None  # same stretch: said once
-    assert w.observe(3, 4) is None
-    assert "round 4" in w.observe(4, 0)
+    assert w.observe(1, 3) is None
+    msg = w.observe(2, 0)
+    assert "round 2 asked no client" in msg and "once per run" in msg
+    assert w.observe(3, 0) is None  # the same stretch
+    assert w.observe(4, 4) is None
+    assert w.observe(5, 0) is None  # a later stretch: still said only once
 
 
 def test_early_round_warning_points_to_the_claim_preset():

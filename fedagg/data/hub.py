@@ -40,13 +40,14 @@ import socket
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import numpy as np
+from annotated_types import Ge
 
 from ..seeding import rng as named_rng
-from .datasets import Dataset, atomic_save_npz, cache_dir, register_dataset
+from .datasets import Dataset, Fraction, atomic_save_npz, cache_dir, register_dataset
 
 LEAF_VOCAB = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
 SEQ_LEN = 80
@@ -315,7 +316,9 @@ def _register(name: str) -> None:
 
     else:
 
-        def loader(seed: int = 0, path: str | None = None, test_fraction: float = 0.1, users: int = 0) -> Dataset:  # type: ignore[misc]
+        def loader(  # type: ignore[misc]
+            seed: int = 0, path: str | None = None, test_fraction: Fraction = 0.1, users: Annotated[int, Ge(0)] = 0
+        ) -> Dataset:
             return load_hub(name, seed=seed, path=path, test_fraction=test_fraction, users=users)
 
     loader.__doc__ = (

@@ -308,6 +308,7 @@ def natural(
     if num_groups != n:
         raise ValueError(
             f"partition.name=natural: the dataset has {num_groups} natural clients but num_clients={n}; "
-            f"set num_clients={num_groups} (or dataset.num_users={n})"
+            f"set num_clients={num_groups}, or keep {n} of them with the dataset's own option (dataset.users={n} "
+            "on femnist and shakespeare)"
         )
     return [np.flatnonzero(groups == g) for g in range(n)]

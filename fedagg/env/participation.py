@@ -314,7 +314,8 @@ class Trace(Participation):
             raise ValueError("participation.path is required for participation=trace (a CSV of round,client rows)")
         p = Path(os.path.expanduser(str(path)))
         if not p.is_file():
-            raise ValueError(f"participation.path={p} does not exist")
+            raise ValueError(f"participation.path={p} " + ("is a directory; give the path of a CSV file of round,client rows"
+                                                          if p.is_dir() else "does not exist"))
         self.cycle = bool(cycle)
         self.rounds: dict[int, np.ndarray] = {}
         rows: dict[int, list[int]] = {}

@@ -176,6 +176,7 @@ class FedaggStrategy(Strategy):
         self._sent: dict[int, tuple[int, Params]] = {}  # this round: node id -> (client id, model sent)
         self._round = 0  # the round of self._sent
         self._reply_metrics = MetricRecord()  # this round's replies' own metrics, aggregated as Flower does
+        self._said_no_update = False  # the "no valid update arrived" warning was given
 
     # -- the rule -----------------------------------------------------------------
     @property
@@ -493,8 +494,10 @@ class FedaggStrategy(Strategy):
         updates, accepted = [updates[i] for i in order], [accepted[i] for i in order]
         asked = sorted(cid for cid, _ in self._sent.values())
         info = RoundInfo(rnd, self.num_clients or 0, tuple(asked), tuple(u.client_id for u in updates))
-        if not updates:
-            log.warning("round %d: no valid update arrived; the global model is unchanged", rnd)
+        if not updates and not self._said_no_update:  # once per run: metrics.csv has every round's counts
+            self._said_no_update = True
+            log.warning("round %d: no valid update arrived; the global model is unchanged (said once per run; "
+                        "metrics.csv's clients_replied and clients_rejected show every round)", rnd)
         self.params, agg_metrics = self.aggregator.apply(self.params, updates, info)
         self._reply_metrics = aggregate_reply_metrics(
             opts.train_metrics_aggr_fn, [a[0] for a in accepted], [a[1] for a in accepted],

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Gt
 from torch import nn
 
 from ..registry import Registry
@@ -53,6 +54,9 @@ class ModelEntry:
     fits: tuple[str, ...]  # input kinds this model reads
     min_side: int = 0  # smallest image side it accepts
 
+
+# a layer width, depth or count: fedagg.config refuses a value < 1 when it loads the config, before any model is built
+Size = Annotated[int, Gt(0)]
 
 _MODELS: Registry[ModelEntry] = Registry("model.name")
 available = _MODELS.available
@@ -155,12 +159,12 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 @register_model("mlp", fits=(VECTOR, IMAGE))
-def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 100, depth: int = 2) -> nn.Module:
+def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: Size = 100, depth: Size = 2) -> nn.Module:
     return MLP(_numel(input_shape), num_classes, hidden=hidden, depth=depth)
 
 
 @register_model("cnn1d", fits=(VECTOR,))
-def cnn1d(input_shape: tuple[int, ...], num_classes: int, channels: int = 25, batch_norm: bool = False) -> nn.Module:
+def cnn1d(input_shape: tuple[int, ...], num_classes: int, channels: Size = 25, batch_norm: bool = False) -> nn.Module:
     if len(input_shape) != 1:
         raise ValueError(f"model.name=cnn1d needs 1-D inputs, got shape {input_shape}; use model=mlp")
     return CNN1D(input_shape[0], num_classes, channels=channels, batch_norm=batch_norm)
@@ -228,7 +232,7 @@ class FedAUCNN(nn.Module):
 
 
 @register_model("cnn_fedau", fits=(IMAGE,), min_side=4)
-def cnn_fedau(input_shape: tuple[int, ...], num_classes: int, hidden: list[int] | None = None) -> nn.Module:
+def cnn_fedau(input_shape: tuple[int, ...], num_classes: int, hidden: list[Size] | None = None) -> nn.Module:
     return FedAUCNN(input_shape, num_classes, tuple(hidden) if hidden is not None else (256, 64))
 
 
@@ -345,7 +349,7 @@ class ResNet(nn.Module):
 
 
 @register_model("resnet18", fits=(IMAGE,), min_side=8)
-def resnet18(input_shape: tuple[int, ...], num_classes: int, norm: Norm = "batch", norm_groups: int = 2) -> nn.Module:
+def resnet18(input_shape: tuple[int, ...], num_classes: int, norm: Norm = "batch", norm_groups: Size = 2) -> nn.Module:
     """ResNet-18 for 32x32: widths 64-128-256-512, 2 blocks each (11.17 M
     parameters for 3 channels and 10 classes). ``norm=group`` uses
     GroupNorm(``norm_groups``, C) (2 groups: Hsieh et al. 2020, the usual FL choice)."""
@@ -353,7 +357,7 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int, norm: Norm = "batch
 
 
 @register_model("resnet20", fits=(IMAGE,), min_side=8)
-def resnet20(input_shape: tuple[int, ...], num_classes: int, norm: Norm = "batch", norm_groups: int = 2) -> nn.Module:
+def resnet20(input_shape: tuple[int, ...], num_classes: int, norm: Norm = "batch", norm_groups: Size = 2) -> nn.Module:
     """ResNet-20 (He et al. 2016, CIFAR): widths 16-32-64, 3 blocks each, 1x1
     projection shortcuts as in FedLAW's code (0.27 M parameters for 10 classes)."""
     return ResNet(input_shape, num_classes, (16, 32, 64), (3, 3, 3), norm, norm_groups)
@@ -410,8 +414,8 @@ class CharLSTM(nn.Module):
 
 @register_model("lstm", fits=(TOKENS,))
 def lstm(
-    input_shape: tuple[int, ...], num_classes: int, embed_dim: int = 8, hidden: int = 256, layers: int = 2,
-    vocab_size: int | None = None,
+    input_shape: tuple[int, ...], num_classes: int, embed_dim: Size = 8, hidden: Size = 256, layers: Size = 2,
+    vocab_size: Size | None = None,
 ) -> nn.Module:
     """``vocab_size`` defaults to ``num_classes`` (next-token prediction over one vocabulary)."""
     return CharLSTM(int(vocab_size or num_classes), num_classes, embed_dim, hidden, layers)
