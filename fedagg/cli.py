@@ -39,7 +39,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import CONF_DIR, one_line
 from .console import quiet_third_party
-from .errors import ConfigError
+from .errors import ConfigError, ResumeError
 from .outcomes import EXIT_FAILED, EXIT_INTERRUPTED
 from .resume import hydra_quote, resume_command
 
@@ -97,7 +97,7 @@ def run_folder_name(overrides: str, fallback: str) -> str:
 OmegaConf.register_new_resolver("fedagg_run_name", run_folder_name, replace=True)
 
 
-def _resume_hint(out: Path, multirun: bool, last: int | None) -> str:
+def _resume_hint(out: Path, multirun: bool) -> str:
     if multirun:
         args = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]
         sweep_dir = hydra_quote(str(out.resolve().parent))
@@ -105,7 +105,7 @@ def _resume_hint(out: Path, multirun: bool, last: int | None) -> str:
         return f"re-run the same sweep to skip finished jobs and resume this one:\n  {cmd}"
     if (out / "checkpoint.pkl").exists():
         return f"resume with:\n  {resume_command(out)}"
-    if last is None:
+    if not (out / "metrics.csv").exists():
         return "no round had finished, so there is nothing to resume: run the same command again"
     return "no checkpoint was written (checkpoint.every=0), so this run cannot be resumed; use checkpoint.every=k"
 
@@ -182,15 +182,16 @@ def _main(raw: DictConfig) -> float | None:
         where = f"after round {last}" if last is not None else (str(e) or "in the middle of a round")
         if not read_status(out):  # stopped before the run wrote its status
             RunStatus(out).interrupted(None)
-        log.warning("interrupted %s; %s", where, _resume_hint(out, multirun, last))
+        log.warning("interrupted %s; %s", where, _resume_hint(out, multirun))
         _SWEEP["interrupted"] = str(out)
         _job_ended("interrupted")
         return None
-    except ConfigError as e:  # a value only the data could refuse
-        print(f"config error: {e}", file=sys.stderr, flush=True)
+    except ConfigError as e:  # a value only the data could refuse, or (a sweep job resuming) its checkpoint
+        said = f"{'resume' if isinstance(e.__cause__, ResumeError) else 'config'} error: {e}"
+        print(said, file=sys.stderr, flush=True)
         if multirun:
             if not same_dir:  # a refused resume never overwrites the run it was asked to resume
-                RunStatus(out).failed(f"config error: {e}")
+                RunStatus(out).failed(said)
             _job_ended("failed")
             return None
         if new_folder:

@@ -36,7 +36,7 @@ EXIT_INTERRUPTED = 130
 
 
 class RunFailed(RuntimeError):
-    """The run cannot make progress: every asked client failed, round after round."""
+    """The run cannot make progress: no update was accepted (every asked client failed or was rejected)."""
 
 
 class RunInterrupted(Exception):
