@@ -15,7 +15,7 @@ from . import checkpoint as ckpt
 from .console import ProgressBar
 from .flower.callbacks import RoundCallback
 from .flower.strategy import FedaggStrategy, RoundRecord
-from .outcomes import RunGuard, RunInterrupted
+from .outcomes import RunGuard, RunInterrupted, rounds_begin
 from .report import loggers
 from .report.metrics import Recorder, distribution
 from .task.train import evaluate, set_params
@@ -119,22 +119,35 @@ class FinalSave(RoundCallback):
 
 class Outcome(RoundCallback):
     """Stops the run early (``RunGuard``): failed after ``server.max_failed_rounds``
-    all-failed rounds, interrupted after a SIGINT/SIGTERM -- then with a
-    checkpoint of this round when checkpointing is on. The reason is left in
+    rounds without an accepted update, interrupted after a SIGINT/SIGTERM -- then
+    with a checkpoint of this round when checkpointing is on; and fails a run
+    that accepted no update at all. The start of the first round ends the
+    start-up (a signal before it stops the run at once). The reason is left in
     ``exp.outcome`` for the caller to raise once the runtime is down."""
 
     def __init__(self, guard: RunGuard, out: Path, every: int, total: int, exp: Experiment,
                  recorder: Recorder) -> None:
         self.guard, self.out, self.every, self.total, self.exp, self.recorder = guard, out, every, total, exp, recorder
+        self.last_round = 0
+
+    def on_train_begin(self, strategy: FedaggStrategy, *, start_round: int, num_rounds: int) -> None:
+        self.last_round = start_round - 1
+        rounds_begin()
 
     def after_round(self, record: RoundRecord, strategy: FedaggStrategy) -> bool:
-        if not self.guard.after_round(record.round, len(record.asked), len(record.replied), record.failed):
+        self.last_round = record.round
+        if not self.guard.after_round(record.round, len(record.asked), len(record.replied), record.failed,
+                                      record.rejected):
             return False
         saved = self.every and (record.round % self.every == 0 or record.round == self.total)
         if isinstance(self.guard.outcome, RunInterrupted) and self.every and not saved:
             ckpt.save(self.out, record.round, self.exp, strategy, self.recorder)  # resume from here
         self.exp.outcome = self.guard.outcome
         return True
+
+    def on_train_end(self, strategy: FedaggStrategy, result: Result) -> None:
+        self.guard.at_end(self.last_round)
+        self.exp.outcome = self.guard.outcome
 
 
 class Progress(RoundCallback):

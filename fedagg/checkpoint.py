@@ -61,14 +61,34 @@ def _at(cfg: Any, dotted: str) -> Any:
     return node
 
 
+KEYS = ("round", "params", "aggregator", "participation", "rows", "details", "config")
+
+
+def read(path: Path) -> dict[str, Any]:
+    """A checkpoint file's state; a file that is not one (truncated, garbage,
+    another program's pickle) is a ResumeError naming it and what is wrong."""
+    try:
+        with open(path, "rb") as f:
+            state = pickle.load(f)
+    except OSError as e:
+        raise ResumeError(f"{path}: cannot be read: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - whatever unpickling a damaged file raises
+        what = str(e).splitlines()[0] if str(e) else "no detail"
+        raise ResumeError(f"{path} is not a readable checkpoint ({type(e).__name__}: {what}); it may be truncated "
+                          "or damaged: start a new run, or restore the file") from None
+    missing = [k for k in KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ResumeError(f"{path} is not a fedagg checkpoint (no {', '.join(missing)}); start a new run")
+    return state
+
+
 def load_for_resume(run_dir: Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Read the checkpoint in ``run_dir`` once and refuse it, naming the key,
     unless ``cfg`` can continue it exactly."""
     path = Path(run_dir) / NAME
     if not path.exists():
         raise ResumeError(f"resume={run_dir}: no {NAME} there; run with checkpoint.every=k to write one")
-    with open(path, "rb") as f:
-        state = pickle.load(f)
+    state = read(path)
     changed = config_diff(state["config"], cfg)
     if changed:
         shown = "; ".join(f"{k}: {_at(state['config'], k)!r} in the checkpoint, {_at(cfg, k)!r} now" for k in changed[:5])

@@ -57,7 +57,7 @@ class TrainConfig:
 class ServerConfig:
     round_timeout: Optional[float] = None  # seconds to wait for replies; null = wait for all
     connect_timeout: float = 120.0
-    max_failed_rounds: int = 3  # stop (status failed, exit 1) after this many rounds in a row where every asked client failed; 0 = never
+    max_failed_rounds: int = 3  # stop (status failed, exit 1) after this many rounds in a row without an accepted update (every asked client failed or was rejected); 0 = never
 
 
 @dataclass

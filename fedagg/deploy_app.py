@@ -91,7 +91,7 @@ def main(grid: Grid, context: Context) -> None:
         exp = build(cfg)
         write_config(exp.cfg, out)
         rows = run_server(grid, exp, out)
-        if exp.outcome is not None:  # every asked client failed for server.max_failed_rounds rounds
+        if exp.outcome is not None:  # no update accepted for server.max_failed_rounds rounds, or in any round
             raise exp.outcome
     except Exception as e:
         status.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())

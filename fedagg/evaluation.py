@@ -58,7 +58,12 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
     cfg["resume"] = None
     exp = build(cfg)
     model = exp.model()
-    model.load_state_dict(torch.load(run_dir / "model.pt"))
+    try:
+        model.load_state_dict(torch.load(run_dir / "model.pt"))
+    except Exception as e:  # noqa: BLE001 - a truncated / foreign file, or another model's weights
+        what = str(e).strip().splitlines()[0] if str(e).strip() else "no detail"
+        raise ValueError(f"{run_dir / 'model.pt'} is not a readable model of this run's config.yaml "
+                         f"({type(e).__name__}: {what})") from None
     test_loss, test_acc = evaluate(model, exp.x_test, exp.y_test)
     rows, split = client_scores(model, exp.fd, exp.cfg.num_clients)
     accs = [r["accuracy"] for r in rows if r["accuracy"] is not None]

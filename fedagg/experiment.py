@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -184,23 +184,50 @@ def write_config(cfg: Config, out: Path) -> None:
 
 
 def run(cfg: Any, out_dir: str | Path) -> list[dict[str, Any]]:
-    """Validate, build and run one experiment on the configured runtime."""
-    t0 = time.perf_counter()
-    exp = build(cfg)
-    if exp.cfg.torch_threads:  # small models: one thread avoids OpenMP oversubscription (see README, Performance)
-        torch.set_num_threads(exp.cfg.torch_threads)
-    out = Path(out_dir)
-    write_config(exp.cfg, out)
-    from .runtime import get_runtime
-    from .server import make_server_app
+    """Validate, build and run one experiment on the configured runtime, with
+    its outcome in ``out_dir/status.json`` (:class:`fedagg.outcomes.RunStatus`):
+    a config the checks refuse writes nothing; otherwise ``running``, then
+    ``completed``, ``failed`` (RunFailed or any error, re-raised) or
+    ``interrupted`` (RunInterrupted / KeyboardInterrupt, re-raised)."""
+    import traceback
 
-    runtime = get_runtime(exp.cfg.runtime.name)
-    result: dict[str, Any] = {}
-    runtime(make_server_app(exp, out, result), exp, result)
-    rows = result.get("rows")
-    if exp.outcome is not None:
-        raise exp.outcome
-    if rows is None:
-        raise RuntimeError("the ServerApp did not finish; see the log above")
+    from .outcomes import RunFailed, RunInterrupted, RunStatus
+    from .sweep import prepare_job
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    resume = cfg.get("resume") if isinstance(cfg, Mapping) else getattr(cfg, "resume", None)
+    status = RunStatus(out, same_dir=bool(resume) and Path(str(resume)).resolve() == out.resolve())
+    try:
+        typed = load(cfg)
+        prepare_job(typed)  # the CPU share of a parallel sweep job
+        exp = build(typed)
+        status.running()
+        if exp.cfg.torch_threads:  # small models: one thread avoids OpenMP oversubscription (see README, Performance)
+            torch.set_num_threads(exp.cfg.torch_threads)
+        write_config(exp.cfg, out)
+        from .runtime import get_runtime
+        from .server import make_server_app
+
+        runtime = get_runtime(exp.cfg.runtime.name)
+        result: dict[str, Any] = {}
+        runtime(make_server_app(exp, out, result), exp, result)
+        rows = result.get("rows")
+        if exp.outcome is not None:
+            raise exp.outcome
+        if rows is None:
+            raise RuntimeError("the ServerApp did not finish; see the log above")
+    except ConfigError:
+        raise  # refused before anything ran: nothing written
+    except RunFailed as e:
+        status.failed(str(e))
+        raise
+    except (RunInterrupted, KeyboardInterrupt) as e:
+        status.interrupted(e.last_round if isinstance(e, RunInterrupted) else None)
+        raise
+    except Exception as e:
+        status.failed(f"{type(e).__name__}: {e}", traceback.format_exc())
+        raise
+    status.completed(rows[-1]["test_accuracy"] if rows else None)
     log.info("done in %.1fs; results in %s", time.perf_counter() - t0, out)
     return rows

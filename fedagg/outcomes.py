@@ -1,10 +1,13 @@
-"""How a run ends: completed, failed (every asked client failed for
-``server.max_failed_rounds`` rounds in a row) or interrupted (SIGINT /
-SIGTERM: the current round finishes first; a second signal aborts).
+"""How a run ends: completed, failed (no update was accepted -- every asked
+client failed or was rejected -- for ``server.max_failed_rounds`` rounds in a
+row, or in the whole run) or interrupted (SIGINT / SIGTERM: the current round
+finishes first; during start-up, before round 1, the run stops at once; a
+second signal aborts).
 
 The server loop asks ``FailureWatch.observe`` after each round and
-``Interrupts.requested`` before the next one; the CLI turns the outcome into
-``status.json`` and the exit status (0 completed, 1 failed, 130 interrupted).
+``Interrupts.requested`` before the next one; :class:`RunStatus` writes the
+outcome to ``status.json`` (the CLI and the Python API alike), and the CLI
+turns it into the exit status (0 completed, 1 failed, 130 interrupted).
 
 A sweep whose jobs run in other processes (``hydra/launcher=joblib``) is
 stopped through a file named by ``$FEDAGG_SWEEP_STOP``: the first signal to
@@ -14,12 +17,15 @@ skipped (:func:`sweep_stop`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -30,7 +36,7 @@ EXIT_INTERRUPTED = 130
 
 
 class RunFailed(RuntimeError):
-    """The run cannot make progress: every asked client failed, round after round."""
+    """The run cannot make progress: no update was accepted (every asked client failed or was rejected)."""
 
 
 class RunInterrupted(Exception):
@@ -42,31 +48,54 @@ class RunInterrupted(Exception):
         self.signame = signame
 
 
-class FailureWatch:
-    """Stops a run whose asked clients all failed in ``max_failed_rounds``
-    consecutive rounds (0 = never). A round where nobody was asked neither
-    counts nor resets: it is not a failure of the clients."""
+def first_reason(failed: Mapping[Any, str], rejected: Mapping[Any, str]) -> str:
+    """The lowest client id's reason in a round where no update was accepted."""
+    why = {**{c: f"client {c} failed: {r}" for c, r in failed.items()},
+           **{c: f"client {c}'s update rejected: {r}" for c, r in rejected.items()}}
+    return why[min(why)] if why else "no reply"
 
-    def __init__(self, max_failed_rounds: int, option: str = "server.max_failed_rounds") -> None:
+
+class FailureWatch:
+    """The one rule for a run that makes no progress: a round where clients were
+    asked but no update was accepted (each failed or was rejected) counts; after
+    ``max_failed_rounds`` such rounds in a row (0 = never) the run has failed, and
+    a run that ends without accepting a single update has failed too
+    (:meth:`finish`). A round where nobody was asked neither counts nor resets:
+    it is not a failure of the clients. ``accepted_before``: a resumed run's
+    earlier rounds accepted updates."""
+
+    def __init__(self, max_failed_rounds: int, accepted_before: bool = False,
+                 option: str = "server.max_failed_rounds") -> None:
         self.max_failed_rounds = int(max_failed_rounds)
         self.option = option  # the setting the error names
         self.streak = 0
         self.first_error = ""
+        self.accepted_any = accepted_before
+        self.asked_any = False
 
-    def observe(self, rnd: int, asked: int, replied: int, failed: Mapping[Any, str]) -> None:
+    def observe(self, rnd: int, asked: int, accepted: int, failed: Mapping[Any, str],
+                rejected: Mapping[Any, str] | None = None) -> None:
         if asked == 0:
             return
-        if replied > 0 or not failed or len(failed) < asked:
-            self.streak, self.first_error = 0, ""
+        self.asked_any = True
+        if accepted > 0:
+            self.streak, self.first_error, self.accepted_any = 0, "", True
             return
         self.streak += 1
         if not self.first_error:
-            self.first_error = next(iter(failed.values()))
+            self.first_error = first_reason(failed, rejected or {})
         if self.max_failed_rounds and self.streak >= self.max_failed_rounds:
             raise RunFailed(
-                f"every asked client failed in {self.streak} consecutive rounds (up to round {rnd}; "
-                f"{self.option}={self.max_failed_rounds}); first error: {self.first_error}"
+                f"no update was accepted (every asked client failed or was rejected) in {self.streak} consecutive "
+                f"rounds (up to round {rnd}; {self.option}={self.max_failed_rounds}); "
+                f"first: {self.first_error}"
             )
+
+    def finish(self, last_round: int) -> None:
+        """At the end of the rounds: a run that asked clients but never accepted an update has failed."""
+        if self.asked_any and not self.accepted_any:
+            raise RunFailed(f"no update was accepted in any round (up to round {last_round}): every asked client "
+                            f"failed or was rejected; first: {self.first_error}")
 
 
 _ACTIVE: list[Interrupts] = []
@@ -98,21 +127,35 @@ def stop_requested() -> str | None:
     return (_ACTIVE[-1].requested if _ACTIVE else None) or sweep_stop()
 
 
+def rounds_begin() -> None:
+    """The run's start-up is over (its first round starts now): from here a
+    first signal lets the current round finish instead of stopping at once."""
+    if _ACTIVE:
+        _ACTIVE[-1].startup = False
+
+
 class Interrupts:
     """Context manager: the first SIGINT/SIGTERM sets ``requested`` (the loop
     finishes the current round, then stops); a second one raises
-    KeyboardInterrupt at once. Handlers are restored on exit. Only the main
-    thread can install handlers; elsewhere this is a no-op."""
+    KeyboardInterrupt at once. With ``startup=True`` there is no round to
+    finish until :func:`rounds_begin` is called: a signal before that (data
+    loading, Ray starting) raises KeyboardInterrupt at once. Handlers are
+    restored on exit. Only the main thread can install handlers; elsewhere
+    this is a no-op."""
 
-    def __init__(self, on_first: Callable[[str], None] | None = None) -> None:
+    def __init__(self, on_first: Callable[[str], None] | None = None, startup: bool = False) -> None:
         self.requested: str | None = None
+        self.startup = startup
         self._on_first = on_first
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        if self.startup:
+            self.requested = name
+            raise KeyboardInterrupt(f"by {name} during start-up, before round 1")
         if self.requested is not None:
-            raise KeyboardInterrupt(f"second {name}: aborting")
+            raise KeyboardInterrupt(f"by a second {name} in the middle of a round")
         self.requested = name
         if self._on_first is not None:
             self._on_first(name)
@@ -171,23 +214,24 @@ class NobodyAsked:
 
 class RunGuard:
     """Asked after every round: warns when nobody was asked, stops the run as
-    failed after ``max_failed_rounds`` all-failed rounds, and as interrupted
-    once a signal came. ``outcome`` holds the exception the caller raises once
-    the runtime has shut down (a ServerApp may run in a thread whose
-    exceptions the runtime would swallow)."""
+    failed when :class:`FailureWatch` says so, and as interrupted once a signal
+    came. ``outcome`` holds the exception the caller raises once the runtime has
+    shut down (a ServerApp may run in a thread whose exceptions the runtime
+    would swallow)."""
 
-    def __init__(self, max_failed_rounds: int) -> None:
-        self.watch = FailureWatch(max_failed_rounds)
+    def __init__(self, max_failed_rounds: int, accepted_before: bool = False) -> None:
+        self.watch = FailureWatch(max_failed_rounds, accepted_before)
         self.nobody = NobodyAsked()
         self.outcome: RunFailed | RunInterrupted | None = None
 
-    def after_round(self, rnd: int, asked: int, replied: int, failed: Mapping[Any, str]) -> bool:
+    def after_round(self, rnd: int, asked: int, accepted: int, failed: Mapping[Any, str],
+                    rejected: Mapping[Any, str] | None = None) -> bool:
         """True: stop after this round (``outcome`` says why)."""
         msg = self.nobody.observe(rnd, asked)
         if msg:
             log.warning(msg)
         try:
-            self.watch.observe(rnd, asked, replied, failed)
+            self.watch.observe(rnd, asked, accepted, failed, rejected)
         except RunFailed as e:
             self.outcome = e
             return True
@@ -196,3 +240,63 @@ class RunGuard:
             self.outcome = RunInterrupted(rnd, sig)
             return True
         return False
+
+    def at_end(self, last_round: int) -> None:
+        """After the last round: ``outcome`` is RunFailed when no update was ever accepted."""
+        if self.outcome is None:
+            try:
+                self.watch.finish(last_round)
+            except RunFailed as e:
+                self.outcome = e
+
+
+class RunStatus:
+    """``status.json`` of one run folder: ``running`` once the experiment is
+    built, then ``completed`` (with the final accuracy), ``failed`` (with the
+    error) or ``interrupted`` (with the last finished round). A resume in the
+    run's own folder (``same_dir``) keeps the first attempt's ``started`` and
+    writes nothing until it is running, so a refused or aborted resume leaves
+    the status as it was."""
+
+    NAME = "status.json"
+
+    def __init__(self, out: Path, same_dir: bool = False) -> None:
+        self.path = Path(out) / self.NAME
+        self.same_dir = same_dir
+        self.written = False
+        self.status: dict[str, Any] = {"status": "running", "started": time.time()}
+        if same_dir:
+            before = read_status(Path(out))
+            if isinstance(before.get("started"), (int, float)):
+                self.status["started"] = before["started"]
+
+    def _write(self, **fields: Any) -> None:
+        self.status.update(fields)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.NAME}.tmp")
+        tmp.write_text(json.dumps(self.status))
+        os.replace(tmp, self.path)
+        self.written = True
+
+    def running(self) -> None:
+        self._write(status="running")
+
+    def completed(self, final_test_accuracy: Any) -> None:
+        self._write(status="completed", finished=time.time(), final_test_accuracy=final_test_accuracy)
+
+    def failed(self, error: str, tb: str | None = None) -> None:
+        self._write(status="failed", error=error, finished=time.time(), **({"traceback": tb} if tb else {}))
+
+    def interrupted(self, last_round: int | None) -> None:
+        """Before this attempt ran (``written`` False) a resume in place leaves the earlier status."""
+        if self.written or not self.same_dir:
+            self._write(status="interrupted", finished=time.time(), last_round=last_round)
+
+
+def read_status(out: Path) -> dict[str, Any]:
+    """A run folder's status.json ({} when there is none or it cannot be read)."""
+    try:
+        st = json.loads((Path(out) / RunStatus.NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return st if isinstance(st, dict) else {}

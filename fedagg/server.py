@@ -90,7 +90,9 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
         callbacks.insert(0, NodeAccuracy(exp))
     if every:
         callbacks.append(Checkpoints(out, every, total, exp, recorder))
-    callbacks.append(Outcome(RunGuard(cfg.server.max_failed_rounds), out, every, total, exp, recorder))
+    accepted_before = any(int(r.get("clients_replied") or 0) > 0 for r in recorder.rows)  # a resume's earlier rounds
+    guard = RunGuard(cfg.server.max_failed_rounds, accepted_before)
+    callbacks.append(Outcome(guard, out, every, total, exp, recorder))
     callbacks.append(FinalSave(out, exp, recorder, title))
     hint = early_round_warning(cfg.aggregator["name"], cfg.participation["name"], cfg.aggregator.get("server_lr"))
     if hint:

@@ -86,6 +86,6 @@ def apply_cpu_budget(cfg: Config, hydra_cfg: Any = None, cores: int | None = Non
 
 
 def prepare_job(cfg: Config, hydra_cfg: Any = None) -> None:
-    """Called by the CLI after the config is loaded, before ``run``: the CPU
-    budget for parallel sweeps."""
+    """Called by ``fedagg.experiment.run`` once the config is loaded: the CPU
+    budget for parallel sweeps (nothing outside a Hydra sweep)."""
     apply_cpu_budget(cfg, hydra_cfg)

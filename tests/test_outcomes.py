@@ -23,18 +23,45 @@ def test_failure_watch_stops_after_k_all_failed_rounds_naming_the_error_once():
     assert msg.count("Invalid momentum value") == 1
 
 
-def test_failure_watch_resets_on_any_reply_and_ignores_rejections():
+def test_failure_watch_resets_on_an_accepted_update_and_counts_rejections():
     w = FailureWatch(2)
     w.observe(1, 2, 0, {0: "a", 1: "b"})
-    w.observe(2, 2, 1, {1: "b"})  # one reply: progress
-    w.observe(3, 2, 0, {0: "a", 1: "b"})
-    w.observe(4, 2, 0, {0: "a"})  # one failed, one rejected: not "every client failed"
-    w.observe(5, 2, 0, {0: "a", 1: "b"})
-    with pytest.raises(RunFailed):
-        w.observe(6, 2, 0, {0: "a", 1: "b"})
+    w.observe(2, 2, 1, {1: "b"})  # one update accepted: progress
+    w.observe(3, 2, 0, {0: "a"}, {1: "not finite"})  # one failed, one rejected: nothing accepted, counts
+    with pytest.raises(RunFailed) as e:
+        w.observe(4, 2, 0, {}, {0: "not finite", 1: "not finite"})  # all rejected: counts
+    assert "no update was accepted" in str(e.value) and "client 0 failed: a" in str(e.value)
     never = FailureWatch(0)
     for r in range(1, 20):
         never.observe(r, 2, 0, {0: "a", 1: "b"})
+
+
+def test_a_run_that_never_accepted_an_update_has_failed():
+    w = FailureWatch(3)
+    w.observe(1, 2, 0, {}, {1: "'w' contains NaN or Inf", 0: "'w' contains NaN or Inf"})
+    w.observe(2, 0, 0, {})
+    with pytest.raises(RunFailed, match="no update was accepted in any round .*client 0's update rejected: 'w'"):
+        w.finish(2)
+    FailureWatch(0, accepted_before=True).finish(5)  # a resumed run whose earlier rounds accepted updates
+    ok = FailureWatch(3)
+    ok.observe(1, 2, 1, {0: "a"})
+    ok.observe(2, 2, 0, {0: "a", 1: "b"})
+    ok.finish(2)
+    nobody = FailureWatch(3)  # nobody was ever asked: not the clients' failure (warned elsewhere)
+    nobody.observe(1, 0, 0, {})
+    nobody.finish(1)
+
+
+def test_a_signal_during_start_up_stops_at_once_then_rounds_finish_first():
+    from fedagg.outcomes import rounds_begin
+
+    with Interrupts(startup=True) as it:
+        with pytest.raises(KeyboardInterrupt, match="during start-up"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        it.requested = None
+        rounds_begin()
+        os.kill(os.getpid(), signal.SIGTERM)  # now: finish the round
+        assert it.requested == "SIGTERM"
 
 
 def test_first_signal_requests_a_stop_second_aborts():

@@ -213,3 +213,50 @@ def test_interrupted_joblib_sweep_lets_running_jobs_finish_their_round(tmp_path,
     assert all(_status(sweep / name)["finished"] == t for name, t in finished.items())  # skipped, not re-run
     for d in stopped:  # resumed from its checkpoint: every round exactly once
         assert [int(r["round"]) for r in _rows(d)] == list(range(1, 13))
+
+
+@pytest.mark.slow
+def test_printed_resume_command_runs_verbatim_in_a_shell(tmp_path):
+    """``fedagg checkpoint.every=2`` interrupted prints ``fedagg resume=...``; pasted into a shell as printed it
+    used to be refused by Hydra (the folder name held '=' and ','). Now it continues the run in its own folder."""
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "fedagg").write_text(f'#!/bin/sh\nexec {sys.executable} -m fedagg.cli "$@"\n')
+    (bin_dir / "fedagg").chmod(0o755)
+    proc = _start([*SLOW, "rounds=6", "checkpoint.every=2"], tmp_path)
+    runs = lambda: list((tmp_path / "outputs").glob("*/*"))  # noqa: E731
+    _wait_for(lambda: len(runs()) == 1 and len(_rows(runs()[0])) >= 1, 120, "round 1", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    said = (out + err).splitlines()
+    cmd = said[said.index(next(line for line in said if line.endswith("resume with:"))) + 1].strip()
+    (run,) = runs()
+    assert cmd == f"fedagg resume={run.resolve()}"
+    p = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=tmp_path, timeout=240,
+                       env=dict(_env(), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert runs() == [run]  # in place: no "..._resume=..." folder
+    assert [int(r["round"]) for r in _rows(run)] == [1, 2, 3, 4, 5, 6]
+    assert _status(run)["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_up_stops_at_once(tmp_path):
+    """SIGINT while the run starts (imports, data, Ray) used to wait for Ray and a whole round."""
+    run = tmp_path / "r"
+    proc = _start([*SLOW, "runtime=ray", "rounds=3", "checkpoint.every=1", f"hydra.run.dir={run}"], tmp_path)
+    _wait_for(lambda: (run / ".hydra").exists(), 120, "the job to start", proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    took = time.monotonic() - t0
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in out + err
+    assert _rows(run) == []  # no round was run after the signal
+    assert _status(run)["status"] == "interrupted"
+    assert "during start-up" in out + err and "run the same command again" in out + err
+    print(f"SIGINT during start-up: exit after {took:.1f}s")

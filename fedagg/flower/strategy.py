@@ -539,7 +539,8 @@ class FedaggStrategy(Strategy):
         ``clipping_norm`` join the round's metrics as ``dp_noise_multiplier``
         and ``dp_clipping_norm``. Raises :class:`~fedagg.outcomes.RunFailed`
         after ``max_failed_rounds`` consecutive rounds in which every asked
-        client failed or was rejected."""
+        client failed or was rejected, and at the end of a run that never
+        accepted an update."""
         driver: Strategy = self if via is None else via
         watch = FailureWatch(self.max_failed_rounds, option="max_failed_rounds")
         train_config = ConfigRecord() if train_config is None else train_config
@@ -611,10 +612,13 @@ class FedaggStrategy(Strategy):
                     record.test_accuracy = float(acc) if isinstance(acc, (int, float)) else None
             record.seconds = time.perf_counter() - t0
             stop = [cb.after_round(record, self) for cb in callbacks]
-            watch.observe(rnd, len(record.asked), len(record.replied), {**record.failed, **record.rejected})
+            watch.observe(rnd, len(record.asked), len(record.replied), record.failed, record.rejected)
             if any(stop):
                 log.info("round %d: a callback stopped training", rnd)
                 break
+        else:
+            if self.max_failed_rounds:  # this strategy owns the rule (fedagg's own loop: its RunGuard does)
+                watch.finish(num_rounds)
         for cb in callbacks:
             cb.on_train_end(self, result)
         if self.log_rounds:
