@@ -7,7 +7,7 @@ fedagg run's strategy.
 ``noise_multiplier * clipping_norm / num_sampled_clients`` added to the
 aggregate); ``server_adaptive`` in ``DifferentialPrivacyServerSideAdaptiveClipping``
 (the norm starts at ``dp.clipping_norm`` and follows ``target_clipped_quantile``
-at ``clip_norm_lr``). ``num_sampled_clients`` is the number of clients a
+at ``clip_norm_lr``; a resumed run restores the norm its last round ended with). ``num_sampled_clients`` is the number of clients a
 round is expected to ask (null: ``num_clients``). The noise multiplier and the
 round's clipping norm are reported in metrics.csv (``dp_noise_multiplier``,
 ``dp_clipping_norm``). Flower draws the noise from numpy's global generator;
@@ -48,6 +48,15 @@ def wrap(strategy: FedaggStrategy, cfg: Config) -> Strategy | None:
             strategy, dp.noise_multiplier, m, initial_clipping_norm=dp.clipping_norm,
             target_clipped_quantile=dp.target_clipped_quantile, clip_norm_lr=dp.clip_norm_lr)
     return None
+
+
+def restore(via: Strategy, rows: list[dict[str, object]]) -> None:
+    """A resumed run's adaptive clipping norm: the one its last round ended with
+    (that round's ``dp_clipping_norm``, kept exactly in the checkpoint's rows),
+    so a resumed ``server_adaptive`` run goes on as if it had not stopped."""
+    last = rows[-1].get("dp_clipping_norm") if rows else None
+    if isinstance(via, DifferentialPrivacyServerSideAdaptiveClipping) and isinstance(last, (int, float)):
+        via.clipping_norm = float(last)
 
 
 class NoiseSeed(RoundCallback):

@@ -100,6 +100,7 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
     via = dp.wrap(strategy, cfg)  # dp.mode: Flower's DP wrapper runs the rounds around the strategy
     if via is not None:
         callbacks.insert(0, dp.NoiseSeed(cfg.seed))
+        dp.restore(via, recorder.rows)
     strategy.start(
         grid, initial_arrays=params_to_record(strategy.params), num_rounds=total,
         timeout=cfg.server.round_timeout, evaluate_fn=evaluate_fn,

@@ -43,6 +43,20 @@ def test_server_adaptive_dp_reports_the_clipping_norm_of_each_round(tmp_path):
     assert float(rows[0]["dp_noise_multiplier"]) > 0
 
 
+def test_resumed_adaptive_dp_run_equals_the_uninterrupted_one(tmp_path):
+    """The adaptive clipping norm survives a resume: 2 rounds + 2 resumed = 4 rounds, bit for bit."""
+    dp = ["dp.mode=server_adaptive", "dp.noise_multiplier=0.1", "dp.clipping_norm=0.05", "checkpoint.every=1"]
+    full_rows, full = _run(tmp_path, "full", *dp, "rounds=4")
+    _run(tmp_path, "part", *dp)  # rounds=2
+    d = tmp_path / "resumed"
+    run(compose(*COMMON, *dp, "rounds=4", f"resume={tmp_path / 'part'}"), d)
+    with open(d / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    resumed = torch.load(d / "model.pt")
+    assert [r["dp_clipping_norm"] for r in rows] == [r["dp_clipping_norm"] for r in full_rows]
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
 @pytest.mark.parametrize(("override", "key"), [("dp.mode=local", "dp.mode"), ("dp.clipping_norm=0", "dp.clipping_norm"),
                                                ("dp.noise_multiplier=-1", "dp.noise_multiplier")])
 def test_bad_dp_values_are_refused_naming_the_key(override, key):
