@@ -4,9 +4,11 @@ choice shipped is in the README's table of its group, and the folders the
 README's commands write are ignored by git."""
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
+import pytest
 from fedagg_testing import CONF_DIR, ROOT
 from fedagg_testing import compose as raw_compose
 from omegaconf import OmegaConf
@@ -67,10 +69,14 @@ def test_warnings_the_readme_says_come_once_come_once_per_run(tmp_path, caplog):
     from fedagg_testing import compose as hcompose
 
     from fedagg.experiment import run
+    from fedagg.outcomes import RunFailed
 
-    with caplog.at_level(logging.WARNING, logger="fedagg"):
-        rows = run(hcompose(*SMALL, "rounds=3", "runtime=inprocess", "train.lr=1e30", "server.max_failed_rounds=0"),
-                   tmp_path)
+    with caplog.at_level(logging.WARNING, logger="fedagg"), pytest.raises(RunFailed, match="no update was accepted"):
+        run(hcompose(*SMALL, "rounds=3", "runtime=inprocess", "train.lr=1e30", "server.max_failed_rounds=0"),
+            tmp_path)  # and a run that never accepted an update has failed
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [{k: int(v) for k, v in r.items() if k.startswith("clients_")} for r in csv.DictReader(f)]
+    assert len(rows) == 3
     said = [r.getMessage() for r in caplog.records]
     assert all(r["clients_replied"] == 0 and r["clients_rejected"] == r["clients_asked"] > 0 for r in rows), rows
     assert sum("no valid update arrived" in m for m in said) == 1, said

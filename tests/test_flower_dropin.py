@@ -205,8 +205,8 @@ def test_rebuilt_messages_are_matched_to_their_clients_by_node(exp):
 # ------------------------------------------------------------------ 4. an honest end
 def test_every_reply_rejected_for_max_failed_rounds_rounds_raises_naming_the_reason(exp):
     s = strategy_for("feddisco", num_classes=exp.fd.num_classes, max_failed_rounds=2)
-    with pytest.raises(RunFailed, match=r"2 consecutive rounds .*max_failed_rounds=2\); first error: aggregator "
-                                        r"'feddisco' needs each client's label_hist"):
+    with pytest.raises(RunFailed, match=r"2 consecutive rounds .*max_failed_rounds=2\); first: client 0's update "
+                                        r"rejected: aggregator 'feddisco' needs each client's label_hist"):
         s.start(grid=_grid(foreign_flower_app.app), initial_arrays=_init(exp), num_rounds=5,
                 train_config=_config(exp, **{"send-label-hist": False}), evaluate_config=_config(exp))
     assert s.last_record.round == 2
@@ -216,7 +216,7 @@ def test_every_client_failing_raises_naming_the_client_error(exp):
     def broken(msg: Message, ctx: Context) -> Message:
         raise RuntimeError("disk full")
 
-    with pytest.raises(RunFailed, match="first error: client error: .*disk full"):
+    with pytest.raises(RunFailed, match="first: client 0 failed: client error: .*disk full"):
         strategy_for("fedau").start(grid=_grid(broken), initial_arrays=_init(exp), num_rounds=4)
 
 

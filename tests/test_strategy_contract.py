@@ -31,6 +31,7 @@ from fedagg.experiment import build, run
 from fedagg.flower import FedaggStrategy, strategy_for
 from fedagg.flower.codec import params_to_record
 from fedagg.flower.rules import presets
+from fedagg.outcomes import RunFailed
 from fedagg.runtime.inprocess import InProcessGrid, set_task_identity
 from fedagg.task.models import build_model
 from fedagg.task.train import evaluate
@@ -209,10 +210,10 @@ def test_missing_label_histograms_are_named(caplog):
     cfg["send-label-hist"] = False
     strategy = strategy_for("feddisco", num_classes=exp.fd.num_classes)
     init = params_to_record(exp.init_params(0))
-    with caplog.at_level(logging.WARNING, logger="fedagg"):
-        res = strategy.start(grid=_inprocess(foreign_flower_app.app), initial_arrays=init, num_rounds=1,
-                             train_config=cfg, evaluate_config=cfg)
-    assert res.train_metrics_clientapp[1]["num-rejected"] == N
+    with caplog.at_level(logging.WARNING, logger="fedagg"), pytest.raises(RunFailed, match="label_hist"):
+        strategy.start(grid=_inprocess(foreign_flower_app.app), initial_arrays=init, num_rounds=1,
+                       train_config=cfg, evaluate_config=cfg)  # a run that accepted no update has failed
+    assert len(strategy.last_record.rejected) == N and not strategy.last_record.replied
     assert all("aggregator 'feddisco' needs each client's label_hist" in why
                for why in strategy.last_record.rejected.values())
     assert any("label_hist" in r.getMessage() for r in caplog.records)
