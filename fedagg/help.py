@@ -18,6 +18,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "model": ("the network", "fedagg model=mlp"),
     "participation": ("who is available each round", "fedagg participation=bernoulli participation.p_bar=0.3"),
     "heterogeneity": ("compute heterogeneity and faults", "fedagg heterogeneity=stragglers"),
+    "device_profile": ("each client's step time, links and latency: the virtual clock",
+                       "fedagg device_profile=lognormal server.deadline_s=5"),
     "runtime": ("how clients run", "fedagg runtime=inprocess"),
     "logger": ("extra metric sinks", "fedagg logger=tensorboard"),
     "experiment": ("named presets (add with +)", "fedagg -m +experiment=compare_participation"),
@@ -28,6 +30,7 @@ plain keys (fedagg key=value):
   num_clients=20 rounds=30 seed=0 device=cpu val_fraction=0.0
   train.lr=0.05 train.epochs=2 train.optimizer=sgd|adam train.lr_decay=0.99 train.momentum=0.9
   server.round_timeout=null server.max_failed_rounds=3 checkpoint.every=0 eval.every=0
+  server.deadline_s=null server.deadline_mode=drop|partial   simulated round deadline (needs a device_profile)
   resume=<run dir>              continue a run from its checkpoint, with its saved config
 """
 
