@@ -184,3 +184,13 @@ def test_ray_worker_count_does_not_change_the_clock(tmp_path):
     assert any(c["outcome"] == "partial" for c in details(tmp_path / "one")[0]["sim"]["clients"].values())
     ma, mb = torch.load(tmp_path / "one" / "model.pt"), torch.load(tmp_path / "two" / "model.pt")
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_resume_refuses_another_deadline(tmp_path):
+    common = [*BASE, "device_profile=uniform", "checkpoint.every=1"]
+    run(compose(*common, "server.deadline_s=1.0"), tmp_path / "old")
+    with pytest.raises(ConfigError, match=r"server.deadline_s: 1.0 in the checkpoint, 2.0 now"):
+        run(compose(*common, "rounds=4", "server.deadline_s=2.0", f"resume={tmp_path / 'old'}"), tmp_path / "new")
+    with pytest.raises(ConfigError, match=r"would change the result: device_profile\."):
+        run(compose(*BASE, "device_profile=tiers", "checkpoint.every=1", "rounds=4", "server.deadline_s=1.0",
+                    f"resume={tmp_path / 'old'}"), tmp_path / "new")

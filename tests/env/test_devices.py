@@ -3,11 +3,14 @@ correlation, and traces refused in one line naming the key."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from fedagg.env.devices import Device, available, build_device_profile
+from fedagg.config import CONF_DIR
+from fedagg.env.devices import Device, available, build_device_profile, check_device
 
 
 def test_registry_lists_the_five_profiles():
@@ -131,3 +134,15 @@ def test_bad_profile_options_are_refused_naming_the_key(name, opts, words):
     for w in words:
         assert w in str(e.value), (w, str(e.value))
 
+
+
+@pytest.mark.parametrize("path", sorted((Path(CONF_DIR) / "device_profile").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_conf_file_builds(path, tmp_path):
+    d = yaml.safe_load(path.read_text())
+    opts = {k: v for k, v in d.items() if k != "name"}
+    if d["name"] == "trace":
+        opts["path"] = write(tmp_path, HEADER + "\n" + "".join(f"{c},0.01,2,8,0.1\n" for c in range(10)))
+    p = build_device_profile(d["name"], 10, 0, **opts)
+    assert p.enabled == (d["name"] != "none")
+    if p.enabled:
+        check_device(p.device(1, 9), str(path))
