@@ -139,20 +139,26 @@ def test_bad_profiles_are_refused_before_training(overrides, words, tmp_path):
     assert not (tmp_path / "run" / "metrics.csv").exists()
 
 
-@pytest.mark.parametrize("row, words", [
-    ("0,-0.5,1,1,0.01", ["device_profile.path=", "row 2", "compute_s_per_step=-0.5"]),
-    (None, ["device_profile.path=", "client 0 has no row"]),
-])
-def test_cli_refuses_a_bad_trace_in_one_line_exit_2(row, words, tmp_path):
-    lines = TRACE.splitlines()
+LINES = TRACE.splitlines()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("\n".join([LINES[0], "0,-0.5,1,1,0.01", *LINES[2:]]), ["device_profile.path=", "row 2",
+                                                          "compute_s_per_step=-0.5"]),
+    ("\n".join([LINES[0], *LINES[2:]]), ["device_profile.path=", "client 0 has no row"]),
+    ("\n".join([LINES[0] + ",battery", *(line + ",1" for line in LINES[1:])]), ["unknown column 'battery'"]),
+    (None, ["device_profile.path=", "devices.csv does not exist"]),
+], ids=["negative speed", "missing client", "unknown column", "no such file"])
+def test_cli_refuses_a_bad_trace_in_one_line_exit_2(text, words, tmp_path):
     path = tmp_path / "devices.csv"
-    path.write_text("\n".join([lines[0], *([row] if row else []), *lines[2:]]) + "\n")
+    if text is not None:
+        path.write_text(text + "\n")
     p = subprocess.run(fedagg_cmd() + [*BASE, "device_profile=trace", f"device_profile.path={path}",
                                        f"hydra.run.dir={tmp_path / 'run'}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     out = (p.stdout + p.stderr).strip()
     assert p.returncode == 2 and "Traceback" not in out and len(out.splitlines()) == 1, out[-2000:]
-    assert all(w in out for w in words), out
+    assert "config error: device_profile.path=" in out and all(w in out for w in words), out
     assert not (tmp_path / "run" / "metrics.csv").exists()
 
 
@@ -194,3 +200,27 @@ def test_resume_refuses_another_deadline(tmp_path):
     with pytest.raises(ConfigError, match=r"would change the result: device_profile\."):
         run(compose(*BASE, "device_profile=tiers", "checkpoint.every=1", "rounds=4", "server.deadline_s=1.0",
                     f"resume={tmp_path / 'old'}"), tmp_path / "new")
+
+
+@pytest.mark.slow
+def test_the_clock_costs_only_the_asked_clients(tmp_path, monkeypatch):
+    """10^5 registered clients, 20 asked per round: the devices, steps and seconds of the asked ones only."""
+    from fedagg.config import load
+    from fedagg.data.federated import get_federated_data
+    from fedagg.experiment import data_spec
+    from fedagg.runtime.inprocess import OffsetMap
+
+    def no_walk(self):
+        raise AssertionError(f"iterated over all {len(self)} entries of the node <-> client map")
+
+    monkeypatch.setattr(OffsetMap, "__iter__", no_walk)
+    n = 100_000
+    cfg = compose("dataset=synthetic", f"dataset.num_users={n}", f"dataset.num_samples={10 * n}",
+                  "dataset.test_users=50", "partition=natural", f"num_clients={n}", "model=mlp",
+                  "participation=uniform", f"participation.fraction={20 / n}", "rounds=2", "runtime=inprocess",
+                  "train.epochs=1", "device_profile=lognormal", "server.deadline_s=0.5")
+    rows = run(cfg, tmp_path)
+    assert [r["clients_asked"] for r in rows] == [20, 20]
+    assert all(len(d["sim"]["clients"]) == 20 for d in details(tmp_path))
+    assert 0 < rows[0]["sim_time_s"] < rows[1]["sim_time_s"] <= 1.0
+    assert len(get_federated_data(data_spec(load(cfg)))._clients) <= 40  # only the asked clients' shards
