@@ -13,6 +13,7 @@ from flwr.serverapp.strategy import Result
 
 from . import checkpoint as ckpt
 from .console import ProgressBar
+from .env.clock import Clock
 from .flower.callbacks import RoundCallback
 from .flower.strategy import FedaggStrategy, RoundRecord
 from .outcomes import RunGuard, RunInterrupted, rounds_begin
@@ -46,6 +47,21 @@ class NodeAccuracy(RoundCallback):
         record.agg_metrics["node_accuracy_mean"] = sum(accs) / len(accs)
         record.agg_metrics["node_accuracy_worst"] = min(accs)
         record.agg_metrics["node_accuracy"] = accs
+        return False
+
+
+class SimClock(RoundCallback):
+    """The virtual clock closes each round: ``sim_time_s`` (cumulative simulated seconds at the round's end,
+    metrics.csv) and ``sim`` (the round's start, end and deadline, and every asked client's device, steps,
+    seconds and outcome, rounds.jsonl). List it before MetricsFiles."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def after_round(self, record: RoundRecord, strategy: FedaggStrategy) -> bool:
+        t = self.clock.finish_round(record.round, record.asked)
+        sim: Any = t.log()  # a nested record for rounds.jsonl, not a Flower metric
+        record.agg_metrics = {**record.agg_metrics, "sim_time_s": t.end_s, "sim": sim}
         return False
 
 

@@ -19,6 +19,7 @@ from .errors import ResumeError
 NAME = "checkpoint.pkl"
 # keys whose value may differ between the original run and the resumed one
 RESUME_FREE_KEYS = {"rounds", "resume", "checkpoint", "runtime", "logger", "server", "hydra", "device"}
+RESUME_BOUND_KEYS = ("server.deadline_s", "server.deadline_mode")  # ... but these decide who replies
 
 
 def save(out: Path, rnd: int, exp: Any, host: Any, rec: Any) -> Path:
@@ -27,6 +28,7 @@ def save(out: Path, rnd: int, exp: Any, host: Any, rec: Any) -> Path:
         "params": host.params,
         "aggregator": exp.aggregator.state_dict(),
         "participation": exp.participation.state_dict(),
+        "clock": exp.clock.state_dict() if getattr(exp, "clock", None) is not None else None,
         "rows": rec.rows,
         "details": rec.details,
         "config": to_dict(exp.cfg),
@@ -90,6 +92,7 @@ def load_for_resume(run_dir: Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ResumeError(f"resume={run_dir}: no {NAME} there; run with checkpoint.every=k to write one")
     state = read(path)
     changed = config_diff(state["config"], cfg)
+    changed += [k for k in RESUME_BOUND_KEYS if _at(state["config"], k) != _at(cfg, k)]
     if changed:
         shown = "; ".join(f"{k}: {_at(state['config'], k)!r} in the checkpoint, {_at(cfg, k)!r} now" for k in changed[:5])
         raise ResumeError(
@@ -109,5 +112,7 @@ def restore(state: Mapping[str, Any], exp: Any, host: Any, rec: Any) -> int:
     host.params = state["params"]
     exp.aggregator.load_state_dict(state["aggregator"])
     exp.participation.load_state_dict(state["participation"])
+    if state.get("clock") is not None and getattr(exp, "clock", None) is not None:
+        exp.clock.load_state_dict(state["clock"])
     rec.load(state["rows"], state["details"])
     return int(state["round"])

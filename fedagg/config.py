@@ -33,7 +33,8 @@ from typing import Annotated, Any, Callable, Dict, Literal, Optional, Union, get
 from .errors import ConfigError
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # packaged with fedagg (package-data)
-GROUPS = ("aggregator", "dataset", "partition", "noise", "model", "participation", "heterogeneity", "logger")
+GROUPS = ("aggregator", "dataset", "partition", "noise", "model", "participation", "heterogeneity", "device_profile",
+          "logger")
 
 
 # --------------------------------------------------------------------------- the schema
@@ -58,6 +59,9 @@ class ServerConfig:
     round_timeout: Optional[float] = None  # seconds to wait for replies; null = wait for all
     connect_timeout: float = 120.0
     max_failed_rounds: int = 3  # stop (status failed, exit 1) after this many rounds in a row without an accepted update (every asked client failed or was rejected); 0 = never
+    # the virtual clock's round deadline (needs a device_profile): simulated seconds, null = wait for the last client
+    deadline_s: Optional[float] = None
+    deadline_mode: str = "drop"  # drop: clients past the deadline miss the round | partial: they send the steps that fit
 
 
 @dataclass
@@ -138,6 +142,7 @@ class Config:
     model: Dict[str, Any] = _group("cnn1d", target=True)
     participation: Dict[str, Any] = _group("full")
     heterogeneity: Dict[str, Any] = _group("none")
+    device_profile: Dict[str, Any] = _group("none")  # each client's step time, links and latency: the virtual clock
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     logger: Dict[str, Any] = _group("csv")
     num_clients: int = 20
@@ -213,6 +218,10 @@ def _builder(group: str, name: str) -> tuple[Callable[..., Any], int]:
         from .env import heterogeneity
 
         return heterogeneity._MODELS.get(name), 2  # (num_clients, seed, **options)  # noqa: SLF001
+    if group == "device_profile":
+        from .env import devices
+
+        return devices._PROFILES.get(name), 3  # (num_clients, seed, label_hist, **options)  # noqa: SLF001
     if group == "model":
         from .task import models
 
@@ -565,6 +574,7 @@ def check_values(cfg: Config) -> None:
         build_heterogeneity(cfg.heterogeneity["name"], cfg.num_clients, cfg.seed, **options(cfg.heterogeneity))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_devices(cfg)
     from .report.loggers import check_logger
 
     check_logger(cfg.logger)
@@ -584,6 +594,25 @@ def check_values(cfg: Config) -> None:
         import torch
 
         _need(torch.cuda.is_available(), "device", cfg.device, "CUDA is not available on this machine; use cpu or auto")
+
+
+def check_devices(cfg: Config) -> None:
+    """The device profile (a trace file is read and checked here) and the round deadline."""
+    from .env.clock import DEADLINE_MODES
+    from .env.devices import build_device_profile
+
+    s = cfg.server
+    _need(s.deadline_s is None or (_finite(s.deadline_s) and s.deadline_s > 0), "server.deadline_s", s.deadline_s,
+          "it must be > 0 simulated seconds or null (no deadline)")
+    _need(s.deadline_mode in DEADLINE_MODES, "server.deadline_mode", s.deadline_mode,
+          f"valid choices: {', '.join(DEADLINE_MODES)}")
+    try:
+        profile = build_device_profile(cfg.device_profile["name"], cfg.num_clients, cfg.seed,
+                                       **options(cfg.device_profile))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _need(s.deadline_s is None or profile.enabled, "server.deadline_s", s.deadline_s,
+          "a deadline needs a device model: pick device_profile=lognormal|tiers|uniform|trace, or set it to null")
 
 
 # --------------------------------------------------------------------------- load

@@ -22,12 +22,15 @@ from . import aggregators as agg
 from .aggregators.base import AggregatorContext, Params
 from .config import Config, load, locate_target, options, target_of, to_dict
 from .data.federated import FederatedData, get_federated_data
+from .env import devices as dev
 from .env import heterogeneity as het
 from .env import participation as part
+from .env.clock import Clock
 from .errors import ConfigError, ResumeError
 from .flower.instruction import ClientInstruction, ModelSpec, TrainOptions
 from .seeding import rng as named_rng
 from .seeding import stream_key
+from .task.cohort import planned_steps
 from .task.models import build_model, fit_error
 from .task.train import get_params
 
@@ -35,7 +38,8 @@ log = logging.getLogger("fedagg")
 
 __all__ = ["ConfigError", "Experiment", "build", "data_spec", "load", "run", "write_config"]
 
-_KEYS = ("aggregator", "dataset", "partition", "noise", "model", "participation", "heterogeneity", "num_clients")
+_KEYS = ("aggregator", "dataset", "partition", "noise", "model", "participation", "heterogeneity", "device_profile",
+         "num_clients")
 
 
 def _as_config_error(group: str, e: BaseException) -> ConfigError:
@@ -71,6 +75,7 @@ class Experiment:
     y_test: np.ndarray
     instruction: ClientInstruction  # what every client is told (typed; one record)
     device: str
+    clock: Clock | None = None  # the virtual clock (device_profile != none): the round's plan with its deadline
     resume_state: dict[str, Any] | None = None  # a checked checkpoint (resume=...), restored by run_server
     outcome: Exception | None = None  # set by run_server when the run stopped early (failed / interrupted)
 
@@ -153,6 +158,8 @@ def build(raw: Any) -> Experiment:
     exp = Experiment(cfg, fd, model_spec, None, participation, heterogeneity, x_test, y_test, instruction, device)  # type: ignore[arg-type]
     with _refusals_of("model"):
         exp.model()
+    with _refusals_of("device_profile"):
+        exp.clock = build_clock(exp)
     ctx = AggregatorContext(
         num_clients=cfg.num_clients, num_classes=fd.num_classes, seed=seed,
         dataset=str(cfg.dataset["name"]), model_fn=exp.model,
@@ -174,6 +181,27 @@ def build(raw: Any) -> Experiment:
         except ResumeError as e:
             raise ConfigError(str(e)) from e
     return exp
+
+
+def build_clock(exp: Experiment) -> Clock | None:
+    """The virtual clock of ``device_profile`` (None for ``none``): the devices, the heterogeneity plan it
+    cuts at ``server.deadline_s``, each client's planned steps and the model's size on the wire."""
+    cfg, fd, tr = exp.cfg, exp.fd, exp.cfg.train
+    profile = dev.build_device_profile(cfg.device_profile["name"], cfg.num_clients, cfg.seed, fd.label_hist,
+                                       **options(cfg.device_profile))
+    if not profile.enabled:
+        return None
+    profile.check_labels(fd.num_classes)
+
+    def steps(client: int, plan: Any) -> int:
+        epochs = plan.get("epochs")
+        return planned_steps(fd.train_size(client), epochs=tr.epochs if epochs is None else int(epochs),
+                             steps=tr.steps, batch_size=tr.batch_size,
+                             work_fraction=float(plan.get("work_fraction", 1.0)))
+
+    model_bytes = sum(int(np.asarray(v).nbytes) for v in exp.init_params(0).values())
+    return Clock(profile, exp.heterogeneity, steps, model_bytes, tr.batch_size, cfg.server.deadline_s,
+                 cfg.server.deadline_mode)
 
 
 def write_config(cfg: Config, out: Path) -> None:

@@ -19,6 +19,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "model": ("the network", "fedagg model=mlp"),
     "participation": ("who is available each round", "fedagg participation=bernoulli participation.p_bar=0.3"),
     "heterogeneity": ("compute heterogeneity and faults", "fedagg heterogeneity=stragglers"),
+    "device_profile": ("each client's step time, links and latency: the virtual clock",
+                       "fedagg device_profile=lognormal server.deadline_s=5"),
     "runtime": ("how clients run", "fedagg runtime=inprocess"),
     "logger": ("extra metric sinks", "fedagg logger=tensorboard"),
     "experiment": ("named presets (add with +)", "fedagg -m +experiment=compare_participation"),
@@ -29,6 +31,7 @@ KEYS: tuple[tuple[str, ...], ...] = (
     ("num_clients", "rounds", "seed", "device", "val_fraction"),
     ("train.lr", "train.epochs", "train.optimizer", "train.lr_decay", "train.momentum"),
     ("server.round_timeout", "server.max_failed_rounds", "checkpoint.every", "eval.every"),
+    ("server.deadline_s", "server.deadline_mode"),
 )
 
 
@@ -58,6 +61,8 @@ def keys_text() -> str:
     for row in KEYS:
         lines.append("  " + " ".join(f"{k}={show(default(k))}" for k in row))
     lines.append(f"  (train.optimizer: {' | '.join(OPTIMIZERS)}; train.lr_decay below 1 decays the lr every train.lr_decay_every rounds)")
+    lines.append("  (server.deadline_s: the simulated round deadline, needs a device_profile; "
+                 "server.deadline_mode: drop | partial)")
     lines.append("  resume=<run dir>              continue a run from its checkpoint, with its saved config")
     return "\n".join(lines) + "\n"
 

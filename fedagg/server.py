@@ -25,6 +25,7 @@ from .callbacks import (
     NodeAccuracy,
     Outcome,
     Progress,
+    SimClock,
 )
 from .flower.callbacks import RoundCallback
 from .flower.codec import params_to_record, record_to_params
@@ -45,7 +46,8 @@ def make_strategy(exp: Experiment) -> FedaggStrategy:
     """The experiment's rule as a Flower strategy driving fedagg's ClientApp."""
     cfg = exp.cfg
     return FedaggStrategy(
-        exp.aggregator, seed=cfg.seed, participation=exp.participation, heterogeneity=exp.heterogeneity,
+        exp.aggregator, seed=cfg.seed, participation=exp.participation,
+        heterogeneity=exp.clock if exp.clock is not None else exp.heterogeneity,  # the clock cuts at the deadline
         instruction=exp.instruction, options=FlowerOptions(fraction_evaluate=1.0 if cfg.eval.every else 0.0),
         evaluate_every=max(1, cfg.eval.every), evaluate_initial=bool(cfg.eval.every),
         connect_timeout=cfg.server.connect_timeout,
@@ -88,6 +90,8 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
         callbacks.insert(1, ClientEvaluation(exp, recorder))
     if exp.aggregator.per_node_models:  # gossip: every node's accuracy, not only the mean model's
         callbacks.insert(0, NodeAccuracy(exp))
+    if exp.clock is not None:  # sim_time_s and each client's simulated seconds, before MetricsFiles writes them
+        callbacks.insert(next(i for i, cb in enumerate(callbacks) if isinstance(cb, MetricsFiles)), SimClock(exp.clock))
     if every:
         callbacks.append(Checkpoints(out, every, total, exp, recorder))
     accepted_before = any(int(r.get("clients_replied") or 0) > 0 for r in recorder.rows)  # a resume's earlier rounds

@@ -145,6 +145,8 @@ def _final(path: Path) -> dict[str, torch.Tensor]:
 RESUME_CASES = {
     "fedau": ["aggregator=fedau", "participation=bernoulli", "participation.p_min=0.3"],
     "gossip": ["aggregator=gossip"],
+    "clock": ["device_profile=lognormal", "server.deadline_s=1.2", "server.deadline_mode=partial",
+              "heterogeneity=stragglers"],
 }
 
 
@@ -187,8 +189,8 @@ def test_sigkill_and_resume_equals_uninterrupted(name, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     with open(full / "metrics.csv") as f1, open(resumed / "metrics.csv") as f2:
-        acc1 = [r["test_accuracy"] for r in csv.DictReader(f1)]
-        acc2 = [r["test_accuracy"] for r in csv.DictReader(f2)]
+        acc1 = [(r["test_accuracy"], r.get("sim_time_s")) for r in csv.DictReader(f1)]
+        acc2 = [(r["test_accuracy"], r.get("sim_time_s")) for r in csv.DictReader(f2)]
     assert acc1 == acc2
 
 
