@@ -133,8 +133,8 @@ def grid_done(axes, out: Path) -> None:
 
 
 def fedau(runs, out: Path, name: str = "claim_fedau") -> None:
-    pats = ["bernoulli", "markov", "cyclic"]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
+    pats = [p for p in ("bernoulli", "markov", "cyclic") if any(r["cfg"]["participation"]["name"] == p for r in runs)]
+    fig, axes = plt.subplots(2, len(pats), figsize=(4 * len(pats), 6.4), squeeze=False)
     for col, p in enumerate(pats):
         g = group([r for r in runs if r["cfg"]["participation"]["name"] == p], method)
         full_and_zoom(axes[0, col], axes[1, col], g,
