@@ -4,7 +4,7 @@
 
     python scripts/plot_claims.py [--runs experiments/runs] [--out experiments/figures] [claim ...]
 
-claims: fedau feddisco fedlaw ida gossip (default: every one whose sweep folder ``<runs>/claim_<name>``
+claims: fedau fedau_hetero feddisco fedlaw ida gossip (default: every one whose sweep folder ``<runs>/claim_<name>``
 exists). Curves are the mean over seeds with a ±1 sample-std band (ddof=1, as fedagg-report); each accuracy
 figure has a zoomed panel on the last 40 % of the rounds, where the full-range curves overlap (its y-range
 fits the mean curves within 0.15 of the best; one far below them is whole in the full panel). Nothing is
@@ -132,15 +132,15 @@ def grid_done(axes, out: Path) -> None:
     save(axes[0, 0].figure, out)
 
 
-def fedau(runs, out: Path) -> None:
-    pats = ["bernoulli", "markov", "cyclic"]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
+def fedau(runs, out: Path, name: str = "claim_fedau") -> None:
+    pats = [p for p in ("bernoulli", "markov", "cyclic") if any(r["cfg"]["participation"]["name"] == p for r in runs)]
+    fig, axes = plt.subplots(2, len(pats), figsize=(4 * len(pats), 6.4), squeeze=False)
     for col, p in enumerate(pats):
         g = group([r for r in runs if r["cfg"]["participation"]["name"] == p], method)
         full_and_zoom(axes[0, col], axes[1, col], g,
                       lambda i, lab: {"ls": "-" if "FedAU" in lab else ("--" if lab != "known_prob" else ":")},
                       f"participation={p}", ZOOM * last_round(runs))
-    grid_done(axes, out / "claim_fedau_accuracy.png")
+    grid_done(axes, out / f"{name}_accuracy.png")
 
 
 def disco_label(c: dict) -> str:
@@ -245,7 +245,11 @@ def gossip(runs, out: Path) -> None:
     save(fig, out / "claim_gossip.png")
 
 
-CLAIMS = {"fedau": fedau, "feddisco": feddisco, "fedlaw": fedlaw, "ida": ida, "gossip": gossip}
+def fedau_hetero(runs, out: Path) -> None:
+    fedau(runs, out, "claim_fedau_hetero")
+
+
+CLAIMS = {"fedau": fedau, "fedau_hetero": fedau_hetero, "feddisco": feddisco, "fedlaw": fedlaw, "ida": ida, "gossip": gossip}
 
 
 def main() -> None:

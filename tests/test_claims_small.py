@@ -21,7 +21,7 @@ CLAIMS = sorted(p.stem[: -len("_small")] for p in (Path(CONF_DIR) / "experiment"
 
 def test_every_claim_has_a_small_variant():
     full = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("claim_*.yaml") if not p.stem.endswith("_small"))
-    assert full == CLAIMS and len(CLAIMS) == 5
+    assert full == CLAIMS and len(CLAIMS) == 6
 
 
 @pytest.mark.slow
@@ -49,3 +49,29 @@ def test_claim_small_sweep_runs_and_reports(claim, tmp_path):
     assert f.returncode == 0, f.stderr[-2000:]
     pngs = list((tmp_path / "fig").glob("*.png"))
     assert len(pngs) == 1 and pngs[0].stat().st_size > 10_000, pngs
+
+
+@pytest.mark.slow
+def test_fedau_client_stats_reads_the_hetero_smoke_sweep(tmp_path):
+    """scripts/fedau_client_stats.py (the per-client scores and FedAU's largest ω quoted in RESULTS.md): its
+    numbers are the runs' own -- the last eval round's client_acc_mean from metrics.csv, the largest ω in
+    rounds.jsonl and ω/N -- and the reference rule's row is the reference."""
+    sweep = tmp_path / "hetero"
+    p = subprocess.run(fedagg_cmd() + ["-m", "+experiment=claim_fedau_hetero_small", "participation=bernoulli",
+                                       "participation.p_min=0.3", "aggregator=avg_participating,fedau", "rounds=6", f"hydra.sweep.dir={sweep}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = subprocess.run([sys.executable, "scripts/fedau_client_stats.py", str(sweep)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {c[1]: c for c in (line.split(" | ") for line in r.stdout.splitlines() if line.startswith("| bernoulli"))}
+    assert set(rows) == {"avg_participating", "fedau K=inf"}, r.stdout
+    assert rows["avg_participating"][4] == "(reference)" and rows["fedau K=inf"][4] != "(reference)"
+    fedau_run = next(d for d in sweep.iterdir() if "aggregator=fedau" in d.name)
+    import pandas as pd
+
+    m = pd.read_csv(fedau_run / "metrics.csv").dropna(subset=["client_acc_mean"])
+    assert int(m["round"].iloc[-1]) == 6 and rows["fedau K=inf"][3].startswith(f"{m['client_acc_mean'].iloc[-1]:.4f}")
+    omega = [w for line in (fedau_run / "rounds.jsonl").read_text().splitlines() for w in json.loads(line).get("omega", [])]
+    max_w = rows["fedau K=inf"][-1].rstrip(" |")
+    assert rows["fedau K=inf"][-2] == f"{max(omega):.1f}" and max_w == f"{max(omega) / 10:.3f}", r.stdout
