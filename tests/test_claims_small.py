@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fedagg_testing import ROOT, fedagg_cmd
+from omegaconf import OmegaConf
 
 from fedagg.config import CONF_DIR
 
@@ -67,7 +68,8 @@ def test_fedau_client_stats_reads_the_hetero_smoke_sweep(tmp_path):
     rows = {c[1]: c for c in (line.split(" | ") for line in r.stdout.splitlines() if line.startswith("| bernoulli"))}
     assert set(rows) == {"avg_participating", "fedau K=inf"}, r.stdout
     assert rows["avg_participating"][4] == "(reference)" and rows["fedau K=inf"][4] != "(reference)"
-    fedau_run = next(d for d in sweep.iterdir() if "aggregator=fedau" in d.name)
+    fedau_run = next(d for d in sweep.iterdir() if (d / "config.yaml").is_file()
+                     and OmegaConf.load(d / "config.yaml").aggregator.name == "fedau")
     import pandas as pd
 
     m = pd.read_csv(fedau_run / "metrics.csv").dropna(subset=["client_acc_mean"])
