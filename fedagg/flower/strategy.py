@@ -7,7 +7,8 @@
    ClientApp, the typed :class:`ClientInstruction` with the simulation's
    plan for that client;
 2. the grid delivers them and returns the replies that arrived in time;
-3. ``aggregate_train`` validates each reply at the boundary (codec), turns
+3. ``aggregate_train`` validates each reply at the boundary (protocol; a
+   chunk reply of fedagg's grids at once, :mod:`fedagg.flower.chunk`), turns
    the valid ones into ``ClientUpdate`` values keyed by the stable client
    id, hands them to the rule's ``Aggregator.apply`` with a ``RoundInfo`` of
    what was observed, and returns the new global ``ArrayRecord`` and a
@@ -56,9 +57,10 @@ from ..aggregators.base import (
     RoundInfo,
 )
 from ..seeding import rng
+from . import chunk
 from .callbacks import RoundCallback
-from .codec import params_to_record, record_to_params, reply_to_update
-from .instruction import ClientInstruction, SimPlan
+from .codec import params_to_record, record_to_params
+from .protocol import METRICS, PARTITION_ID, ClientInstruction, SimPlan, decode_train_reply
 
 log = logging.getLogger("fedagg")
 
@@ -93,6 +95,12 @@ class RoundRecord:
     test_accuracy: float | None = None
     client_eval: dict[str, float] = field(default_factory=dict)  # aggregated client-side evaluation
     seconds: float = 0.0
+
+
+def _failure(reason: str | None) -> str:
+    """A client's error, as the round's record says it: the last line of its reason."""
+    lines = (reason or "").strip().splitlines()
+    return f"client error: {lines[-1][:300] if lines else 'unknown'}"
 
 
 class FedaggStrategy(Strategy):
@@ -347,29 +355,45 @@ class FedaggStrategy(Strategy):
 
     # -- the round's bookkeeping ---------------------------------------------------
     def _aggregate(self, rnd: int, replies: list[Message]) -> RoundRecord:
-        by_msg = {m.metadata.reply_to_message_id: m for m in replies}
+        by_msg: dict[str, Message] = {}
+        chunks: list[Message] = []
+        for m in replies:
+            if chunk.is_chunk_reply(m):
+                chunks.append(m)
+            else:
+                by_msg[m.metadata.reply_to_message_id] = m
         updates: list[ClientUpdate] = []
         failed: dict[int, str] = {}
         rejected: dict[int, str] = {}
+        needs_hist = self.aggregator.name if self.aggregator.needs_label_hist else None
+        rows = self._chunk_rows(chunks, needs_hist) if chunks else {}
         for cid, (msg, sent) in self._sent.items():
-            reply = by_msg.get(msg.metadata.message_id)  # the grid set message_id when it pushed msg
+            mid = msg.metadata.message_id  # the grid set message_id when it pushed msg
+            row = rows.get(mid)
+            if row is not None:  # one client of a chunk reply
+                if row.failed is not None:
+                    failed[cid] = _failure(row.failed)
+                elif row.rejected is not None:
+                    rejected[cid] = row.rejected
+                else:
+                    why = self._echo_problem(row.pid, self.node_of[cid], cid)
+                    if why:
+                        rejected[cid] = why
+                    else:
+                        assert row.update is not None
+                        updates.append(row.update)
+                continue
+            reply = by_msg.get(mid)
             if reply is None:
                 failed[cid] = "no reply before the round timeout"
                 continue
             if reply.has_error():
-                reason = (reply.error.reason or "").strip().splitlines()
-                failed[cid] = f"client error: {reason[-1][:300] if reason else 'unknown'}"
+                failed[cid] = _failure(reply.error.reason)
                 continue
             try:
                 self._check_echo(reply, cid)
-                u = reply_to_update(reply, cid, sent, self.num_classes or 0, self.max_update_norm)
-                if u.label_hist is None and self.aggregator.needs_label_hist:
-                    raise InvalidUpdate(
-                        f"aggregator '{self.aggregator.name}' needs each client's label_hist: reply "
-                        "'label-hist' (per-class counts) in the train metrics"
-                        + ("" if self.num_classes else " and in a query reply, so the strategy learns num_classes")
-                    )
-                updates.append(u)
+                updates.append(decode_train_reply(reply, cid, sent, self.num_classes or 0, self.max_update_norm,
+                                                  needs_hist))
             except InvalidUpdate as e:
                 rejected[cid] = str(e)
         for cid, why in failed.items():
@@ -390,11 +414,25 @@ class FedaggStrategy(Strategy):
         return RoundRecord(rnd, asked, list(info.replied), failed, rejected, train_loss, agg_metrics)
 
     def _check_echo(self, reply: Message, cid: int) -> None:
-        m = reply.content.metric_records.get("metrics")
-        pid = None if m is None else m.get("partition-id")
-        told = self._grid_ids or reply.metadata.src_node_id in self._told
+        m = reply.content.metric_records.get(METRICS)
+        pid = None if m is None else m.get(PARTITION_ID)
+        why = self._echo_problem(pid, reply.metadata.src_node_id, cid)
+        if why:
+            raise InvalidUpdate(why)
+
+    def _echo_problem(self, pid: object, node: int, cid: int) -> str | None:
+        told = self._grid_ids or node in self._told
         if pid is not None and told and pid != cid:
-            raise InvalidUpdate(f"the reply says partition-id={pid}, but its node serves client {cid}")
+            return f"the reply says {PARTITION_ID}={pid}, but its node serves client {cid}"
+        return None
+
+    def _chunk_rows(self, replies: list[Message], needs_hist: str | None) -> dict[str, chunk.Row]:
+        """Each client's outcome in the chunk replies (fedagg's grids), by the id of its message."""
+        sent = {msg.metadata.message_id: (cid, params) for cid, (msg, params) in self._sent.items()}
+        rows: dict[str, chunk.Row] = {}
+        for r in replies:
+            rows.update(chunk.updates(r, sent, self.num_classes or 0, self.max_update_norm, needs_hist))
+        return rows
 
     # -- the loop -------------------------------------------------------------------
     def start(  # type: ignore[override]  # Flower's signature, plus callbacks and a start round
@@ -437,7 +475,8 @@ class FedaggStrategy(Strategy):
         for rnd in range(start_round, num_rounds + 1):
             t0 = time.perf_counter()
             msgs = list(self.configure_train(rnd, arrays, train_config, grid))
-            replies = list(grid.send_and_receive(msgs, timeout=timeout)) if msgs else []
+            send = getattr(grid, "send_and_receive_chunks", grid.send_and_receive)  # fedagg's grids: chunk replies
+            replies = list(send(msgs, timeout=timeout)) if msgs else []
             new, train_metrics = self.aggregate_train(rnd, replies)
             if new is not None:
                 arrays = result.arrays = new
