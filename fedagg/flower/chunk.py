@@ -25,6 +25,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -79,14 +80,14 @@ def pack(messages: Sequence[Message], partition_ids: Sequence[int], stacked: boo
     content = RecordDict()
     arrays_of = []
     for m in messages:
-        rec = m.content.array_records[ARRAYS]
+        rec = m.content[ARRAYS]
         if id(rec) not in records:
             records[id(rec)] = len(records)
             content[f"{ARRAYS}.{records[id(rec)]}"] = rec
         arrays_of.append(records[id(rec)])
     content[CONFIG] = ConfigRecord({
         MESSAGE_IDS: [m.metadata.message_id for m in messages],
-        INSTRUCTIONS: [str(m.content.config_records[CONFIG][INSTRUCTION]) for m in messages],
+        INSTRUCTIONS: [str(m.content[CONFIG][INSTRUCTION]) for m in messages],
         PARTITION_IDS: [int(p) for p in partition_ids],
         ARRAYS_OF: arrays_of,
         STACKED: bool(stacked),
@@ -110,12 +111,12 @@ class Request:
 
 
 def read(msg: Message) -> Request:
-    cfg = msg.content.config_records[CONFIG]
+    cfg = msg.content[CONFIG]
     ids = [str(x) for x in cfg[MESSAGE_IDS]]  # type: ignore[union-attr]
     of = [int(x) for x in cfg[ARRAYS_OF]]  # type: ignore[union-attr]
-    recs = msg.content.array_records
+    recs = msg.content
     return Request(ids, [str(x) for x in cfg[INSTRUCTIONS]], [int(x) for x in cfg[PARTITION_IDS]],  # type: ignore[union-attr]
-                   [recs[f"{ARRAYS}.{j}"] for j in of], bool(cfg[STACKED]))
+                   [cast(ArrayRecord, recs[f"{ARRAYS}.{j}"]) for j in of], bool(cfg[STACKED]))
 
 
 @dataclass
@@ -177,15 +178,15 @@ class Decoded:
 
 def decode(msg: Message) -> Decoded:
     """Read a chunk reply (ValueError if it is malformed)."""
-    cfg = msg.content.config_records[CONFIG]
+    cfg = msg.content[CONFIG]
     ids = [str(x) for x in cfg[MESSAGE_IDS]]  # type: ignore[union-attr]
     errors = [str(x) for x in cfg[ERRORS]]  # type: ignore[union-attr]
     if len(ids) != len(errors):
         raise ValueError(f"chunk reply lists {len(ids)} messages but {len(errors)} outcomes")
-    recs = msg.content.array_records
+    recs = msg.content
     n_ok = sum(1 for e in errors if not e)
-    params = record_to_params(recs[ARRAYS]) if n_ok else {}
-    metrics = record_to_params(recs[METRICS]) if n_ok else {}
+    params = record_to_params(cast(ArrayRecord, recs[ARRAYS])) if n_ok else {}
+    metrics = record_to_params(cast(ArrayRecord, recs[METRICS])) if n_ok else {}
     for k, v in metrics.items():
         if v.ndim < 1 or len(v) != n_ok:
             raise ValueError(f"chunk metric '{k}' has shape {v.shape}, expected {n_ok} rows")
@@ -224,7 +225,7 @@ def updates(msg: Message, sent: Mapping[str, tuple[int, Params]], num_classes: i
         d = decode(msg)
     except Exception as e:  # noqa: BLE001 - a malformed chunk: every client in it is refused
         try:
-            ids = [str(x) for x in msg.content.config_records[CONFIG][MESSAGE_IDS]]  # type: ignore[union-attr]
+            ids = [str(x) for x in msg.content[CONFIG][MESSAGE_IDS]]  # type: ignore[union-attr]
         except Exception:  # noqa: BLE001
             ids = []
         return {mid: Row(rejected=f"chunk reply cannot be decoded: {e}") for mid in ids if mid in sent}

@@ -102,7 +102,7 @@ def chunk_settings(exp: Any) -> VectorSettings | None:
 
 # --------------------------------------------------------------------------- planning (grid side)
 def _instruction(msg: Message) -> ClientInstruction:
-    return ClientInstruction.decode(msg.content.config_records[CONFIG])
+    return ClientInstruction.decode(msg.content[CONFIG])
 
 
 def _group_key(msg: Message) -> str | None:
@@ -110,7 +110,7 @@ def _group_key(msg: Message) -> str | None:
     instruction's JSON (sorted keys) without its ``plan`` entry; None if there is no
     readable instruction (the ClientApp then answers with the error)."""
     try:
-        raw = msg.content.config_records[CONFIG][INSTRUCTION]
+        raw = msg.content[CONFIG][INSTRUCTION]
     except Exception:  # noqa: BLE001 - no instruction: leave it to the ClientApp's error reply
         return None
     return _key_of(str(raw))
