@@ -457,6 +457,8 @@ class FedaggStrategy(Strategy):
         self._arrays = None
         self._sync(initial_arrays)
         self.connect(grid)
+        if hasattr(grid, "chunk_replies"):  # fedagg's grids: a chunk's reply as it is, read in aggregate_train
+            grid.chunk_replies = True
         self.summary()
         for cb in callbacks:
             cb.on_train_begin(self, start_round=start_round, num_rounds=num_rounds)
@@ -475,8 +477,7 @@ class FedaggStrategy(Strategy):
         for rnd in range(start_round, num_rounds + 1):
             t0 = time.perf_counter()
             msgs = list(self.configure_train(rnd, arrays, train_config, grid))
-            send = getattr(grid, "send_and_receive_chunks", grid.send_and_receive)  # fedagg's grids: chunk replies
-            replies = list(send(msgs, timeout=timeout)) if msgs else []
+            replies = list(grid.send_and_receive(msgs, timeout=timeout)) if msgs else []
             new, train_metrics = self.aggregate_train(rnd, replies)
             if new is not None:
                 arrays = result.arrays = new

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
 
+from ..flower.protocol import NUM_PARTITIONS, PARTITION_ID
 from .calls import call_client
 
 NODE_ID_BASE = 1000  # simulated node i (partition-id i) has id 1000 + i
@@ -49,10 +50,15 @@ class SimulatedGrid(Grid):
     ``NODE_ID_BASE + i`` serving client (partition) ``i``; subclasses deliver
     the messages. The node <-> client map is known by construction
     (:meth:`client_node_map`), so no query round is needed, and nothing per
-    node exists until the node is sent a message."""
+    node exists until the node is sent a message. With ``vector`` settings a
+    round's TRAIN messages go to the ClientApp in chunks (one message, one
+    reply each; :mod:`fedagg.runtime.vectorised`)."""
 
     num_nodes: int
     _run: Any = None
+    # True: send_and_receive hands back a chunk's reply as it is (one for the chunk's clients), not the
+    # per-client replies it stands for; fedagg's strategy sets it (FedaggStrategy.start), as it reads them
+    chunk_replies: bool = False
 
     @property
     def node_ids(self) -> range:
@@ -61,7 +67,7 @@ class SimulatedGrid(Grid):
     def node_config(self, node_id: int) -> dict[str, Any]:
         if node_id not in self.node_ids:
             raise ValueError(f"message to unknown node {node_id}")
-        return {"partition-id": node_id - NODE_ID_BASE, "num-partitions": self.num_nodes,
+        return {PARTITION_ID: node_id - NODE_ID_BASE, NUM_PARTITIONS: self.num_nodes,
                 **(getattr(self, "extra_node_config", None) or {})}
 
     def client_node_map(self) -> tuple[Mapping[int, int], Mapping[int, int]]:
@@ -144,14 +150,10 @@ class InProcessGrid(SimulatedGrid):
         return out
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
-
-    def send_and_receive_chunks(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        """:meth:`send_and_receive`, but a chunk's reply comes back as it is (one for
-        the chunk's clients): for fedagg's strategy, which reads it without per-client
-        Messages."""
         ids = list(self.push_messages(messages))
-        out = [r for r in {id(r): r for _, r in (self._chunks[m] for m in ids if m in self._chunks)}.values()]
+        if not self.chunk_replies:
+            return self.pull_messages(ids)
+        out = list({id(r): r for _, r in (self._chunks[m] for m in ids if m in self._chunks)}.values())
         for m in ids:
             self._chunks.pop(m, None)
         return out + [self._replies.pop(m) for m in ids if m in self._replies]

@@ -426,20 +426,12 @@ class RayGrid(SimulatedGrid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         ids = list(self.push_messages(messages))
         self.wait(timeout)
-        out = list(self.pull_messages(ids))
+        if self.chunk_replies:  # a chunk's reply as it is (fedagg's strategy reads it)
+            out = list({id(r): r for _, r in (self._chunks[m] for m in ids if m in self._chunks)}.values())
+            out += [self._replies[m] for m in ids if m in self._replies]
+        else:
+            out = list(self.pull_messages(ids))
         self._replies.clear()  # nothing from this round survives into the next
-        self._chunks.clear()
-        return out
-
-    def send_and_receive_chunks(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        """:meth:`send_and_receive`, but a chunk's reply comes back as it is (one for
-        the chunk's clients): for fedagg's strategy, which reads it without per-client
-        Messages."""
-        ids = list(self.push_messages(messages))
-        self.wait(timeout)
-        out = list({id(r): r for _, r in (self._chunks[m] for m in ids if m in self._chunks)}.values())
-        out += [self._replies[m] for m in ids if m in self._replies]
-        self._replies.clear()
         self._chunks.clear()
         return out
 
