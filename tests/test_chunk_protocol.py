@@ -169,7 +169,7 @@ def test_chunk_reply_with_wrong_shapes_refuses_the_whole_chunk_and_a_bad_histogr
     req = Message(RecordDict(), dst_node_id=NODE_ID_BASE, message_type=chunk.MESSAGE_TYPE)
     ids = ["a", "b", "c"]
     rows = chunk.updates(chunk.reply(req, ids, outs), {m: (j, sent) for j, m in enumerate(ids)}, num_classes=2)
-    assert rows["c"].rejected == "label-hist has negative or non-finite counts" and rows["a"].update is not None
+    assert rows["c"].rejected == "label_hist has negative or non-finite counts" and rows["a"].update is not None
     other = {"w": np.zeros((3, 5), np.float32), "b": sent["b"]}
     rows = chunk.updates(chunk.reply(req, ids, outs), {m: (j, other) for j, m in enumerate(ids)}, num_classes=2)
     assert all(r.rejected == "'w' has shape (3, 4), the global model has (3, 5)" for r in rows.values())

@@ -336,18 +336,18 @@ def nonfinite_problem(name: str) -> str:
 def count_problem(n: object) -> str | None:
     """Why ``n`` is not a valid example count, or None."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        return f"num-examples={n!r} is not a positive integer"
+        return f"num_examples={n!r} is not a positive integer (a reply's 'num-examples')"
     return None
 
 
 def label_hist_problem(h: np.ndarray, num_classes: int) -> str | None:
     """Why ``h`` is not a label histogram over ``num_classes`` classes, or None."""
     if h.shape != (num_classes,):
-        return f"label-hist has length {h.size}, expected {num_classes} classes"
+        return f"label_hist has shape {h.shape}, expected ({num_classes},): one count per class"
     if not np.issubdtype(h.dtype, np.number) or not np.all(np.isfinite(h)) or np.any(h < 0):
-        return "label-hist has negative or non-finite counts"
+        return "label_hist has negative or non-finite counts"
     if h.sum() <= 0:
-        return "label-hist is all zero"
+        return "label_hist is all zero"
     return None
 
 

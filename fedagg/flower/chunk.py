@@ -52,6 +52,7 @@ from .protocol import (
     TRAIN_LOSS,
     accuracy_problem,
     dtype_problem,
+    finite_problem,
     norm_problem,
 )
 
@@ -273,9 +274,7 @@ def updates(msg: Message, sent: Mapping[str, tuple[int, Params]], num_classes: i
         u = ClientUpdate(cid, {name: v[j] for name, v in d.params.items()}, int(m[NUM_EXAMPLES][j]),
                          None if hist is None else hist[j], loss, acc, {STEPS: int(m[STEPS][j])})
         try:
-            if not np.isfinite(loss):
-                raise InvalidUpdate(f"{TRAIN_LOSS}={loss!r} is not a finite number")
-            why = accuracy_problem(acc) if np.isfinite(acc) else f"{TRAIN_ACCURACY}={acc!r} is not a finite number"
+            why = finite_problem(TRAIN_LOSS, loss) or finite_problem(TRAIN_ACCURACY, acc) or accuracy_problem(acc)
             if why:
                 raise InvalidUpdate(why)
             check_update(u, template, num_classes, needs_hist, params_checked=True)

@@ -76,13 +76,21 @@ def dtype_problem(name: str, dtype: np.dtype, ref: np.dtype) -> str:
     return f"'{name}' has dtype {dtype}, expected {ref}"
 
 
+def finite_problem(key: str, v: object) -> str | None:
+    """Why metric ``key`` = ``v`` is not a finite number, or None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v):
+        return f"{key}={v!r} is not a finite number"
+    return None
+
+
 def _finite_metric(m: Mapping[str, object], key: str) -> float | None:
     v = m.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
-        raise InvalidUpdate(f"{key}={v!r} is not a finite number")
-    return float(v)
+    why = finite_problem(key, v)
+    if why:
+        raise InvalidUpdate(why)
+    return float(v)  # type: ignore[arg-type]  # a number: checked above
 
 
 def accuracy_problem(acc: float) -> str | None:
