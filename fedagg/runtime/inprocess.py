@@ -120,7 +120,7 @@ class InProcessGrid(SimulatedGrid):
         if self.vector is not None and self.vector.enabled:
             from .vectorised import chunk_message, plan_chunks
 
-            chunks, rest = plan_chunks(messages, self.node_config, self.vector.chunk)
+            chunks, rest = plan_chunks(messages, self.node_config, self.vector.chunk, self.vector.stacked)
             if self._worker is None:
                 self._worker = Context(run_id=1, node_id=0, node_config=dict(self.extra_node_config),
                                        state=RecordDict(), run_config={})

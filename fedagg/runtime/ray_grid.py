@@ -338,11 +338,12 @@ class RayGrid(SimulatedGrid):
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
         ids = [m.metadata.message_id for m in messages]
         if self.vector is not None and self.vector.enabled:
-            from .vectorised import plan_chunks
+            from .vectorised import _plan, assign_chunks
 
-            chunks, messages = plan_chunks(messages, self.node_config, self.vector.chunk)
-            for j, chunk in enumerate(chunks):  # whole chunks, round-robin: a chunk's numbers never depend on workers
-                self._submit(j % self.num_workers, chunk, 0, cohort=True)
+            chunks, work, messages = _plan(messages, self.node_config, self.vector.chunk, self.vector.stacked)
+            # whole chunks, the most work first to the least loaded worker: a chunk's numbers never depend on workers
+            for chunk, actor in zip(chunks, assign_chunks(work, self.num_workers)):
+                self._submit(actor, chunk, 0, cohort=True)
         for msg in messages:
             per_actor.setdefault(self.actor_of(msg.metadata.dst_node_id), []).append(msg)
         for actor, msgs in per_actor.items():

@@ -141,10 +141,19 @@ def planned_work(msg: Message, pid: int) -> int:
 
 
 def plan_chunks(messages: Sequence[Message], node_config: Callable[[int], dict[str, Any]],
-                chunk: int) -> tuple[list[list[Message]], list[Message]]:
+                chunk: int, stacked: bool = True) -> tuple[list[list[Message]], list[Message]]:
     """Split a round's messages into cohort chunks and the rest (sent one by one).
     Chunks: TRAIN messages with the same setup, ordered by (planned steps, client id),
-    ``chunk`` at a time."""
+    ``chunk`` at a time. ``stacked=False`` (chunks trained one by one, where a chunk's
+    cost is the sum of its clients' work): the same order dealt round-robin over the
+    chunks, so they carry about equal work and the workers finish together."""
+    chunks, _, rest = _plan(messages, node_config, chunk, stacked)
+    return chunks, rest
+
+
+def _plan(messages: Sequence[Message], node_config: Callable[[int], dict[str, Any]], chunk: int,
+          stacked: bool) -> tuple[list[list[Message]], list[int], list[Message]]:
+    """:func:`plan_chunks`, plus each chunk's planned work (its clients' steps)."""
     groups: dict[str, list[tuple[tuple[int, int], Message]]] = {}
     rest: list[Message] = []
     for msg in messages:
@@ -158,11 +167,28 @@ def plan_chunks(messages: Sequence[Message], node_config: Callable[[int], dict[s
             continue
         pid = int(nc[PARTITION_ID])
         groups.setdefault(key, []).append(((planned_work(msg, pid), pid), msg))
-    chunks = []
+    chunks: list[list[Message]] = []
+    work: list[int] = []
     for key in sorted(groups):
-        ordered = [m for _, m in sorted(groups[key], key=lambda t: t[0])]
-        chunks += [ordered[s : s + chunk] for s in range(0, len(ordered), chunk)]
-    return chunks, rest
+        ordered = sorted(groups[key], key=lambda t: t[0])
+        m = -(-len(ordered) // chunk)
+        parts = [ordered[s : s + chunk] for s in range(0, len(ordered), chunk)] if stacked else \
+            [ordered[j::m] for j in range(m)]
+        chunks += [[msg for _, msg in part] for part in parts]
+        work += [sum(w for (w, _), _ in part) for part in parts]
+    return chunks, work, rest
+
+
+def assign_chunks(work: Sequence[int], workers: int) -> list[int]:
+    """The worker of each chunk: the largest planned work first, each to the least loaded worker
+    (ties: the lower index). Deterministic; a chunk's numbers never depend on where it runs."""
+    load = [0] * workers
+    out = [0] * len(work)
+    for j in sorted(range(len(work)), key=lambda j: (-work[j], j)):
+        w = min(range(workers), key=lambda i: (load[i], i))
+        out[j] = w
+        load[w] += max(1, work[j])
+    return out
 
 
 # --------------------------------------------------------------------------- chunks on the wire (grid side)
