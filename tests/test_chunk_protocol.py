@@ -226,7 +226,7 @@ def test_fedaggs_strategy_reads_chunk_replies_as_they_are(tmp_path, monkeypatch,
               "train.steps=3", "runtime=inprocess", "runtime.cohort_chunk=2", "heterogeneity=crashes",
               "heterogeneity.rate=0.3"]
     run(compose(*common, "runtime.vectorize=auto"), tmp_path / "auto")
-    assert seen == [2, 2, 1, 2, 2, 1]  # 5 clients in chunks of 2, two rounds: crashed ones included
+    assert sorted(seen) == [1, 1, 2, 2, 2, 2]  # 5 clients in 3 chunks of 2 or 1, two rounds: crashed ones included
     seen.clear()
     run(compose(*common, "runtime.vectorize=false"), tmp_path / "false")
     assert seen == []  # per-client Messages
