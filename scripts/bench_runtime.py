@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Runtime benchmark: the same workload on every runtime, side by side.
 
-Workload: MNIST-1D, 1-D CNN (``--model mlp``: the MLP), 1 local epoch, full
+Workload: MNIST-1D, 1-D CNN (``--model mlp``: the MLP; ``--model cnn``: the
+2-D simple-cnn on ``mnist_5k``'s real 28x28 digits), 1 local epoch, full
 participation of ``--clients`` clients per round (default 10 and 100),
 ``--rounds`` rounds (default 10), FedAvg, server-side evaluation every
 round. Variants:
@@ -10,10 +11,20 @@ round. Variants:
                  ``fedagg.task.train.train_local`` per client + FedAvg
                  averaging (the per-client lower bound)
   ray            runtime=ray, client by client (runtime.vectorize=false)
-  ray-vec        runtime=ray, cohorts trained as stacked models (vectorize=auto)
+  ray-vec        runtime=ray, vectorize=auto (the default): chunks of clients, one
+                 message and one reply each, trained stacked (one by one for the
+                 models auto does not stack, e.g. the 2-D CNNs on CPU)
   flower         runtime=flower (Flower's simulation engine)
   inprocess      runtime=inprocess, client by client
-  inprocess-vec  runtime=inprocess, vectorised cohorts
+  inprocess-vec  runtime=inprocess, vectorize=auto (chunks, as ray-vec)
+
+Beside each ratio the table prints the compute ceiling of that variant: the
+cohort's training alone, relative to one by one on one thread
+(``scripts/bench_cohort.py``'s stacked ratio, measured here on the
+workload's shard sizes), divided by the variant's workers -- for a model
+``runtime.vectorize=auto`` trains client by client (the 2-D CNNs on CPU) the
+ceiling is 1 / workers. "x ceiling" = ratio / ceiling (1.0 = nothing but the
+clients' compute). ``--no-ceiling`` skips that measurement.
 
 ``--population 1000 1000000`` instead sweeps the number of registered
 clients (``dataset=synthetic partition=natural``, 10 samples per user on
@@ -60,8 +71,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "fedagg" / "conf"
 
 
+DATASET = {"cnn1d": "mnist1d", "mlp": "mnist1d", "cnn": "mnist_5k"}
+
+
 def overrides(clients: int, rounds: int, extra: list[str], model: str = "cnn1d") -> list[str]:
-    return ["dataset=mnist1d", f"model={model}", "aggregator=fedavg", "participation=full", "heterogeneity=none",
+    return [f"dataset={DATASET[model]}", f"model={model}", "aggregator=fedavg", "participation=full", "heterogeneity=none",
             f"num_clients={clients}", f"rounds={rounds}", "train.epochs=1", "seed=0", *extra]
 
 
@@ -76,7 +90,7 @@ def population_overrides(population: int, rounds: int, per_round: int = 100) -> 
 VARIANT_OVERRIDES = {
     "plain": [], "ray": ["runtime=ray", "runtime.vectorize=false"], "ray-vec": ["runtime=ray", "runtime.vectorize=auto"],
     "flower": ["runtime=flower"], "inprocess": ["runtime=inprocess", "runtime.vectorize=false"],
-    "inprocess-vec": ["runtime=inprocess", "runtime.vectorize=auto"],
+    "inprocess-vec": ["runtime=inprocess", "runtime.vectorize=auto"], "ceiling": [],
 }
 
 
@@ -107,6 +121,19 @@ def worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     imports_s = t0 - t_start
     info: dict = {}
+    if args.variant == "ceiling":  # the cohort's training alone: stacked vs one by one (bench_cohort.py)
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bench_cohort import measure
+
+        from fedagg.task.cohort import slower_reason
+
+        exp = build(cfg)
+        samples = round(sum(exp.fd.train_size(c) for c in range(cfg.num_clients)) / cfg.num_clients)
+        one, stacked = measure(args.model, cfg.num_clients, samples, int(cfg.runtime.cohort_chunk), 3)
+        res = {"one_by_one_s": one, "stacked_s": stacked, "stacked_ratio": stacked / one, "samples": samples,
+               "auto_stacks": slower_reason(exp.model()) is None, "load": os.getloadavg()}
+        Path(args.result).write_text(json.dumps(res))
+        return
     if args.variant == "plain":
         from fedagg.task.train import evaluate, get_params, set_params, train_local
 
@@ -224,14 +251,27 @@ def run_variant(variant: str, clients: int, rounds: int, extra: list[str], timeo
     return res
 
 
+WORKERS = {"plain": 1, "inprocess": 1, "inprocess-vec": 1, "ray": 2, "ray-vec": 2, "flower": 2}
+
+
+def ceiling_of(variant: str, c: dict | None, workers: int) -> float | None:
+    """The variant's compute ceiling as a ratio to the one-thread plain loop (None: unknown)."""
+    if c is None or "error" in c or variant not in WORKERS:
+        return None
+    stacked = variant.endswith("-vec") and c["auto_stacks"]
+    per = c["stacked_ratio"] if stacked else 1.0
+    return per / (1 if WORKERS[variant] == 1 else workers)
+
+
 def table(results: dict[tuple[int, str], dict], first: str = "clients/round", per_round: int | None = None,
-          base_key: str = "plain") -> str:
-    lines = [f"| {first} | variant | start-up s | teardown s | median steady round s | ratio to {base_key} | updates/s | "
-             "peak RSS MB (tree) | final acc |", "|---|---|---|---|---|---|---|---|---|"]
+          base_key: str = "plain", ceilings: dict[int, dict] | None = None, workers: int = 2) -> str:
+    lines = [f"| {first} | variant | start-up s | teardown s | median steady round s | ratio to {base_key} | "
+             "ceiling | x ceiling | updates/s | peak RSS MB (tree) | final acc |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (clients, variant), r in results.items():
         if "error" in r:
             why = r["error"].strip().splitlines()[-1][:80] if r["error"].strip() else "?"
-            lines.append(f"| {clients} | {variant} | failed: {why} | | | | | | |")
+            lines.append(f"| {clients} | {variant} | failed: {why} | | | | | | | | |")
             continue
         steady = statistics.median(r["round_s"][1:]) if len(r["round_s"]) > 1 else r["round_s"][0]
         r["steady_s"] = steady
@@ -239,7 +279,10 @@ def table(results: dict[tuple[int, str], dict], first: str = "clients/round", pe
             next((v.get("steady_s") for (c, vv), v in results.items() if vv == variant), None)
         ratio = f"{steady / base:.2f}" if base else "n/a"
         down = f"{r['shutdown_s']:.2f}" if "shutdown_s" in r else "—"
-        lines.append(f"| {clients} | {variant} | {r['startup_s']:.2f} | {down} | {steady:.3f} | {ratio} | "
+        ceil = ceiling_of(variant, (ceilings or {}).get(clients), workers)
+        cs = f"{ceil:.2f}" if ceil is not None else "—"
+        xs = f"{steady / base / ceil:.2f}" if (ceil and base) else "—"
+        lines.append(f"| {clients} | {variant} | {r['startup_s']:.2f} | {down} | {steady:.3f} | {ratio} | {cs} | {xs} | "
                      f"{(per_round or clients) / steady:.0f} | {r['peak_rss_mb']:.0f} | {r['final_accuracy']:.4f} |")
     return "\n".join(lines)
 
@@ -249,7 +292,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="*", default=None, help="clients per round (default 10 100)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 10; --quick: 3)")
     ap.add_argument("--variants", default="plain,ray,ray-vec,flower,inprocess,inprocess-vec")
-    ap.add_argument("--model", default="cnn1d", choices=["cnn1d", "mlp"])
+    ap.add_argument("--model", default="cnn1d", choices=sorted(DATASET),
+                    help="cnn1d or mlp on MNIST-1D; cnn: the 2-D simple-cnn on mnist_5k")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip measuring the compute ceiling")
     ap.add_argument("--population", type=int, nargs="*", default=None,
                     help="registered clients to sweep (synthetic users, 100 per round), e.g. 1000 1000000")
     ap.add_argument("--pop-variants", default="ray-vec", help="variants for --population (default ray-vec)")
@@ -298,18 +343,28 @@ def main() -> None:
         s2 = statistics.median(results[(4, "ray num_workers=2")]["round_s"][1:])
         print(f"\nspeed-up 2 workers vs 1: {s1 / s2:.2f}x")
     else:
+        ceilings: dict[int, dict] = {}
+        workers = min(2, os.cpu_count() or 1)
         for c in clients:
+            if not args.no_ceiling:
+                ceilings[c] = cr = run_variant("ceiling", c, 1, [], args.timeout, model=args.model)
+                if "error" not in cr:
+                    print(f"{c} clients, compute ceiling: {cr['samples']} samples each, chunks of 10, one thread: "
+                          f"one by one {cr['one_by_one_s']:.3f}s, stacked {cr['stacked_s']:.3f}s "
+                          f"(ratio {cr['stacked_ratio']:.2f}; vectorize=auto {'stacks' if cr['auto_stacks'] else 'trains one by one'})"
+                          f"; load average {tuple(round(x, 2) for x in cr['load'])}", flush=True)
             for v in args.variants.split(","):
                 extra = [f"runtime.address={args.address}"] if (v == "ray" and args.address) else []
                 r = run_variant(v, c, rounds, extra, args.timeout, model=args.model)
                 results[(c, v)] = r
                 print(f"{c} clients, {v}: imports {r.get('imports_s', 0):.1f}s, start-up {r.get('startup_s', 0):.2f}s,"
-                      f" rounds {['%.2f' % s for s in r.get('round_s', [])]}", flush=True)
+                      f" rounds {['%.2f' % s for s in r.get('round_s', [])]}; load average "
+                      f"{tuple(round(x, 2) for x in os.getloadavg())}", flush=True)
                 if r.get("train_s"):  # the plain loop: how much of its round is training
                     tr = statistics.median(r["train_s"][1:] or r["train_s"])
                     print(f"{c} clients, {v}: training {tr:.3f}s of the median round (the rest: averaging + test)")
         print()
-        print(table(results))
+        print(table(results, ceilings=ceilings, workers=workers))
         for c in clients:
             fl_s = results.get((c, "flower"), {}).get("steady_s")
             for v in ("ray", "ray-vec", "inprocess-vec"):

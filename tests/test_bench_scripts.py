@@ -16,6 +16,12 @@ def test_bench_runtime_quick_plain_and_vectorised(tmp_path):
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "| 10 | inprocess-vec |" in p.stdout and "training" in p.stdout
+    # the compute ceiling beside the ratios: one worker in process, so the stacked ratio itself
+    ceil = [ln for ln in p.stdout.splitlines() if "compute ceiling" in ln]
+    assert len(ceil) == 1 and "vectorize=auto stacks" in ceil[0]
+    stacked_ratio = float(ceil[0].split("(ratio ")[1].split(";")[0])
+    vec_row = next(ln for ln in p.stdout.splitlines() if ln.startswith("| 10 | inprocess-vec |")).split("|")
+    assert float(vec_row[7]) == round(stacked_ratio, 2)
     r = json.loads(out.read_text())
     plain, vec = r["10|plain"], r["10|inprocess-vec"]
     assert len(plain["round_s"]) == len(vec["round_s"]) == 3
@@ -33,3 +39,13 @@ def test_bench_cohort_reports_a_ratio_per_model_and_chunk():
     assert len(row) == 1
     one, stacked, ratio = (float(v) for v in row[0].strip("| ").split("|")[2:5])
     assert one > 0 and stacked > 0 and abs(ratio * one - stacked) <= 0.001  # printed to 3 decimals
+
+
+def test_gpu_check_runs_as_a_cpu_smoke_test():
+    """The GPU check is prepared for a CUDA machine; on CPU its --quick mode runs every section but Ray's."""
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--device", "cpu", "--quick",
+                        "--skip-ray"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [ln for ln in p.stdout.split("\n\n", 1)[-1].splitlines() if ln.startswith("| training |")]
+    assert {r.split("|")[2].strip() for r in rows} == {"cnn", "cnn1d", "resnet20"}
+    assert "max |diff| 0.00e+00 (pass" in p.stdout  # cpu against cpu: identical

@@ -56,3 +56,20 @@ def test_messages_without_a_readable_instruction_stay_out_of_chunks():
     bad = Message(RecordDict({}), dst_node_id=BASE + 3, message_type=MessageType.TRAIN)
     chunks, rest = plan_chunks([*msgs[:3], bad], lambda nid: {"partition-id": nid - BASE}, 10)
     assert rest == [bad] and sorted(m.metadata.dst_node_id for m in chunks[0]) == [BASE, BASE + 1, BASE + 2]
+
+
+def test_chunks_trained_one_by_one_carry_equal_work_and_go_to_the_least_loaded_worker():
+    from fedagg.runtime.vectorised import _plan, assign_chunks
+
+    exp = build(compose("dataset=digits", "num_clients=20", "partition=dirichlet", "partition.alpha=0.3",
+                        "train.epochs=1", "train.batch_size=8", "seed=5"))
+    msgs = _round(exp, {})
+    node_config = lambda nid: {"partition-id": nid - BASE}  # noqa: E731
+    stacked, w_stacked, _ = _plan(msgs, node_config, 10, True)
+    dealt, w_dealt, _ = _plan(msgs, node_config, 10, False)
+    order = [m.metadata.dst_node_id for c in stacked for m in c]
+    assert [m.metadata.dst_node_id for m in dealt[0]] == order[0::2]  # the same order, dealt over 2 chunks
+    assert sum(w_stacked) == sum(w_dealt) == sum(planned_work(m, m.metadata.dst_node_id - BASE) for m in msgs)
+    assert max(w_dealt) - min(w_dealt) < max(w_stacked) - min(w_stacked)  # about equal work
+    # the most work first, each to the least loaded worker (ties: the lower index)
+    assert assign_chunks([5, 9, 1, 4], 2) == [1, 0, 0, 1] and assign_chunks([3, 3, 3], 2) == [0, 1, 0]

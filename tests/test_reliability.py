@@ -64,7 +64,7 @@ def corrupt(kind: str):
 REASONS = {
     "nan": "NaN or Inf", "inf": "NaN or Inf", "shape": "shape", "dtype": "dtype",
     "missing": "parameter names differ", "norm": "exceeds validation.max_update_norm",
-    "neg_hist": "negative", "hist_len": "label-hist has length", "count": "num-examples",
+    "neg_hist": "negative", "hist_len": "label_hist has shape", "count": "num-examples",
 }
 
 

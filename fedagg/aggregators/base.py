@@ -297,9 +297,7 @@ def check_updates(
     needs_hist: str | None = None,
 ) -> None:
     """Raise InvalidUpdate naming the client if an update has an id out of
-    range or twice, parameter names or shapes unlike the global model,
-    non-finite values, no positive example count, or a malformed label
-    histogram (or none, when ``needs_hist`` names a rule that needs one)."""
+    range or twice, or fails :func:`check_update`."""
     seen: set[int] = set()
     for u in updates:
         cid = u.client_id
@@ -310,36 +308,81 @@ def check_updates(
         if cid in seen:
             raise InvalidUpdate(f"client {cid}: sent two updates in the same round")
         seen.add(cid)
-        if set(u.params) != set(template):
-            missing = sorted(set(template) - set(u.params))
-            extra = sorted(set(u.params) - set(template))
-            raise InvalidUpdate(
-                f"client {cid}: parameter names differ from the global model "
-                f"(missing {missing[:5]}, unexpected {extra[:5]})"
-            )
+        try:
+            check_update(u, template, num_classes, needs_hist)
+        except InvalidUpdate as e:
+            raise InvalidUpdate(f"client {cid}: {e}") from None
+
+
+# One refusal per fact: the texts below are the only place each is written (the Flower boundary, which
+# validates a whole chunk of stacked replies at once, uses them too).
+def names_problem(got: Sequence[str], template: Params) -> str | None:
+    """Why parameter names ``got`` are not the global model's, or None."""
+    if list(got) == list(template) or set(got) == set(template):
+        return None
+    missing = sorted(set(template) - set(got))
+    extra = sorted(set(got) - set(template))
+    return f"parameter names differ from the global model (missing {missing[:5]}, unexpected {extra[:5]})"
+
+
+def shape_problem(name: str, shape: tuple[int, ...], ref: tuple[int, ...]) -> str:
+    return f"'{name}' has shape {shape}, the global model has {ref}"
+
+
+def nonfinite_problem(name: str) -> str:
+    return f"'{name}' holds non-finite values (NaN or Inf)"
+
+
+def count_problem(n: object) -> str | None:
+    """Why ``n`` is not a valid example count, or None."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        return f"num_examples={n!r} is not a positive integer (a reply's 'num-examples')"
+    return None
+
+
+def label_hist_problem(h: np.ndarray, num_classes: int) -> str | None:
+    """Why ``h`` is not a label histogram over ``num_classes`` classes, or None."""
+    if h.shape != (num_classes,):
+        return f"label_hist has shape {h.shape}, expected ({num_classes},): one count per class"
+    if not np.issubdtype(h.dtype, np.number) or not np.all(np.isfinite(h)) or np.any(h < 0):
+        return "label_hist has negative or non-finite counts"
+    if h.sum() <= 0:
+        return "label_hist is all zero"
+    return None
+
+
+def missing_hist_problem(rule: str) -> str:
+    return (f"aggregator '{rule}' needs each client's label_hist (a ClientApp sends it as 'label-hist', "
+            "a list of per-class counts, in the reply's metrics); none was sent")
+
+
+def check_update(u: ClientUpdate, template: Params, num_classes: int, needs_hist: str | None = None,
+                 *, params_checked: bool = False) -> None:
+    """Raise InvalidUpdate if ``u``'s parameter names or shapes differ from the
+    global model's, a float tensor holds non-finite values, its example count
+    is not positive, or its label histogram is malformed (or missing, when
+    ``needs_hist`` names a rule that needs one). ``params_checked``: the
+    parameters were already checked (a stacked chunk, at once)."""
+    if not params_checked:
+        why = names_problem(list(u.params), template)
+        if why:
+            raise InvalidUpdate(why)
         for name, ref in template.items():
             a = np.asarray(u.params[name])
             if a.shape != ref.shape:
-                raise InvalidUpdate(f"client {cid}: '{name}' has shape {a.shape}, the global model has {ref.shape}")
+                raise InvalidUpdate(shape_problem(name, a.shape, ref.shape))
             if is_float(a) and not _all_finite(a):
-                raise InvalidUpdate(f"client {cid}: '{name}' holds non-finite values")
-        n = u.num_examples
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise InvalidUpdate(f"client {cid}: num_examples={n!r} must be a positive integer")
-        if u.label_hist is None:
-            if needs_hist:
-                raise InvalidUpdate(
-                    f"client {cid}: aggregator '{needs_hist}' needs each client's label_hist (a ClientApp "
-                    "sends it as 'label-hist', a list of per-class counts, in the reply's metrics); none was sent"
-                )
-            continue
-        h = np.asarray(u.label_hist)
-        if h.shape != (num_classes,):
-            raise InvalidUpdate(f"client {cid}: label_hist has shape {h.shape}, expected ({num_classes},)")
-        if not np.issubdtype(h.dtype, np.number) or not np.all(np.isfinite(h)) or np.any(h < 0):
-            raise InvalidUpdate(f"client {cid}: label_hist has negative or non-finite counts")
-        if h.sum() <= 0:
-            raise InvalidUpdate(f"client {cid}: label_hist is all zero")
+                raise InvalidUpdate(nonfinite_problem(name))
+    why = count_problem(u.num_examples)
+    if why:
+        raise InvalidUpdate(why)
+    if u.label_hist is None:
+        if needs_hist:
+            raise InvalidUpdate(missing_hist_problem(needs_hist))
+        return
+    why = label_hist_problem(np.asarray(u.label_hist), num_classes)
+    if why:
+        raise InvalidUpdate(why)
 
 
 def check_output(out: Params, template: Params, who: str) -> None:

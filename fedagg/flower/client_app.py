@@ -12,26 +12,51 @@ local file.
 
 Handlers: ``query`` (the client's id, example count and label histogram),
 ``train`` (local training; replies ``arrays`` and ``metrics`` with
-``num-examples``, ``train-loss``, ``partition-id``, ``label-hist``) and
-``evaluate`` (the received model on the client's validation split --
-``val_fraction`` -- or on its training split if it has none; replies
-``num-examples``, ``loss``, ``accuracy``).
+``num-examples``, ``train-loss``, ``partition-id``, ``label-hist``),
+``train.chunk`` (a chunk of clients in one message, from fedagg's simulation
+grids: trained stacked -- :mod:`fedagg.task.cohort` -- where the grid asks for
+it and the model allows it, else one by one; one reply for the chunk, see
+:mod:`fedagg.flower.chunk`) and ``evaluate`` (the received model on the
+client's validation split -- ``val_fraction`` -- or on its training split if it
+has none; replies ``num-examples``, ``loss``, ``accuracy``).
+
+What a client does in a round is written once, in :func:`_train_clients`: the
+single-client ``train`` handler is the chunk of one.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from ..data.federated import ClientData, get_federated_data
+from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_reason
 from ..task.models import build_model
 from ..task.train import evaluate as evaluate_model
 from ..task.train import get_params, round_lr, set_params, train_local
-from .codec import params_to_record, record_to_params
-from .instruction import ClientInstruction, ModelSpec
+from . import chunk
+from .codec import record_to_params
+from .protocol import (
+    ACCURACY,
+    ARRAYS,
+    CONFIG,
+    DATA_PATH,
+    LABEL_HIST,
+    LOSS,
+    METRICS,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    ClientInstruction,
+    ModelSpec,
+    SimPlan,
+    train_metrics,
+    train_reply,
+)
 
 app = ClientApp()
 
@@ -54,12 +79,16 @@ def _model(spec: ModelSpec) -> torch.nn.Module:
 
 
 def _partition_id(context: Context, instr: ClientInstruction) -> int:
-    if "partition-id" not in context.node_config:
-        raise ValueError("node config has no 'partition-id'; start the SuperNode with --node-config 'partition-id=<i> num-partitions=<N>'")
-    pid = int(context.node_config["partition-id"])
+    if PARTITION_ID not in context.node_config:
+        raise ValueError(f"node config has no '{PARTITION_ID}'; start the SuperNode with --node-config "
+                         f"'{PARTITION_ID}=<i> num-partitions=<N>'")
+    return _check_pid(int(context.node_config[PARTITION_ID]), instr)
+
+
+def _check_pid(pid: int, instr: ClientInstruction) -> int:
     n = instr.num_clients
     if not 0 <= pid < n:
-        raise ValueError(f"partition-id={pid} is out of range 0..{n - 1} (num_clients={n})")
+        raise ValueError(f"{PARTITION_ID}={pid} is out of range 0..{n - 1} (num_clients={n})")
     return pid
 
 
@@ -79,7 +108,7 @@ def _client_data(context: Context, instr: ClientInstruction, pid: int) -> tuple[
     ``data-path`` (a local .npz with x_train/y_train, shaped like the
     experiment's dataset) the node trains on that file instead of its shard
     of the spec's dataset; otherwise the shard ``partition-id``."""
-    path = context.node_config.get("data-path")
+    path = context.node_config.get(DATA_PATH)
     if not path:
         fd = get_federated_data(instr.data)
         return fd.client(pid), fd.num_classes
@@ -108,63 +137,148 @@ def _hist(y: np.ndarray, k: int) -> list[int]:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Report the stable client id, example count and label histogram."""
-    instr = ClientInstruction.decode(msg.content["config"])
+    instr = ClientInstruction.decode(msg.content[CONFIG])
     pid = _partition_id(context, instr)
     data, k = _client_data(context, instr, pid)
-    metrics = MetricRecord(
-        {"partition-id": pid, "num-examples": len(data.y_train), "label-hist": _hist(data.y_train, k)}
-    )
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: len(data.y_train), LABEL_HIST: _hist(data.y_train, k)})
+    return Message(RecordDict({METRICS: metrics}), reply_to=msg)
+
+
+# --------------------------------------------------------------------------- a client's work in a round
+@dataclass(frozen=True)
+class _Client:
+    """One client of a chunk: its instruction, its id and the model it was sent."""
+
+    instr: ClientInstruction
+    pid: int
+    arrays: ArrayRecord
+
+
+def _stackable(clients: Sequence[_Client]) -> str | None:
+    """Why these clients cannot train as one stacked model (None: they can)."""
+    first = clients[0].instr
+    model = _model(first.model)
+    reason = unsupported_reason(model, optimizer=first.train.optimizer, input_shape=first.model.input_shape)
+    if reason is None:
+        same = replace(first, plan=SimPlan())
+        if any(replace(c.instr, plan=SimPlan()) != same for c in clients[1:]):
+            reason = "the chunk's clients have different training setups"
+    return reason
+
+
+def _train_clients(clients: Sequence[_Client], context: Context, stacked: bool = False,
+                   ) -> list[chunk.Trained | BaseException]:
+    """What each client does in a round: its fault, its shard, its planned work
+    (:meth:`ClientInstruction.work`), training, its reply's values -- or the exception
+    that stands for its failure, in order. ``stacked``: train them as one stacked
+    model where the model allows it; else one by one."""
+    if stacked and clients:
+        reason = _stackable(clients)
+        if reason:
+            log_fallback_once(reason)
+            stacked = False
+    outcomes: list[chunk.Trained | BaseException | None] = [None] * len(clients)
+    decoded: dict[int, dict[str, np.ndarray]] = {}  # id(ArrayRecord) -> params: a shared model is decoded once
+    members: list[tuple[int, Member, int, np.ndarray]] = []
+    for j, c in enumerate(clients):
+        instr, pid = c.instr, c.pid
+        try:
+            if instr.plan.fault == "crash":
+                raise InjectedFault(f"client {pid}: injected crash (heterogeneity=crashes)")
+            data, k = _client_data(context, instr, pid)
+            work = instr.work(len(data.y_train))
+            if id(c.arrays) not in decoded:
+                decoded[id(c.arrays)] = record_to_params(c.arrays)
+            params = decoded[id(c.arrays)]
+            hist = np.bincount(data.y_train, minlength=k)
+            if stacked:
+                if not work.replies:  # its work would be discarded: not trained (only its step count is said)
+                    raise _fault(pid, work.fault, work.steps)
+                members.append((j, Member(pid, data.x_train, data.y_train, params, epochs=instr.epochs,
+                                          steps=instr.train.steps, work_fraction=work.work_fraction),
+                                len(data.y_train), hist))
+                continue
+            opts = instr.train
+            model = _model(instr.model)
+            set_params(model, params)
+            # a dropout trains half the round, then disappears; a straggler does part of it
+            res = train_local(
+                model, data.x_train, data.y_train,
+                epochs=instr.epochs, steps=opts.steps,
+                batch_size=opts.batch_size, lr=round_lr(opts.lr, instr.round, opts.lr_decay, opts.lr_decay_every),
+                optimizer=opts.optimizer, momentum=opts.momentum, weight_decay=opts.weight_decay,
+                proximal_mu=opts.proximal_mu, work_fraction=work.work_fraction, seed=instr.seed, round=instr.round,
+                client=pid, device=_device(instr),
+            )
+            if not work.replies:
+                raise _fault(pid, work.fault, res.steps)
+            outcomes[j] = chunk.Trained(pid, get_params(model), len(data.y_train), float(res.loss),
+                                        float(res.accuracy), int(res.steps), hist)
+        except Exception as e:  # noqa: BLE001 - a failing client is its failure, the chunk goes on
+            outcomes[j] = e
+    if members:
+        first = clients[members[0][0]].instr
+        opts = first.train
+        try:
+            results = train_cohort(
+                _model(first.model), [m for _, m, _, _ in members], batch_size=opts.batch_size,
+                lr=round_lr(opts.lr, first.round, opts.lr_decay, opts.lr_decay_every), momentum=opts.momentum,
+                weight_decay=opts.weight_decay, proximal_mu=opts.proximal_mu, seed=first.seed, round=first.round,
+                device=_device(first),
+            )
+            for (j, m, n, hist), (params, res) in zip(members, results):
+                outcomes[j] = chunk.Trained(m.client, params, n, float(res.loss), float(res.accuracy),
+                                            int(res.steps), hist)
+        except Exception as e:  # noqa: BLE001 - the whole cohort failed: each client gets the error
+            for j, *_ in members:
+                outcomes[j] = e
+    return [o for o in outcomes if o is not None]  # type: ignore[misc]
+
+
+def _fault(pid: int, fault: str | None, steps: int) -> InjectedFault:
+    if fault == "dropout":
+        return InjectedFault(f"client {pid}: dropped out mid-round after {steps} steps")
+    return InjectedFault(f"client {pid}: straggler missed the round deadline")
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    instr = ClientInstruction.decode(msg.content["config"])
-    pid = _partition_id(context, instr)
-    plan, opts = instr.plan, instr.train
-    if plan.fault == "crash":
-        raise InjectedFault(f"client {pid}: injected crash (heterogeneity=crashes)")
-    data, k = _client_data(context, instr, pid)
-    model = _model(instr.model)
-    set_params(model, record_to_params(msg.content.array_records["arrays"]))
-    # a dropout trains half the round, then disappears; a straggler does part of it
-    work = 0.5 if plan.fault == "dropout" else plan.work_fraction
-    res = train_local(
-        model, data.x_train, data.y_train,
-        epochs=instr.epochs, steps=opts.steps,
-        batch_size=opts.batch_size, lr=round_lr(opts.lr, instr.round, opts.lr_decay, opts.lr_decay_every),
-        optimizer=opts.optimizer, momentum=opts.momentum, weight_decay=opts.weight_decay,
-        proximal_mu=opts.proximal_mu, work_fraction=work, seed=instr.seed, round=instr.round, client=pid,
-        device=_device(instr),
-    )
-    if plan.fault == "dropout":
-        raise InjectedFault(f"client {pid}: dropped out mid-round after {res.steps} steps")
-    if plan.fault == "deadline":
-        raise InjectedFault(f"client {pid}: straggler missed the round deadline")
-    metrics = MetricRecord(
-        {
-            "partition-id": pid,
-            "num-examples": len(data.y_train),
-            "train-loss": float(res.loss),
-            "train-accuracy": float(res.accuracy),
-            "steps": int(res.steps),
-            "label-hist": _hist(data.y_train, k),
-        }
-    )
-    return Message(
-        RecordDict({"arrays": params_to_record(get_params(model)), "metrics": metrics}), reply_to=msg
-    )
+    """One client: the chunk of one."""
+    instr = ClientInstruction.decode(msg.content[CONFIG])
+    client = _Client(instr, _partition_id(context, instr), msg.content.array_records[ARRAYS])
+    (out,) = _train_clients([client], context)
+    if isinstance(out, BaseException):
+        raise out
+    return train_reply(msg, out.params, train_metrics(out.pid, out.num_examples, out.loss, out.accuracy, out.steps,
+                                                      out.label_hist))
+
+
+@app.train(chunk.ROUTE)
+def train_chunk(msg: Message, context: Context) -> Message:
+    """A chunk of clients (fedagg's simulation grids): one reply for all of them."""
+    req = chunk.read(msg)
+    clients: list[_Client] = []
+    outcomes: list[chunk.Trained | BaseException | None] = []
+    for raw, pid, rec in zip(req.instructions, req.partition_ids, req.arrays):
+        try:
+            instr = ClientInstruction.decode({chunk.INSTRUCTION: raw})
+            clients.append(_Client(instr, _check_pid(pid, instr), rec))
+            outcomes.append(None)
+        except Exception as e:  # noqa: BLE001 - this client fails, the chunk goes on
+            outcomes.append(e)
+    it = iter(_train_clients(clients, context, req.stacked))
+    return chunk.reply(msg, req.message_ids, [o if o is not None else next(it) for o in outcomes])
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received model on this client's validation split (its training split if it has none)."""
-    instr = ClientInstruction.decode(msg.content["config"])
+    instr = ClientInstruction.decode(msg.content[CONFIG])
     pid = _partition_id(context, instr)
     data, _ = _client_data(context, instr, pid)
     x, y = (data.x_val, data.y_val) if len(data.y_val) else (data.x_train, data.y_train)
     model = _model(instr.model)
-    set_params(model, record_to_params(msg.content.array_records["arrays"]))
+    set_params(model, record_to_params(msg.content.array_records[ARRAYS]))
     loss, acc = evaluate_model(model, x, y)
-    metrics = MetricRecord({"partition-id": pid, "num-examples": len(y), "loss": float(loss), "accuracy": float(acc)})
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: len(y), LOSS: float(loss), ACCURACY: float(acc)})
+    return Message(RecordDict({METRICS: metrics}), reply_to=msg)

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 from flwr.app import ConfigRecord
 
+from ..task.work import WorkPlan, plan_work
+
 KEY = "fedagg.instruction"
 FAULTS = ("crash", "dropout", "deadline")
 
@@ -96,6 +98,12 @@ class ClientInstruction:
     def epochs(self) -> int:
         """Local epochs this round: the simulation plan's, else the configured ones."""
         return self.plan.epochs if self.plan.epochs is not None else self.train.epochs
+
+    def work(self, n: int) -> WorkPlan:
+        """This client's work this round, on its shard of ``n`` training examples."""
+        tr = self.train
+        return plan_work(n, epochs=self.epochs, steps=tr.steps, batch_size=tr.batch_size,
+                         work_fraction=self.plan.work_fraction, fault=self.plan.fault)
 
     def for_client(self, round: int, plan: SimPlan, proximal_mu: float | None = None) -> ClientInstruction:
         """This instruction for one client in one round (``proximal_mu``: a FedProx

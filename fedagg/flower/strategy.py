@@ -7,7 +7,8 @@
    ClientApp, the typed :class:`ClientInstruction` with the simulation's
    plan for that client;
 2. the grid delivers them and returns the replies that arrived in time;
-3. ``aggregate_train`` validates each reply at the boundary (codec), turns
+3. ``aggregate_train`` validates each reply at the boundary (protocol; a
+   chunk reply of fedagg's grids at once, :mod:`fedagg.flower.chunk`), turns
    the valid ones into ``ClientUpdate`` values keyed by the stable client
    id, hands them to the rule's ``Aggregator.apply`` with a ``RoundInfo`` of
    what was observed, and returns the new global ``ArrayRecord`` and a
@@ -43,7 +44,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from flwr.app import (
@@ -66,14 +67,24 @@ from ..aggregators.base import (
     Metrics,
     Params,
     RoundInfo,
+    missing_hist_problem,
 )
 from ..outcomes import FailureWatch
 from ..seeding import rng
+from . import chunk
 from .callbacks import RoundCallback
-from .codec import example_count, params_to_record, record_to_params, reply_to_update, single_record
-from .instruction import ClientInstruction, SimPlan
+from .codec import params_to_record, record_to_params
 from .metrics import aggregate_reply_metrics
 from .options import FlowerOptions
+from .protocol import (
+    METRICS,
+    PARTITION_ID,
+    ClientInstruction,
+    SimPlan,
+    decode_train_reply,
+    example_count,
+    single_record,
+)
 
 log = logging.getLogger("fedagg")
 flwr_log = logging.getLogger("flwr")  # the per-round lines Flower's own strategies print
@@ -109,6 +120,12 @@ class RoundRecord:
     test_accuracy: float | None = None
     client_eval: dict[str, float] = field(default_factory=dict)  # aggregated client-side evaluation
     seconds: float = 0.0
+
+
+def _error_line(reason: str | None) -> str:
+    """A client's error, as the round's record says it: the last line of its reason."""
+    lines = (reason or "").strip().splitlines()
+    return f"client error: {lines[-1][:300] if lines else 'unknown'}"
 
 
 class FedaggStrategy(Strategy):
@@ -458,14 +475,32 @@ class FedaggStrategy(Strategy):
     def _aggregate(self, rnd: int, replies: list[Message]) -> RoundRecord:
         if rnd != self._round:
             log.warning("round %d: aggregate_train after configure_train of round %d", rnd, self._round)
-        by_node = self._replies_by_node(rnd, replies)
+        chunks = [m for m in replies if chunk.is_chunk_reply(m)]
+        by_node = self._replies_by_node(rnd, [m for m in replies if not chunk.is_chunk_reply(m)])
         self._learn_ids(by_node)
         updates: list[ClientUpdate] = []
-        accepted: list[tuple[RecordDict, MetricRecord, int]] = []
+        accepted: list[tuple[RecordDict | None, Mapping[str, Any]]] = []  # (reply content, its metrics) per update
         failed: dict[int, str] = {}
         rejected: dict[int, str] = {}
         opts = self.options
+        needs_hist = self.aggregator.name if self.aggregator.needs_label_hist else None
+        rows = self._chunk_rows(rnd, chunks, needs_hist) if chunks else {}
         for node, (cid, sent) in self._sent.items():
+            row = rows.get(node)
+            if row is not None:  # one client of a chunk reply (fedagg's grids)
+                if row.failed is not None:
+                    failed[cid] = _error_line(row.failed)
+                elif row.rejected is not None:
+                    rejected[cid] = row.rejected
+                else:
+                    why = self._echo_problem(row.pid, node, cid)
+                    if why:
+                        rejected[cid] = why
+                    else:
+                        assert row.update is not None and row.metrics is not None
+                        updates.append(row.update)
+                        accepted.append((None, row.metrics))
+                continue
             reply = by_node.get(node)
             why = _failure(reply)
             if why is not None or reply is None:
@@ -473,19 +508,15 @@ class FedaggStrategy(Strategy):
                 continue
             try:
                 self._check_echo(reply, cid)
-                u = reply_to_update(reply, cid, sent, self.num_classes or 0, self.max_update_norm,
-                                    weight_key=opts.weighted_by_key, arrays_key=opts.arrayrecord_key)
-                if u.label_hist is None and self.aggregator.needs_label_hist:
-                    raise InvalidUpdate(
-                        f"aggregator '{self.aggregator.name}' needs each client's label_hist: reply "
-                        "'label-hist' (per-class counts) in the train metrics"
-                        + ("" if self.num_classes else " and pass num_classes= to strategy_for")
-                    )
+                u = decode_train_reply(reply, cid, sent, self.num_classes or 0, self.max_update_norm, needs_hist,
+                                       weight_key=opts.weighted_by_key, arrays_key=opts.arrayrecord_key)
                 updates.append(u)
-                accepted.append((reply.content, single_record(reply.content.metric_records, "metrics", "MetricRecord"),
-                                 u.num_examples))
+                accepted.append((reply.content, single_record(reply.content.metric_records, METRICS, "MetricRecord")))
             except InvalidUpdate as e:
                 rejected[cid] = str(e)
+        if needs_hist and not self.num_classes:  # a foreign app's histograms are read once the number is known
+            hint = missing_hist_problem(needs_hist)
+            rejected = {c: w + " (pass num_classes= to strategy_for)" if w == hint else w for c, w in rejected.items()}
         for cid, why in failed.items():
             log.info("round %d: client %d failed: %s", rnd, cid, why)
         for cid, why in rejected.items():
@@ -501,7 +532,7 @@ class FedaggStrategy(Strategy):
         self.params, agg_metrics = self.aggregator.apply(self.params, updates, info)
         self._reply_metrics = aggregate_reply_metrics(
             opts.train_metrics_aggr_fn, [a[0] for a in accepted], [a[1] for a in accepted],
-            [a[2] for a in accepted], opts.weighted_by_key)
+            [u.num_examples for u in updates], opts.weighted_by_key)
         n = np.array([u.num_examples for u in updates], dtype=float)
         losses = [u.train_loss for u in updates]
         train_loss = None
@@ -510,10 +541,28 @@ class FedaggStrategy(Strategy):
         return RoundRecord(rnd, asked, list(info.replied), failed, rejected, train_loss, agg_metrics)
 
     def _check_echo(self, reply: Message, cid: int) -> None:
-        pid = _echoed_id(reply)
-        told = self._grid_ids or reply.metadata.src_node_id in self._told
+        why = self._echo_problem(_echoed_id(reply), reply.metadata.src_node_id, cid)
+        if why:
+            raise InvalidUpdate(why)
+
+    def _echo_problem(self, pid: object, node: int, cid: int) -> str | None:
+        told = self._grid_ids or node in self._told
         if pid is not None and told and pid != cid:
-            raise InvalidUpdate(f"the reply says partition-id={pid}, but its node serves client {cid}")
+            return f"the reply says {PARTITION_ID}={pid}, but its node serves client {cid}"
+        return None
+
+    def _chunk_rows(self, rnd: int, replies: list[Message], needs_hist: str | None) -> dict[int, chunk.Row]:
+        """Each asked node's outcome in this round's chunk replies (fedagg's grids), by node id."""
+        rows: dict[int, chunk.Row] = {}
+        for r in replies:
+            if r.metadata.group_id and r.metadata.group_id != str(rnd):
+                log.info("round %d: ignored a chunk reply of round %s", rnd, r.metadata.group_id)
+                continue
+            nodes = chunk.message_nodes(r)  # message id -> the node it was sent to
+            sent = {mid: self._sent[node] for mid, node in nodes.items() if node in self._sent and node not in rows}
+            for mid, row in chunk.updates(r, sent, self.num_classes or 0, self.max_update_norm, needs_hist).items():
+                rows[nodes[mid]] = row
+        return rows
 
     # -- the loop -------------------------------------------------------------------
     def start(  # type: ignore[override]  # Flower's signature, plus callbacks, a start round and a wrapper
@@ -550,6 +599,9 @@ class FedaggStrategy(Strategy):
         self._arrays = None
         self._sync(initial_arrays)
         self.connect(grid)
+        if hasattr(grid, "chunk_replies"):  # fedagg's grids: a chunk's reply as it is, read in aggregate_train
+            # ... unless a wrapper or a user's metrics hook must read the per-client replies
+            grid.chunk_replies = via is None and self.options.train_metrics_aggr_fn is None
         if self.log_rounds:
             flwr_log.info("Starting %s strategy:", type(driver).__name__)
             log_strategy_start_info(num_rounds, initial_arrays, train_config, evaluate_config)
@@ -649,8 +701,7 @@ def _failure(reply: Message | None) -> str | None:
     if reply is None:
         return "no reply before the round timeout"
     if reply.has_error():
-        reason = (reply.error.reason or "").strip().splitlines()
-        return f"client error: {reason[-1][:300] if reason else 'unknown'}"
+        return _error_line(reply.error.reason)
     return None
 
 

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
 
+from ..flower.protocol import NUM_PARTITIONS, PARTITION_ID
 from .calls import call_client
 
 NODE_ID_BASE = 1000  # simulated node i (partition-id i) has id 1000 + i
@@ -49,10 +50,15 @@ class SimulatedGrid(Grid):
     ``NODE_ID_BASE + i`` serving client (partition) ``i``; subclasses deliver
     the messages. The node <-> client map is known by construction
     (:meth:`client_node_map`), so no query round is needed, and nothing per
-    node exists until the node is sent a message."""
+    node exists until the node is sent a message. With ``vector`` settings a
+    round's TRAIN messages go to the ClientApp in chunks (one message, one
+    reply each; :mod:`fedagg.runtime.vectorised`)."""
 
     num_nodes: int
     _run: Any = None
+    # True: send_and_receive hands back a chunk's reply as it is (one for the chunk's clients), not the
+    # per-client replies it stands for; fedagg's strategy sets it (FedaggStrategy.start), as it reads them
+    chunk_replies: bool = False
 
     @property
     def node_ids(self) -> range:
@@ -61,7 +67,7 @@ class SimulatedGrid(Grid):
     def node_config(self, node_id: int) -> dict[str, Any]:
         if node_id not in self.node_ids:
             raise ValueError(f"message to unknown node {node_id}")
-        return {"partition-id": node_id - NODE_ID_BASE, "num-partitions": self.num_nodes,
+        return {PARTITION_ID: node_id - NODE_ID_BASE, NUM_PARTITIONS: self.num_nodes,
                 **(getattr(self, "extra_node_config", None) or {})}
 
     def client_node_map(self) -> tuple[Mapping[int, int], Mapping[int, int]]:
@@ -87,11 +93,13 @@ class InProcessGrid(SimulatedGrid):
     def __init__(self, client_app: Any, num_nodes: int, node_config: dict[str, Any] | None = None,
                  vector: Any = None) -> None:
         self.client_app = client_app
-        self.vector = vector  # VectorSettings: train cohorts vectorised (runtime.vectorize)
+        self.vector = vector  # VectorSettings: a round's clients go in chunks (runtime.vectorize)
         self.num_nodes = int(num_nodes)
         self.extra_node_config = dict(node_config or {})
         self._contexts: dict[int, Context] = {}  # built when a node is first sent a message
         self._replies: dict[str, Message] = {}
+        self._chunks: dict[str, tuple[list[Message], Message]] = {}  # member message id -> (chunk, its reply)
+        self._worker: Context | None = None  # the Context chunk calls run in
 
     def context(self, node_id: int) -> Context:
         """The node's persistent Context (created on its first message)."""
@@ -110,32 +118,53 @@ class InProcessGrid(SimulatedGrid):
             ids.append(mid)
         rest = messages
         if self.vector is not None and self.vector.enabled:
-            from .vectorised import plan_chunks, run_chunk
+            from .vectorised import chunk_message, plan_chunks
 
-            chunks, rest = plan_chunks(messages, lambda nid: self.context(nid).node_config, self.vector.chunk)
+            chunks, rest = plan_chunks(messages, self.node_config, self.vector.chunk, self.vector.stacked)
+            if self._worker is None:
+                self._worker = Context(run_id=1, node_id=0, node_config=dict(self.extra_node_config),
+                                       state=RecordDict(), run_config={})
             for chunk in chunks:
-                replies = run_chunk(self.client_app, [(m, self.context(m.metadata.dst_node_id)) for m in chunk])
-                for m, r in zip(chunk, replies):
-                    self._replies[m.metadata.message_id] = r
+                reply = call_client(self.client_app, chunk_message(chunk, self.node_config, self.vector.stacked),
+                                    self._worker)
+                for m in chunk:
+                    self._chunks[m.metadata.message_id] = (chunk, reply)
         for msg in rest:
             self._replies[msg.metadata.message_id] = call_client(self.client_app, msg,
                                                                  self.context(msg.metadata.dst_node_id))
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(m) for m in message_ids if m in self._replies]
+        """Standard per-client replies (a chunk's reply is split)."""
+        from .vectorised import split_reply
+
+        out = []
+        for mid in message_ids:
+            if mid in self._chunks:
+                chunk, reply = self._chunks[mid]
+                for m, r in zip(chunk, split_reply(reply, chunk)):
+                    self._chunks.pop(m.metadata.message_id, None)
+                    self._replies[m.metadata.message_id] = r
+            if mid in self._replies:
+                out.append(self._replies.pop(mid))
+        return out
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
+        ids = list(self.push_messages(messages))
+        if not self.chunk_replies:
+            return self.pull_messages(ids)
+        out = list({id(r): r for _, r in (self._chunks[m] for m in ids if m in self._chunks)}.values())
+        for m in ids:
+            self._chunks.pop(m, None)
+        return out + [self._replies.pop(m) for m in ids if m in self._replies]
 
 
 def run_inprocess(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
     from ..flower.client_app import app as client_app
-    from .vectorised import check_supported, settings_from
+    from .vectorised import chunk_settings
 
-    vector = settings_from(exp.cfg.runtime)
-    vectorise = vector.enabled and check_supported(exp, vector) is None
+    vector = chunk_settings(exp)
     set_task_identity()
-    grid = InProcessGrid(client_app, exp.cfg.num_clients, vector=vector if vectorise else None)
+    grid = InProcessGrid(client_app, exp.cfg.num_clients, vector=vector)
     ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     server_app(grid, ctx)

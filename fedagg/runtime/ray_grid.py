@@ -119,13 +119,15 @@ class ClientWorker:
             self.token, self.contexts = token, {}
         return [call_client(self.app, msg, self._context(msg, nc)) for msg, nc in batch]
 
-    def run_cohort(self, token: str, batch: list[tuple[Message, dict[str, Any]]]) -> list[Message]:
-        """Train one cohort chunk as a stacked model (runtime.vectorize)."""
-        from .vectorised import run_chunk
-
+    def run_chunk(self, token: str, msg: Message, node_config: dict[str, Any]) -> Message:
+        """One chunk message (runtime.vectorize): the ClientApp's chunk handler answers it."""
         if token != self.token:
             self.token, self.contexts = token, {}
-        return run_chunk(self.app, [(msg, self._context(msg, nc)) for msg, nc in batch])
+        ctx = self.contexts.get(-1)
+        if ctx is None:
+            ctx = self.contexts[-1] = Context(run_id=1, node_id=0, node_config=dict(node_config), state=RecordDict(),
+                                              run_config={})
+        return call_client(self.app, msg, ctx)
 
 
 # --------------------------------------------------------------------------- the pool
@@ -354,6 +356,7 @@ class RayGrid(SimulatedGrid):
         self.token = uuid.uuid4().hex
         self._pending: dict[Any, tuple[int, list[Message], int, bool]] = {}  # ref -> (actor, msgs, attempt, cohort)
         self._replies: dict[str, Message] = {}
+        self._chunks: dict[str, tuple[list[Message], Message]] = {}  # member message id -> (chunk, its reply)
         self._pushes = 0
 
     @property
@@ -365,9 +368,14 @@ class RayGrid(SimulatedGrid):
 
     # -- sending -----------------------------------------------------------------
     def _submit(self, actor: int, msgs: list[Message], attempt: int, cohort: bool = False) -> None:
-        batch = [(m, self.node_config(m.metadata.dst_node_id)) for m in msgs]
-        method = self.pool.actors[actor].run_cohort if cohort else self.pool.actors[actor].run
-        ref = method.remote(self.token, batch)
+        if cohort:
+            from .vectorised import chunk_message
+
+            msg = chunk_message(msgs, self.node_config, self.vector.stacked)
+            ref = self.pool.actors[actor].run_chunk.remote(self.token, msg, dict(self.extra_node_config))
+        else:
+            batch = [(m, self.node_config(m.metadata.dst_node_id)) for m in msgs]
+            ref = self.pool.actors[actor].run.remote(self.token, batch)
         self._pending[ref] = (actor, msgs, attempt, cohort)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
@@ -378,11 +386,12 @@ class RayGrid(SimulatedGrid):
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
         ids = [m.metadata.message_id for m in messages]
         if self.vector is not None and self.vector.enabled:
-            from .vectorised import plan_chunks
+            from .vectorised import _plan, assign_chunks
 
-            chunks, messages = plan_chunks(messages, self.node_config, self.vector.chunk)
-            for j, chunk in enumerate(chunks):  # whole chunks, round-robin: a chunk's numbers never depend on workers
-                self._submit(j % self.num_workers, chunk, 0, cohort=True)
+            chunks, work, messages = _plan(messages, self.node_config, self.vector.chunk, self.vector.stacked)
+            # whole chunks, the most work first to the least loaded worker: a chunk's numbers never depend on workers
+            for chunk, actor in zip(chunks, assign_chunks(work, self.num_workers)):
+                self._submit(actor, chunk, 0, cohort=True)
         for msg in messages:
             per_actor.setdefault(self.actor_of(msg.metadata.dst_node_id), []).append(msg)
         for actor, msgs in per_actor.items():
@@ -403,6 +412,10 @@ class RayGrid(SimulatedGrid):
         actor, msgs, attempt, cohort = self._pending.pop(ref)
         try:
             replies = ray.get(ref)
+            if cohort:  # one reply for the chunk
+                for m in msgs:
+                    self._chunks[m.metadata.message_id] = (msgs, replies)
+                return
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
                 ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError) as e:
             if attempt < self.max_retries:
@@ -445,23 +458,39 @@ class RayGrid(SimulatedGrid):
             self._pending.clear()
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(m) for m in message_ids if m in self._replies]
+        """Standard per-client replies (a chunk's reply is split)."""
+        from .vectorised import split_reply
+
+        out = []
+        for mid in message_ids:
+            if mid in self._chunks:
+                chunk, reply = self._chunks[mid]
+                for m, r in zip(chunk, split_reply(reply, chunk)):
+                    self._chunks.pop(m.metadata.message_id, None)
+                    self._replies[m.metadata.message_id] = r
+            if mid in self._replies:
+                out.append(self._replies.pop(mid))
+        return out
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         ids = list(self.push_messages(messages))
         self.wait(timeout)
-        out = list(self.pull_messages(ids))
+        if self.chunk_replies:  # a chunk's reply as it is (fedagg's strategy reads it)
+            out = list({id(r): r for _, r in (self._chunks[m] for m in ids if m in self._chunks)}.values())
+            out += [self._replies[m] for m in ids if m in self._replies]
+        else:
+            out = list(self.pull_messages(ids))
         self._replies.clear()  # nothing from this round survives into the next
+        self._chunks.clear()
         return out
 
 
 # --------------------------------------------------------------------------- entry point
 def run_ray(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
-    from .vectorised import check_supported, settings_from
+    from .vectorised import chunk_settings
 
     rt: RuntimeConfig = exp.cfg.runtime
-    vector = settings_from(rt)
-    vectorise = vector.enabled and check_supported(exp, vector) is None  # before Ray starts
+    vector = chunk_settings(exp)  # before Ray starts: a refused setting starts nothing
     t0 = time.perf_counter()
     set_task_identity()
     init_ray(rt)
@@ -473,7 +502,6 @@ def run_ray(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
     result["runtime_info"] = {"workers": len(pool.actors), "ray_init_s": t1 - t0, "workers_s": t2 - t1,
                               "worker_pids": [i["pid"] for i in pool.info],
                               "worker_nodes": [i["node_id"] for i in pool.info]}
-    grid = RayGrid(pool, exp.cfg.num_clients, batch_size=rt.batch_size, max_retries=rt.max_retries,
-                   vector=vector if vectorise else None)
+    grid = RayGrid(pool, exp.cfg.num_clients, batch_size=rt.batch_size, max_retries=rt.max_retries, vector=vector)
     ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     server_app(grid, ctx)

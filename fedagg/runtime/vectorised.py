@@ -10,31 +10,33 @@ nor on scheduling. A stacked step costs about the same whether one client or
 all of the chunk still works, so clients with similar step counts are put
 together: on MNIST-1D with Dirichlet shards that made a round up to 15 %
 faster than chunks in plain client-id order (README, Performance).
-:func:`run_chunk` trains one chunk as one stacked model
-(:mod:`fedagg.task.cohort`) and builds, per message, exactly the reply the
-ClientApp would have built: the same metrics keys and label histogram, and
-the same error replies for injected faults (crash, dropout, deadline).
-Messages the cohort path does not handle (not TRAIN, a node with its own
-``data-path``, an unsupported model or optimiser) go through the ClientApp
-one by one; the reason is logged once. The ClientApp used in deployment is
-untouched.
+A chunk travels as one message (:func:`chunk_message`) to the ClientApp's
+chunk handler, which trains it -- as one stacked model where
+:func:`chunk_settings` allows it (:mod:`fedagg.task.cohort`), else client by
+client (models that cannot be stacked, or under ``vectorize=auto`` train
+slower stacked; the reason is logged once) -- and answers with one reply
+(:mod:`fedagg.flower.chunk`). fedagg's strategy reads that reply as it is;
+for anyone else the grid turns it into the standard per-client replies
+(:func:`split_reply`). Messages that are not chunked (not TRAIN, a node with
+its own ``data-path``, no readable instruction) go to the ClientApp one by
+one. This module only plans and carries messages; what a client does is the
+ClientApp's.
 """
 from __future__ import annotations
 
 import functools
 import json
 import logging
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from flwr.app import Context, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Error, Message, MessageType
 
 from ..errors import ConfigError
-from ..flower.instruction import KEY, ClientInstruction
-from ..task.cohort import Member, log_fallback_once, planned_steps, slower_reason, train_cohort, unsupported_reason
-from ..task.train import round_lr
+from ..flower.protocol import CONFIG, DATA_PATH, INSTRUCTION, PARTITION_ID, ClientInstruction
+from ..task.cohort import log_fallback_once, slower_reason, unsupported_reason
 from .calls import ERROR_CODE_CLIENT_EXCEPTION, reply_from_node
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ VECTORIZE_CHOICES = ("auto", "true", "false")
 class VectorSettings:
     mode: str = "auto"  # auto | true | false
     chunk: int = 10
+    stacked: bool = True  # chunks train as stacked models (False: one by one inside the worker)
 
     @property
     def enabled(self) -> bool:
@@ -79,16 +82,27 @@ def check_supported(exp: Any, settings: VectorSettings) -> str | None:
     if reason and settings.mode == "true":
         raise ConfigError(f"runtime.vectorize=true but this setup cannot be vectorised: {reason}; "
                           "use runtime.vectorize=auto (falls back to per-client training) or false")
-    if reason is None and settings.mode == "auto":
+    # CPU-only knowledge: on CUDA, stacked 2-D convolutions stay stacked (scripts/gpu_check.sh measures it)
+    if reason is None and settings.mode == "auto" and not str(exp.device).startswith("cuda"):
         reason = slower_reason(model)
     if reason:
         log_fallback_once(reason)
     return reason
 
 
+def chunk_settings(exp: Any) -> VectorSettings | None:
+    """How the simulation grids cut a round into chunks for ``exp`` (None:
+    ``runtime.vectorize=false``, one message per client): stacked where
+    :func:`check_supported` allows, else trained one by one inside the worker."""
+    settings = settings_from(exp.cfg.runtime)
+    if not settings.enabled:
+        return None
+    return replace(settings, stacked=check_supported(exp, settings) is None)
+
+
 # --------------------------------------------------------------------------- planning (grid side)
 def _instruction(msg: Message) -> ClientInstruction:
-    return ClientInstruction.decode(msg.content.config_records["config"])
+    return ClientInstruction.decode(msg.content[CONFIG])
 
 
 def _group_key(msg: Message) -> str | None:
@@ -96,7 +110,7 @@ def _group_key(msg: Message) -> str | None:
     instruction's JSON (sorted keys) without its ``plan`` entry; None if there is no
     readable instruction (the ClientApp then answers with the error)."""
     try:
-        raw = msg.content.config_records["config"][KEY]
+        raw = msg.content[CONFIG][INSTRUCTION]
     except Exception:  # noqa: BLE001 - no instruction: leave it to the ClientApp's error reply
         return None
     return _key_of(str(raw))
@@ -119,114 +133,102 @@ def planned_work(msg: Message, pid: int) -> int:
 
     try:
         instr = _instruction(msg)
-        plan, tr = instr.plan, instr.train
-        if plan.fault is not None:
+        if instr.plan.fault is not None:
             return 0
-        n = get_federated_data(instr.data).train_size(pid)
-        return planned_steps(n, epochs=instr.epochs, steps=tr.steps, batch_size=tr.batch_size,
-                             work_fraction=plan.work_fraction)
+        return instr.work(get_federated_data(instr.data).train_size(pid)).steps
     except Exception:  # noqa: BLE001 - the ClientApp path reports what is wrong with this message
         return 0
 
 
 def plan_chunks(messages: Sequence[Message], node_config: Callable[[int], dict[str, Any]],
-                chunk: int) -> tuple[list[list[Message]], list[Message]]:
+                chunk: int, stacked: bool = True) -> tuple[list[list[Message]], list[Message]]:
     """Split a round's messages into cohort chunks and the rest (sent one by one).
     Chunks: TRAIN messages with the same setup, ordered by (planned steps, client id),
-    ``chunk`` at a time."""
+    ``chunk`` at a time. ``stacked=False`` (chunks trained one by one, where a chunk's
+    cost is the sum of its clients' work): the same order dealt round-robin over the
+    chunks, so they carry about equal work and the workers finish together."""
+    chunks, _, rest = _plan(messages, node_config, chunk, stacked)
+    return chunks, rest
+
+
+def _plan(messages: Sequence[Message], node_config: Callable[[int], dict[str, Any]], chunk: int,
+          stacked: bool) -> tuple[list[list[Message]], list[int], list[Message]]:
+    """:func:`plan_chunks`, plus each chunk's planned work (its clients' steps)."""
     groups: dict[str, list[tuple[tuple[int, int], Message]]] = {}
     rest: list[Message] = []
     for msg in messages:
         nc = node_config(msg.metadata.dst_node_id)
-        if msg.metadata.message_type != MessageType.TRAIN or nc.get("data-path") or "partition-id" not in nc:
+        if msg.metadata.message_type != MessageType.TRAIN or nc.get(DATA_PATH) or PARTITION_ID not in nc:
             rest.append(msg)
             continue
         key = _group_key(msg)
         if key is None:
             rest.append(msg)
             continue
-        pid = int(nc["partition-id"])
+        pid = int(nc[PARTITION_ID])
         groups.setdefault(key, []).append(((planned_work(msg, pid), pid), msg))
-    chunks = []
+    chunks: list[list[Message]] = []
+    work: list[int] = []
     for key in sorted(groups):
-        ordered = [m for _, m in sorted(groups[key], key=lambda t: t[0])]
-        chunks += [ordered[s : s + chunk] for s in range(0, len(ordered), chunk)]
-    return chunks, rest
+        ordered = sorted(groups[key], key=lambda t: t[0])
+        m = -(-len(ordered) // chunk)
+        parts = [ordered[s : s + chunk] for s in range(0, len(ordered), chunk)] if stacked else \
+            [ordered[j::m] for j in range(m)]
+        chunks += [[msg for _, msg in part] for part in parts]
+        work += [sum(w for (w, _), _ in part) for part in parts]
+    return chunks, work, rest
 
 
-# --------------------------------------------------------------------------- training (worker side)
-def _error(msg: Message, exc: BaseException) -> Message:
-    reason = f"{type(exc).__name__}: {exc}"
+def assign_chunks(work: Sequence[int], workers: int) -> list[int]:
+    """The worker of each chunk: the largest planned work first, each to the least loaded worker
+    (ties: the lower index). Deterministic; a chunk's numbers never depend on where it runs."""
+    load = [0] * workers
+    out = [0] * len(work)
+    for j in sorted(range(len(work)), key=lambda j: (-work[j], j)):
+        w = min(range(workers), key=lambda i: (load[i], i))
+        out[j] = w
+        load[w] += max(1, work[j])
+    return out
+
+
+# --------------------------------------------------------------------------- chunks on the wire (grid side)
+def chunk_message(chunk: Sequence[Message], node_config: Callable[[int], dict[str, Any]], stacked: bool) -> Message:
+    """The one message that carries ``chunk`` to the ClientApp's chunk handler."""
+    from ..flower import chunk as wire
+
+    msg = wire.pack(chunk, [int(node_config(m.metadata.dst_node_id)[PARTITION_ID]) for m in chunk], stacked)
+    msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+    return msg
+
+
+def split_reply(reply: Message, chunk: Sequence[Message]) -> list[Message]:
+    """The standard per-client replies (one per message of ``chunk``, in order) that
+    the chunk's reply stands for: what a strategy that is not fedagg's receives, and
+    what the ClientApp's single-client handler would have answered."""
+    from ..flower import chunk as wire
+    from ..flower.protocol import train_metrics, train_reply
+
+    if reply.has_error():  # the handler failed as a whole: each client has its error
+        reason = reply.error.reason or "chunk handler failed"
+        return [_error(m, reason) for m in chunk]
+    try:
+        d = wire.decode(reply)
+    except Exception as e:  # noqa: BLE001 - malformed: each client has the error
+        return [_error(m, f"chunk reply cannot be decoded: {type(e).__name__}: {e}") for m in chunk]
+    by_id = {m.metadata.message_id: m for m in chunk}
+    out: dict[str, Message] = {}
+    for mid, e in zip(d.message_ids, d.errors):
+        if e and mid in by_id:
+            out[mid] = _error(by_id[mid], e)
+    for mid, row in d.rows():
+        if mid in by_id:
+            t = d.trained(row)
+            r = train_reply(by_id[mid], t.params, train_metrics(t.pid, t.num_examples, t.loss, t.accuracy, t.steps,
+                                                                 t.label_hist))
+            out[mid] = reply_from_node(r, by_id[mid])
+    return [out.get(m.metadata.message_id) or _error(m, "the chunk reply has no outcome for this client")
+            for m in chunk]
+
+
+def _error(msg: Message, reason: str) -> Message:
     return reply_from_node(Message(Error(code=ERROR_CODE_CLIENT_EXCEPTION, reason=reason), reply_to=msg), msg)
-
-
-def run_chunk(client_app: Any, batch: Sequence[tuple[Message, Context]]) -> list[Message]:
-    """Train one chunk (same setup) vectorised; one reply per message, in order.
-    Falls back to ``client_app`` per message where the setup cannot be vectorised."""
-    from ..flower import client_app as ca
-    from ..flower.codec import params_to_record, record_to_params
-    from .calls import call_client
-
-    if not batch:
-        return []
-    first = _instruction(batch[0][0])
-    opts = first.train
-    model = ca._model(first.model)
-    reason = unsupported_reason(model, optimizer=opts.optimizer,
-                                input_shape=first.model.input_shape)
-    if reason:
-        log_fallback_once(reason)
-        return [call_client(client_app, m, c) for m, c in batch]
-    replies: dict[int, Message] = {}
-    members: list[tuple[int, Member, int, np.ndarray, str | None]] = []
-    decoded: dict[int, dict[str, np.ndarray]] = {}  # id(ArrayRecord) -> params: a shared global model is decoded once
-    batch_size = opts.batch_size
-    for i, (msg, ctx) in enumerate(batch):
-        try:
-            instr = _instruction(msg)
-            pid = ca._partition_id(ctx, instr)
-            fault = instr.plan.fault
-            if fault == "crash":
-                raise ca.InjectedFault(f"client {pid}: injected crash (heterogeneity=crashes)")
-            data, k = ca._client_data(ctx, instr, pid)
-            epochs = instr.epochs
-            steps = instr.train.steps
-            work = 0.5 if fault == "dropout" else instr.plan.work_fraction
-            if fault == "dropout":  # its work is discarded: only the step count is reported
-                done = planned_steps(len(data.y_train), epochs=epochs, steps=steps, batch_size=batch_size,
-                                     work_fraction=work)
-                raise ca.InjectedFault(f"client {pid}: dropped out mid-round after {done} steps")
-            if fault == "deadline":
-                raise ca.InjectedFault(f"client {pid}: straggler missed the round deadline")
-            rec = msg.content.array_records["arrays"]
-            if id(rec) not in decoded:
-                decoded[id(rec)] = record_to_params(rec)
-            m = Member(pid, data.x_train, data.y_train, decoded[id(rec)], epochs=epochs, steps=steps,
-                       work_fraction=work)
-            hist = np.bincount(data.y_train, minlength=k)
-            members.append((i, m, len(data.y_train), hist, None))
-        except Exception as e:  # noqa: BLE001 - a failing client is an error reply, as in the ClientApp
-            replies[i] = _error(msg, e)
-    if members:
-        try:
-            results = train_cohort(
-                model, [m for _, m, _, _, _ in members], batch_size=batch_size,
-                lr=round_lr(opts.lr, first.round, opts.lr_decay, opts.lr_decay_every), momentum=opts.momentum, weight_decay=opts.weight_decay,
-                proximal_mu=opts.proximal_mu, seed=first.seed, round=first.round, device=ca._device(first),
-            )
-        except Exception as e:  # noqa: BLE001 - the whole chunk failed: each client gets the error
-            results = None
-            for i, *_ in members:
-                replies[i] = _error(batch[i][0], e)
-        if results is not None:
-            for (i, m, n, hist, _), (params, res) in zip(members, results):
-                msg = batch[i][0]
-                metrics = MetricRecord({
-                    "partition-id": m.client, "num-examples": int(n), "train-loss": float(res.loss),
-                    "train-accuracy": float(res.accuracy), "steps": int(res.steps),
-                    "label-hist": [int(c) for c in hist],
-                })
-                reply = Message(RecordDict({"arrays": params_to_record(params), "metrics": metrics}),
-                                reply_to=msg)
-                replies[i] = reply_from_node(reply, msg)
-    return [replies[i] for i in range(len(batch))]

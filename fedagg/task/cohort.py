@@ -46,6 +46,9 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..seeding import torch_generator
 from .train import TrainResult
+from .work import planned_steps
+
+__all__ = ["Member", "log_fallback_once", "planned_steps", "slower_reason", "train_cohort", "unsupported_reason"]
 
 log = logging.getLogger("fedagg")
 
@@ -70,14 +73,6 @@ class Member:
     epochs: int = 1
     steps: int = 0
     work_fraction: float = 1.0
-
-
-def planned_steps(n: int, *, epochs: int, steps: int, batch_size: int, work_fraction: float) -> int:
-    """The number of minibatch steps train_local does (same rule)."""
-    total = steps if steps > 0 else epochs * max(1, -(-n // batch_size))
-    if work_fraction < 1.0:
-        total = max(1, int(total * work_fraction))
-    return total
 
 
 _UNSUPPORTED_LAYERS: tuple[tuple[type, str], ...] = (

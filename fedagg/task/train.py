@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..seeding import torch_generator
+from .work import planned_steps
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -81,9 +82,7 @@ def train_local(
     opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     loss_fn = nn.CrossEntropyLoss()
-    total_steps = steps if steps > 0 else epochs * max(1, -(-n // batch_size))
-    if work_fraction < 1.0:
-        total_steps = max(1, int(total_steps * work_fraction))
+    total_steps = planned_steps(n, epochs=epochs, steps=steps, batch_size=batch_size, work_fraction=work_fraction)
     done, loss_sum, correct, seen = 0, 0.0, 0, 0
     while done < total_steps:
         perm = torch.randperm(n, generator=gen)
