@@ -239,3 +239,36 @@ def test_fedaggs_strategy_reads_chunk_replies_as_they_are(tmp_path, monkeypatch,
         assert rows[0] == rows[1]
         a, b = (torch.load(tmp_path / d / "model.pt") for d in ("auto", "false"))
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_chunk_rows_metrics_are_its_per_client_replies_and_their_mean_is_flowers():
+    """What the strategy aggregates of a chunk reply's clients (Flower's weighted mean of the replies'
+    metrics) equals what it aggregates of the same clients' per-client replies, and the mean itself is
+    Flower's ``aggregate_metricrecords`` to the last bit; a chunk reply names each message's node."""
+    from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+    from fedagg.flower.metrics import aggregate_reply_metrics
+    from fedagg.flower.protocol import train_metrics
+
+    sent, outs = _trained(4, seed=3)
+    for j, o in enumerate(outs):
+        o.loss, o.accuracy = 0.1 + 0.37 * j, 0.2 + 0.11 * j
+    ids = [f"m{j}" for j in range(4)]
+    msgs = [Message(RecordDict({ARRAYS: params_to_record(sent), CONFIG: ConfigRecord({chunk.INSTRUCTION: "{}"})}),
+                    dst_node_id=NODE_ID_BASE + 7 + j, message_type=MessageType.TRAIN) for j in range(4)]
+    for m, mid in zip(msgs, ids):
+        m.metadata.__dict__["_message_id"] = mid
+    req = chunk.pack(msgs, list(range(4)), stacked=False)
+    reply = chunk.reply(req, ids, outs)
+    assert chunk.message_nodes(reply) == {mid: NODE_ID_BASE + 7 + j for j, mid in enumerate(ids)}
+    rows = chunk.updates(reply, {mid: (j, sent) for j, mid in enumerate(ids)}, num_classes=2)
+    per_client = [train_metrics(o.pid, o.num_examples, o.loss, o.accuracy, o.steps, o.label_hist) for o in outs]
+    assert [dict(rows[m].metrics) for m in ids] == [dict(r) for r in per_client]
+    counts = [o.num_examples for o in outs]
+    from_chunk = aggregate_reply_metrics(None, [None] * 4, [rows[m].metrics for m in ids], counts, NUM_EXAMPLES)
+    from_replies = aggregate_reply_metrics(None, [None] * 4, per_client, counts, NUM_EXAMPLES)
+    flower = aggregate_metricrecords(
+        [RecordDict({METRICS: type(r)({k: v for k, v in r.items() if k != "partition-id"})}) for r in per_client],
+        NUM_EXAMPLES)
+    assert dict(from_chunk) == dict(from_replies) == dict(flower)
+    assert from_chunk[LABEL_HIST] == flower[LABEL_HIST] and "partition-id" not in from_chunk
