@@ -78,12 +78,12 @@ class EvalConfig:
 class DPConfig:
     """Flower's central differential privacy around the run's strategy (fedagg/dp.py)."""
 
-    mode: str = "none"  # none | server_fixed | server_adaptive (Flower's DifferentialPrivacyServerSide*Clipping)
+    mode: str = "none"  # none | server_fixed | server_adaptive | client_fixed | client_adaptive (Flower's DP wrappers)
     noise_multiplier: float = 0.0  # Gaussian noise stdev = noise_multiplier * clipping_norm / num_sampled_clients
-    clipping_norm: float = 1.0  # server_fixed: the norm each update is clipped to; server_adaptive: its start value
+    clipping_norm: float = 1.0  # *_fixed: the norm each update is clipped to; *_adaptive: its start value
     num_sampled_clients: Optional[int] = None  # clients a round is expected to ask; null = num_clients
-    target_clipped_quantile: float = 0.5  # server_adaptive: the fraction of updates to clip
-    clip_norm_lr: float = 0.2  # server_adaptive: the norm's learning rate
+    target_clipped_quantile: float = 0.5  # *_adaptive: the fraction of updates to clip
+    clip_norm_lr: float = 0.2  # *_adaptive: the norm's learning rate
 
 
 def check_dp(dp: DPConfig) -> None:
@@ -524,6 +524,11 @@ def check_fixed(cfg: Config) -> None:
           "it must be >= 0 (0 = never stop for failed rounds)")
     check_runtime(cfg.runtime)
     check_dp(cfg.dp)
+    from .dp import problem
+
+    why = problem(cfg)
+    if why:
+        raise ConfigError(why)
 
 
 def check_runtime(rt: RuntimeConfig) -> None:

@@ -17,6 +17,8 @@ settings are irrelevant here (the SuperLink is the runtime): ``runtime`` is
 forced to ``inprocess`` so Ray/GPU checks of the simulation runtimes do not
 apply. A deployment must never wait forever for a vanished SuperNode, so
 ``server.round_timeout: null`` becomes ``DEFAULT_ROUND_TIMEOUT`` seconds.
+The client-side ``dp.mode`` values are refused: the FAB's ClientApp is the
+plain ``app``, without Flower's clipping mods.
 """
 from __future__ import annotations
 
@@ -59,6 +61,13 @@ def compose_config(overrides: str | list[str]) -> Any:
 
     ov = shlex.split(overrides) if isinstance(overrides, str) else list(overrides)
     cfg = compose([*ov, "runtime=inprocess"], config_dir=str(conf_dir()))
+    from .dp import CLIENT_MODES
+    from .errors import ConfigError
+
+    if cfg.dp.mode in CLIENT_MODES:
+        raise ConfigError(f"dp.mode={cfg.dp.mode} is not available in a deployment: the SuperNodes' ClientApp "
+                          "(fedagg.flower.client_app:app) runs no clipping mod; use dp.mode=server_fixed or "
+                          "server_adaptive")
     if cfg.server.round_timeout is None:
         cfg.server.round_timeout = DEFAULT_ROUND_TIMEOUT
     return cfg

@@ -22,6 +22,13 @@ has none; replies ``num-examples``, ``loss``, ``accuracy``).
 
 What a client does in a round is written once, in :func:`_train_clients`: the
 single-client ``train`` handler is the chunk of one.
+
+``app`` is the ClientApp every runtime uses; :func:`for_dp_mode` picks the one
+for a run's ``dp.mode``: ``client_fixed`` and ``client_adaptive`` runs use the
+same handlers with Flower's ``fixedclipping_mod`` / ``adaptiveclipping_mod``
+around the per-client ``train`` handler (they clip the reply's update to the
+``clipping_norm`` that Flower's client-side DP wrapper puts in the message's
+config; not around the other handlers, whose messages carry no clipping norm).
 """
 from __future__ import annotations
 
@@ -33,6 +40,8 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.typing import Mod
 
 from ..data.federated import ClientData, get_federated_data
 from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_reason
@@ -57,8 +66,6 @@ from .protocol import (
     train_metrics,
     train_reply,
 )
-
-app = ClientApp()
 
 
 class InjectedFault(RuntimeError):
@@ -134,7 +141,6 @@ def _hist(y: np.ndarray, k: int) -> list[int]:
     return [int(c) for c in np.bincount(y, minlength=k)]
 
 
-@app.query()
 def query(msg: Message, context: Context) -> Message:
     """Report the stable client id, example count and label histogram."""
     instr = ClientInstruction.decode(msg.content[CONFIG])
@@ -241,7 +247,6 @@ def _fault(pid: int, fault: str | None, steps: int) -> InjectedFault:
     return InjectedFault(f"client {pid}: straggler missed the round deadline")
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     """One client: the chunk of one."""
     instr = ClientInstruction.decode(msg.content[CONFIG])
@@ -253,7 +258,6 @@ def train(msg: Message, context: Context) -> Message:
                                                       out.label_hist))
 
 
-@app.train(chunk.ROUTE)
 def train_chunk(msg: Message, context: Context) -> Message:
     """A chunk of clients (fedagg's simulation grids): one reply for all of them."""
     req = chunk.read(msg)
@@ -270,7 +274,6 @@ def train_chunk(msg: Message, context: Context) -> Message:
     return chunk.reply(msg, req.message_ids, [o if o is not None else next(it) for o in outcomes])
 
 
-@app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received model on this client's validation split (its training split if it has none)."""
     instr = ClientInstruction.decode(msg.content[CONFIG])
@@ -282,3 +285,22 @@ def evaluate(msg: Message, context: Context) -> Message:
     loss, acc = evaluate_model(model, x, y)
     metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: len(y), LOSS: float(loss), ACCURACY: float(acc)})
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)
+
+
+def _client_app(*train_mods: Mod) -> ClientApp:
+    """fedagg's handlers in one ClientApp; ``train_mods`` wrap the per-client ``train`` handler."""
+    client_app = ClientApp()
+    client_app.query()(query)
+    client_app.train(mods=list(train_mods))(train)
+    client_app.train(chunk.ROUTE)(train_chunk)
+    client_app.evaluate()(evaluate)
+    return client_app
+
+
+app = _client_app()
+_APPS = {"client_fixed": _client_app(fixedclipping_mod), "client_adaptive": _client_app(adaptiveclipping_mod)}
+
+
+def for_dp_mode(mode: str) -> ClientApp:
+    """The ClientApp for ``dp.mode=mode``: Flower's clipping mod for the client-side modes, else ``app``."""
+    return _APPS.get(mode, app)

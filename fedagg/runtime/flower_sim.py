@@ -17,7 +17,7 @@ from .ray_grid import loopback_ray
 def run_flower(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
     from flwr.simulation import run_simulation
 
-    from ..flower.client_app import app as client_app
+    from ..flower.client_app import for_dp_mode
 
     rt = exp.cfg.runtime
     init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
@@ -36,6 +36,6 @@ def run_flower(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     with loopback_ray(rt.address or None):  # Flower starts (or joins) Ray inside run_simulation
         run_simulation(
-            server_app=server_app, client_app=client_app, num_supernodes=exp.cfg.num_clients,
+            server_app=server_app, client_app=for_dp_mode(exp.cfg.dp.mode), num_supernodes=exp.cfg.num_clients,
             backend_config=backend_config, verbose_logging=False,
         )

@@ -160,11 +160,11 @@ class InProcessGrid(SimulatedGrid):
 
 
 def run_inprocess(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
-    from ..flower.client_app import app as client_app
+    from ..flower.client_app import for_dp_mode
     from .vectorised import chunk_settings
 
     vector = chunk_settings(exp)
     set_task_identity()
-    grid = InProcessGrid(client_app, exp.cfg.num_clients, vector=vector)
+    grid = InProcessGrid(for_dp_mode(exp.cfg.dp.mode), exp.cfg.num_clients, vector=vector)
     ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     server_app(grid, ctx)

@@ -94,9 +94,10 @@ class ClientWorker:
 
         torch.set_num_threads(max(1, int(num_threads)))
         set_task_identity()
-        from ..flower.client_app import app
+        from ..flower.client_app import app, for_dp_mode
 
         self.app = app
+        self.for_dp_mode = for_dp_mode
         self.token: str | None = None
         self.contexts: dict[int, Context] = {}
 
@@ -114,10 +115,12 @@ class ClientWorker:
             )
         return ctx
 
-    def run(self, token: str, batch: list[tuple[Message, dict[str, Any]]]) -> list[Message]:
+    def run(self, token: str, batch: list[tuple[Message, dict[str, Any]]], dp_mode: str = "none") -> list[Message]:
+        """Per-client messages, answered by the ClientApp for the run's ``dp.mode`` (its clipping mod)."""
         if token != self.token:  # a new run: fresh node Contexts
             self.token, self.contexts = token, {}
-        return [call_client(self.app, msg, self._context(msg, nc)) for msg, nc in batch]
+        app = self.for_dp_mode(dp_mode)
+        return [call_client(app, msg, self._context(msg, nc)) for msg, nc in batch]
 
     def run_chunk(self, token: str, msg: Message, node_config: dict[str, Any]) -> Message:
         """One chunk message (runtime.vectorize): the ClientApp's chunk handler answers it."""
@@ -346,8 +349,9 @@ def get_pool(rt: RuntimeConfig, num_clients: int) -> _Pool:
 # --------------------------------------------------------------------------- the grid
 class RayGrid(SimulatedGrid):
     def __init__(self, pool: _Pool, num_nodes: int, batch_size: int | str = 8, max_retries: int = 2,
-                 node_config: dict[str, Any] | None = None, vector: Any = None) -> None:
+                 node_config: dict[str, Any] | None = None, vector: Any = None, dp_mode: str = "none") -> None:
         self.pool = pool
+        self.dp_mode = dp_mode  # the workers answer with the ClientApp for it (client_app.for_dp_mode)
         self.vector = vector  # VectorSettings: cohort chunks trained vectorised, whole chunks per worker
         self.num_nodes = int(num_nodes)
         self.extra_node_config = dict(node_config or {})
@@ -375,7 +379,7 @@ class RayGrid(SimulatedGrid):
             ref = self.pool.actors[actor].run_chunk.remote(self.token, msg, dict(self.extra_node_config))
         else:
             batch = [(m, self.node_config(m.metadata.dst_node_id)) for m in msgs]
-            ref = self.pool.actors[actor].run.remote(self.token, batch)
+            ref = self.pool.actors[actor].run.remote(self.token, batch, self.dp_mode)
         self._pending[ref] = (actor, msgs, attempt, cohort)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
@@ -502,6 +506,7 @@ def run_ray(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
     result["runtime_info"] = {"workers": len(pool.actors), "ray_init_s": t1 - t0, "workers_s": t2 - t1,
                               "worker_pids": [i["pid"] for i in pool.info],
                               "worker_nodes": [i["node_id"] for i in pool.info]}
-    grid = RayGrid(pool, exp.cfg.num_clients, batch_size=rt.batch_size, max_retries=rt.max_retries, vector=vector)
+    grid = RayGrid(pool, exp.cfg.num_clients, batch_size=rt.batch_size, max_retries=rt.max_retries, vector=vector,
+                   dp_mode=exp.cfg.dp.mode)
     ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     server_app(grid, ctx)

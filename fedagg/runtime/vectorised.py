@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from flwr.app import Error, Message, MessageType
 
+from ..dp import CLIENT_MODES
 from ..errors import ConfigError
 from ..flower.protocol import CONFIG, DATA_PATH, INSTRUCTION, PARTITION_ID, ClientInstruction
 from ..task.cohort import log_fallback_once, slower_reason, unsupported_reason
@@ -92,10 +93,14 @@ def check_supported(exp: Any, settings: VectorSettings) -> str | None:
 
 def chunk_settings(exp: Any) -> VectorSettings | None:
     """How the simulation grids cut a round into chunks for ``exp`` (None:
-    ``runtime.vectorize=false``, one message per client): stacked where
+    ``runtime.vectorize=false`` or a client-side ``dp.mode``, one message per client): stacked where
     :func:`check_supported` allows, else trained one by one inside the worker."""
     settings = settings_from(exp.cfg.runtime)
     if not settings.enabled:
+        return None
+    if exp.cfg.dp.mode in CLIENT_MODES:  # Flower's clipping mods read per-client train messages (vectorize=true refused)
+        log_fallback_once(f"dp.mode={exp.cfg.dp.mode} clips each client's update in Flower's mod, "
+                          "which reads per-client train messages")
         return None
     return replace(settings, stacked=check_supported(exp, settings) is None)
 
