@@ -24,6 +24,9 @@ N = 4
 def test_quickstart_clientapp_under_run_simulation_with_a_clean_console(capfd, caplog, monkeypatch):
     from flwr.simulation import run_simulation
 
+    from fedagg.runtime import ray_grid
+
+    ray_grid.shutdown()  # an earlier test's actor pool would hold every CPU Flower's actors wait for (a deadlock)
     monkeypatch.setenv("RAY_DEDUP_LOGS", "0")
     caplog.set_level(logging.INFO)
     results: dict = {}

@@ -11,7 +11,7 @@ import logging
 import os
 from typing import Any
 
-from .ray_grid import loopback_ray
+from .ray_grid import loopback_ray, release_pool
 
 
 def run_flower(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
@@ -31,6 +31,7 @@ def run_flower(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
         "client_resources": {"num_cpus": rt.num_cpus_per_client, "num_gpus": rt.num_gpus_per_client},
         "init_args": init_args,
     }
+    release_pool()  # an earlier runtime=ray job's actors would hold the CPUs Flower's actors wait for
     logging.getLogger("flwr").propagate = False
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -247,10 +247,10 @@ def init_ray(rt: RuntimeConfig) -> None:
     _STARTED_RAY = True
 
 
-def shutdown() -> None:
-    """Kill the cached actor pool; stop Ray if fedagg started it (never a
-    cluster it only connected to -- that only disconnects this driver)."""
-    global _POOL, _STARTED_RAY
+def release_pool() -> None:
+    """Kill the cached actor pool (its actors hold their CPUs and GPUs) but keep Ray:
+    for Flower's engine, which sizes its own actors from the free resources."""
+    global _POOL
     import ray
 
     if _POOL is not None and ray.is_initialized():
@@ -260,6 +260,15 @@ def shutdown() -> None:
             except Exception:  # noqa: BLE001
                 pass
     _POOL = None
+
+
+def shutdown() -> None:
+    """Kill the cached actor pool; stop Ray if fedagg started it (never a
+    cluster it only connected to -- that only disconnects this driver)."""
+    global _STARTED_RAY
+    import ray
+
+    release_pool()
     if ray.is_initialized():
         ray.shutdown()
     _STARTED_RAY = False
