@@ -59,6 +59,8 @@ class SimulatedGrid(Grid):
     # True: send_and_receive hands back a chunk's reply as it is (one for the chunk's clients), not the
     # per-client replies it stands for; fedagg's strategy sets it (FedaggStrategy.start), as it reads them
     chunk_replies: bool = False
+    _replies: dict[str, Message]  # message id -> its reply, until pulled
+    _chunks: dict[str, tuple[list[Message], Message]]  # member message id -> (chunk, its reply)
 
     @property
     def node_ids(self) -> range:
@@ -87,6 +89,21 @@ class SimulatedGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return self.node_ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Standard per-client replies (a chunk's reply is split)."""
+        from .vectorised import split_reply
+
+        out = []
+        for mid in message_ids:
+            if mid in self._chunks:
+                chunk, reply = self._chunks[mid]
+                for m, r in zip(chunk, split_reply(reply, chunk)):
+                    self._chunks.pop(m.metadata.message_id, None)
+                    self._replies[m.metadata.message_id] = r
+            if mid in self._replies:
+                out.append(self._replies.pop(mid))
+        return out
 
 
 class InProcessGrid(SimulatedGrid):
@@ -133,21 +150,6 @@ class InProcessGrid(SimulatedGrid):
             self._replies[msg.metadata.message_id] = call_client(self.client_app, msg,
                                                                  self.context(msg.metadata.dst_node_id))
         return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Standard per-client replies (a chunk's reply is split)."""
-        from .vectorised import split_reply
-
-        out = []
-        for mid in message_ids:
-            if mid in self._chunks:
-                chunk, reply = self._chunks[mid]
-                for m, r in zip(chunk, split_reply(reply, chunk)):
-                    self._chunks.pop(m.metadata.message_id, None)
-                    self._replies[m.metadata.message_id] = r
-            if mid in self._replies:
-                out.append(self._replies.pop(mid))
-        return out
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         ids = list(self.push_messages(messages))

@@ -470,21 +470,6 @@ class RayGrid(SimulatedGrid):
                     pass
             self._pending.clear()
 
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Standard per-client replies (a chunk's reply is split)."""
-        from .vectorised import split_reply
-
-        out = []
-        for mid in message_ids:
-            if mid in self._chunks:
-                chunk, reply = self._chunks[mid]
-                for m, r in zip(chunk, split_reply(reply, chunk)):
-                    self._chunks.pop(m.metadata.message_id, None)
-                    self._replies[m.metadata.message_id] = r
-            if mid in self._replies:
-                out.append(self._replies.pop(mid))
-        return out
-
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         ids = list(self.push_messages(messages))
         self.wait(timeout)
