@@ -656,7 +656,7 @@ def check_async(cfg: Config, clock: bool) -> None:
           f"it must be an integer in 1..num_clients ({n}): the clients in flight at once")
     _need(isinstance(s.buffer_size, int) and 1 <= s.buffer_size <= n, "server.buffer_size", s.buffer_size,
           f"it must be an integer in 1..num_clients ({n}): the updates per fedbuff server step")
-    _need(s.mode != "fedfix" or (_finite(s.window_s) and s.window_s > 0), "server.window_s", s.window_s,
+    _need(s.mode != "fedfix" or (s.window_s is not None and _finite(s.window_s) and s.window_s > 0), "server.window_s", s.window_s,
           "server.mode=fedfix needs a window > 0 simulated seconds (e.g. server.window_s=5)")
     _need(_finite(s.alpha) and 0 < s.alpha <= 1, "server.alpha", s.alpha, "it must be in (0, 1]")
     _need(s.staleness in STALENESS, "server.staleness", s.staleness, f"valid choices: {', '.join(STALENESS)}")

@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from . import dp
+from .aggregators.asynchronous import AsyncServerStep
 from .callbacks import (
     Checkpoints,
     ClientEvaluation,
@@ -28,7 +29,6 @@ from .callbacks import (
     Progress,
     SimClock,
 )
-from .aggregators.asynchronous import AsyncServerStep
 from .env import devices as dev
 from .env.events import Schedule
 from .flower.async_loop import AsyncLoop

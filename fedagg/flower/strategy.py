@@ -311,7 +311,7 @@ class FedaggStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self.connect(grid, wait=self._aggregator is None)  # cheap when no node joined
         self._sync(arrays)
-        agg, opts = self.aggregator, self.options
+        opts = self.options
         if self.participation is not None:  # O(asked) work per round, however many clients are registered
             available = np.asarray(self.participation.available(server_round), dtype=bool)
             eligible = [c for c in np.flatnonzero(available).tolist() if c in self.node_of]
