@@ -64,8 +64,8 @@ class ServerConfig:
     deadline_mode: str = "drop"  # drop: clients past the deadline miss the round | partial: they send the steps that fit
     # sync: rounds | fedasync, fedbuff, fedfix: asynchronous server updates on the virtual clock (docs/algorithms.md)
     mode: str = "sync"
-    concurrency: int = 10  # async modes: clients in flight at once (1..num_clients)
-    buffer_size: int = 10  # fedbuff: K arrived updates per server step (1..num_clients)
+    concurrency: Optional[int] = None  # async modes: clients in flight at once (1..num_clients); null: min(10, num_clients)
+    buffer_size: Optional[int] = None  # fedbuff: K updates per server step (1..num_clients); null: ceil(concurrency / 2)
     window_s: Optional[float] = None  # fedfix: the fixed simulated window between server updates, seconds (> 0)
     alpha: float = 0.6  # fedasync: the mixing weight alpha in (0, 1]
     staleness: str = "polynomial"  # fedasync, fedbuff: polynomial (tau+1)^-a | hinge | constant
@@ -642,6 +642,13 @@ ASYNC_REFUSED = {
 }
 
 
+def async_sizes(cfg: Config) -> tuple[int, int]:
+    """(concurrency, buffer_size) with their null defaults resolved."""
+    s = cfg.server
+    c = min(10, cfg.num_clients) if s.concurrency is None else s.concurrency
+    return c, (c + 1) // 2 if s.buffer_size is None else s.buffer_size
+
+
 def check_async(cfg: Config, clock: bool) -> None:
     """``server.mode`` and its keys; the asynchronous modes' refusals (docs/algorithms.md)."""
     from .aggregators.asynchronous import STALENESS
@@ -652,9 +659,10 @@ def check_async(cfg: Config, clock: bool) -> None:
     if s.mode == "sync":
         return
     n = cfg.num_clients
-    _need(isinstance(s.concurrency, int) and 1 <= s.concurrency <= n, "server.concurrency", s.concurrency,
+    concurrency, buffer_size = async_sizes(cfg)
+    _need(1 <= concurrency <= n, "server.concurrency", concurrency,
           f"it must be an integer in 1..num_clients ({n}): the clients in flight at once")
-    _need(isinstance(s.buffer_size, int) and 1 <= s.buffer_size <= n, "server.buffer_size", s.buffer_size,
+    _need(1 <= buffer_size <= n, "server.buffer_size", buffer_size,
           f"it must be an integer in 1..num_clients ({n}): the updates per fedbuff server step")
     _need(s.mode != "fedfix" or (s.window_s is not None and _finite(s.window_s) and s.window_s > 0), "server.window_s", s.window_s,
           "server.mode=fedfix needs a window > 0 simulated seconds (e.g. server.window_s=5)")
