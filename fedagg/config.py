@@ -639,6 +639,8 @@ ASYNC_REFUSED = {
     "ida": "its weights are inverse distances to the mean of the whole round's models",
     "feddisco": "its discrepancy weights are not implemented on the asynchronous buffer yet",
     "fedau": "its participation-interval estimates count synchronous rounds; not implemented asynchronously yet",
+    **{name: "its update direction is built from a synchronous round's participants (FedAU's baselines); not "
+       "implemented asynchronously" for name in ("known_prob", "avg_participating", "avg_all", "fedvarp", "mifa")},
 }
 
 
