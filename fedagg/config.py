@@ -630,14 +630,19 @@ def check_devices(cfg: Config) -> None:
     check_async(cfg, profile.enabled)
 
 
-# the rules the asynchronous modes run, and why the others are refused
-ASYNC_RULES = ("fedavg",)
+# the rules the asynchronous modes run (per mode), and why the others are refused
+ASYNC_RULES = {"fedasync": ("fedavg",), "fedbuff": ("fedavg", "feddisco"), "fedfix": ("fedavg",)}
+ASYNC_MODE_REFUSED = {
+    ("feddisco", "fedasync"): "FedAsync applies one update per server step, and FedDisco's weight on a single "
+                              "update is 1 (use server.mode=fedbuff: FedDisco weights the buffer)",
+    ("feddisco", "fedfix"): "FedFix's weights are data shares of the whole federation times the windows a job "
+                            "spans, not weights over the window's arrivals (use server.mode=fedbuff)",
+}
 ASYNC_REFUSED = {
     "fedlaw": "its server step learns the round's aggregation weights on a proxy set from the whole round",
     "fedlaw_swa": "its server step learns the round's aggregation weights on a proxy set from the whole round",
     "gossip": "it keeps one model per node and mixes them over a graph each round; there is no server model",
     "ida": "its weights are inverse distances to the mean of the whole round's models",
-    "feddisco": "its discrepancy weights are not implemented on the asynchronous buffer yet",
     "fedau": "its participation-interval estimates count synchronous rounds; not implemented asynchronously yet",
     **{name: "its update direction is built from a synchronous round's participants (FedAU's baselines); not "
        "implemented asynchronously" for name in ("known_prob", "avg_participating", "avg_all", "fedvarp", "mifa")},
@@ -676,10 +681,11 @@ def check_async(cfg: Config, clock: bool) -> None:
     _need(clock, "server.mode", s.mode, "the asynchronous modes run on the virtual clock: pick "
           "device_profile=lognormal|tiers|uniform|trace")
     name = str(cfg.aggregator.get("name"))
-    if target_of(cfg.aggregator) or name not in ASYNC_RULES:
-        why = ASYNC_REFUSED.get(name, "it is not one of the rules written for asynchronous updates")
-        raise ConfigError(f"aggregator={name} does not run with {mode}: {why}; the asynchronous modes run "
-                          f"{', '.join(ASYNC_RULES)} (or use server.mode=sync)")
+    if target_of(cfg.aggregator) or name not in ASYNC_RULES[s.mode]:
+        why = ASYNC_MODE_REFUSED.get((name, s.mode)) or ASYNC_REFUSED.get(
+            name, "it is not one of the rules written for asynchronous updates")
+        raise ConfigError(f"aggregator={name} does not run with {mode}: {why}; {mode} runs "
+                          f"{', '.join(ASYNC_RULES[s.mode])} (or use server.mode=sync)")
     if s.mode == "fedasync":
         opt = {k: cfg.aggregator.get(k) for k in ("server_opt", "server_lr", "server_momentum")}
         _need(opt["server_opt"] in (None, "sgd") and opt["server_lr"] in (None, 1, 1.0)

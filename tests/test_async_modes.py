@@ -131,6 +131,22 @@ def test_fedbuff_steps_with_the_stale_weighted_mean_delta():
         np.testing.assert_allclose(out["w"], 1.0 + lr * delta, rtol=1e-6)
 
 
+def test_fedbuff_with_feddisco_weights_the_buffer_with_feddisco_times_staleness():
+    from fedagg.aggregators.feddisco import FedDisco
+
+    disco = FedDisco(AggregatorContext(num_clients=3, num_classes=2), a=0.5, b=0.1)
+    x = {"w": np.array([0.0], np.float32)}
+    u0 = ClientUpdate(0, {"w": np.array([1.0], np.float32)}, 4, label_hist=np.array([4, 0]))
+    u1 = ClientUpdate(1, {"w": np.array([2.0], np.float32)}, 4, label_hist=np.array([2, 2]))
+    items = [Applied(u0, x, 0, 1.0), Applied(u1, x, 1, 1.0)]
+    out, w = AsyncServerStep("fedbuff", disco, staleness_a=0.5).apply(x, items, RoundInfo(2, 3, (0, 1), (0, 1)))
+    # by hand: n = (0.5, 0.5); KL(D_0||U) = log 2, KL(D_1||U) = 0 -> d = (1, 0) after normalising;
+    # w~ = n - 0.5 d + 0.1 = (0.1, 0.6) -> p = (1/7, 6/7); times s = (1, 1/sqrt(2))
+    want = [1 / 7, 6 / 7 / math.sqrt(2)]
+    assert w.tolist() == pytest.approx(want)
+    np.testing.assert_allclose(out["w"], [want[0] * 1.0 + want[1] * 2.0], rtol=1e-6)
+
+
 def test_fedfix_weights_are_data_share_times_windows_spanned():
     # transcribed from the official code (Accenture/Labs-Federated-Learning, FL/server.py at 1c896f0):
     # agg_weights = ceil(tau_i / delta_t) * P;  new += lr_g * d_i * (received - sent)
@@ -193,11 +209,23 @@ def test_a_run_logs_every_update_its_jobs_staleness_and_weights(mode, trace, tmp
                 assert j["weight"] == pytest.approx(0.6 * s)
             if mode == "fedfix":
                 assert a["time_s"] == pytest.approx(int(r["model_version"]) * 1.0)
+        if mode == "fedbuff":  # FedAvg's weights on the buffer sum to 1 once the staleness weight is divided out
+            assert len(a["applied"]) == 2
+            assert sum(j["weight"] / (1.0 if j["staleness"] <= 0 else 1.0 / (2 * j["staleness"] + 1))
+                       for j in a["applied"]) == pytest.approx(1.0)
         order = [(j["arrival_s"], j["client"]) for j in a["applied"]]
         assert order == sorted(order)
     assert (tmp_path / "r" / "devices.csv").read_text().splitlines()[0] == TRACE.splitlines()[0]
     got = list(csv.DictReader(open(tmp_path / "r" / "devices.csv")))
     assert [float(g["compute_s_per_step"]) for g in got] == [0.0005 * (n + 1) ** 2 for n in range(6)]
+
+
+def test_fedbuff_runs_feddisco(trace, tmp_path):
+    run(compose(*BASE, trace, "rounds=2", "aggregator=feddisco", "server.mode=fedbuff", "server.concurrency=4",
+                "server.buffer_size=3"), tmp_path / "r")
+    for line in details(tmp_path / "r"):
+        assert len(line["async"]["applied"]) == 3
+        assert all(0 < j["weight"] <= 1 for j in line["async"]["applied"])
 
 
 def test_fedbuff_with_the_whole_federation_in_one_buffer_is_synchronous_fedavg(trace, tmp_path):
@@ -256,7 +284,11 @@ ASYNC = ["device_profile=lognormal", "server.mode=fedbuff"]
     ([*ASYNC, "aggregator=fedlaw"], ["aggregator=fedlaw does not run with server.mode=fedbuff", "proxy"]),
     ([*ASYNC, "aggregator=gossip"], ["aggregator=gossip", "no server model"]),
     ([*ASYNC, "aggregator=ida"], ["aggregator=ida", "whole round"]),
-    ([*ASYNC, "aggregator=feddisco"], ["aggregator=feddisco", "not implemented"]),
+    (["device_profile=lognormal", "server.mode=fedfix", "server.window_s=1", "aggregator=feddisco"],
+     ["aggregator=feddisco does not run with server.mode=fedfix", "data shares", "runs fedavg"]),
+    (["device_profile=lognormal", "server.mode=fedasync", "aggregator=feddisco"],
+     ["aggregator=feddisco does not run with server.mode=fedasync", "single update is 1"]),
+    ([*ASYNC, "aggregator=fedau"], ["aggregator=fedau", "synchronous rounds", "runs fedavg, feddisco"]),
     ([*ASYNC, "server.alpha=0"], ["server.alpha=0.0", "(0, 1]"]),
     (["device_profile=lognormal", "server.mode=fedasync", "aggregator.server_lr=0.5"],
      ["aggregator.server_opt", "no server optimiser"]),

@@ -15,7 +15,8 @@ function s (``server.staleness``, with a = ``server.staleness_a``, b = ``server.
 on every float tensor (BatchNorm statistics too: a convex combination); integer tensors take θ_k's.
 
 ``fedbuff`` (Nguyen et al., AISTATS 2022, arXiv 2106.06639, Algorithm 1): with the buffer's K updates, the
-rule's weights w_k (FedAvg: n_k / Σ_buffer n) and s(τ_k)::
+rule's weights w_k on the buffer (FedAvg: n_k / Σ_buffer n; FedDisco: its discrepancy-aware p_k computed over
+the buffer) and s(τ_k)::
 
     Δ = Σ_k w_k s(τ_k) (θ_k - x_{v_k})         x_v = ServerOptimizer.step(x_{v-1}, Δ)
 
@@ -46,8 +47,18 @@ import numpy as np
 
 from .base import ClientUpdate, Params, RoundInfo, is_float, is_learnable, weighted_average
 from .fedavg import FedAvg
+from .feddisco import FedDisco
+
+AsyncRule = FedAvg | FedDisco  # the rules with weights on a set of updates and a server optimiser
 
 STALENESS = ("polynomial", "hinge", "constant")
+
+
+def buffer_weights(rule: AsyncRule, updates: list[ClientUpdate], info: RoundInfo) -> np.ndarray:
+    """The rule's own weights on the buffer's updates (summing to 1)."""
+    if isinstance(rule, FedDisco):
+        return rule.weights(updates)[0]
+    return rule.weights(updates, info)
 
 
 def staleness_weight(kind: str, tau: int, a: float, b: float) -> float:
@@ -74,9 +85,9 @@ class Applied:
 
 
 class AsyncServerStep:
-    """One server update of ``mode`` on the applied updates (FedAvg's weights and server optimiser)."""
+    """One server update of ``mode`` on the applied updates (the rule's weights and server optimiser)."""
 
-    def __init__(self, mode: str, rule: FedAvg, *, alpha: float = 0.6, staleness: str = "polynomial",
+    def __init__(self, mode: str, rule: AsyncRule, *, alpha: float = 0.6, staleness: str = "polynomial",
                  staleness_a: float = 0.5, staleness_b: float = 4.0, window_s: float | None = None,
                  data_share: np.ndarray | None = None) -> None:
         self.mode, self.rule, self.alpha = mode, rule, float(alpha)
@@ -92,7 +103,7 @@ class AsyncServerStep:
         if self.mode == "fedasync":
             return self.alpha * s
         if self.mode == "fedbuff":
-            return self.rule.weights([it.update for it in items], info) * s
+            return buffer_weights(self.rule, [it.update for it in items], info) * s
         assert self.window_s is not None and self.data_share is not None
         return np.array([self.data_share[it.update.client_id] * max(1, math.ceil(it.duration_s / self.window_s - 1e-9))
                          for it in items])
