@@ -125,7 +125,7 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
         callbacks.insert(1, ClientEvaluation(exp, recorder))
     if exp.aggregator.per_node_models:  # gossip: every node's accuracy, not only the mean model's
         callbacks.insert(0, NodeAccuracy(exp))
-    if exp.clock is not None and start == 1:
+    if exp.clock is not None:
         write_devices(exp, out)
     if exp.clock is not None and not asynchronous:  # sim_time_s and each client's seconds, before MetricsFiles
         callbacks.insert(next(i for i, cb in enumerate(callbacks) if isinstance(cb, MetricsFiles)), SimClock(exp.clock))
