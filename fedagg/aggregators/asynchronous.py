@@ -12,7 +12,8 @@ function s (``server.staleness``, with a = ``server.staleness_a``, b = ``server.
 
     α_t = α · s(τ)          x_v = (1 - α_t) x_{v-1} + α_t θ_k          (α = ``server.alpha``)
 
-on every float tensor (BatchNorm statistics too: a convex combination); integer tensors take θ_k's.
+on every float tensor (BatchNorm statistics too: a convex combination); integer tensors take θ_k's. (The paper
+writes s(t - τ) with t - τ = 1 for a fresh update; here τ counts updates since the download, fresh = 0.)
 
 ``fedbuff`` (Nguyen et al., AISTATS 2022, arXiv 2106.06639, Algorithm 1): with the buffer's K updates, the
 rule's weights w_k on the buffer (FedAvg: n_k / Σ_buffer n; FedDisco: its discrepancy-aware p_k computed over
