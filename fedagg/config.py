@@ -631,19 +631,22 @@ def check_devices(cfg: Config) -> None:
 
 
 # the rules the asynchronous modes run (per mode), and why the others are refused
-ASYNC_RULES = {"fedasync": ("fedavg",), "fedbuff": ("fedavg", "feddisco"), "fedfix": ("fedavg",)}
+ASYNC_RULES = {"fedasync": ("fedavg",), "fedbuff": ("fedavg", "feddisco", "fedau"), "fedfix": ("fedavg",)}
 ASYNC_MODE_REFUSED = {
     ("feddisco", "fedasync"): "FedAsync applies one update per server step, and FedDisco's weight on a single "
                               "update is 1 (use server.mode=fedbuff: FedDisco weights the buffer)",
     ("feddisco", "fedfix"): "FedFix's weights are data shares of the whole federation times the windows a job "
                             "spans, not weights over the window's arrivals (use server.mode=fedbuff)",
+    ("fedau", "fedasync"): "FedAsync mixes one update in with server.alpha; FedAU's weights belong to a step of "
+                           "several updates (use server.mode=fedbuff)",
+    ("fedau", "fedfix"): "FedFix's own weights already correct for how often a client arrives (use "
+                         "server.mode=fedbuff)",
 }
 ASYNC_REFUSED = {
     "fedlaw": "its server step learns the round's aggregation weights on a proxy set from the whole round",
     "fedlaw_swa": "its server step learns the round's aggregation weights on a proxy set from the whole round",
     "gossip": "it keeps one model per node and mixes them over a graph each round; there is no server model",
     "ida": "its weights are inverse distances to the mean of the whole round's models",
-    "fedau": "its participation-interval estimates count synchronous rounds; not implemented asynchronously yet",
     **{name: "its update direction is built from a synchronous round's participants (FedAU's baselines); not "
        "implemented asynchronously" for name in ("known_prob", "avg_participating", "avg_all", "fedvarp", "mifa")},
 }

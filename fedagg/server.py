@@ -65,12 +65,13 @@ def make_strategy(exp: Experiment) -> FedaggStrategy:
 
 def make_async_loop(exp: Experiment, strategy: FedaggStrategy) -> AsyncLoop:
     """``server.mode`` = fedasync | fedbuff | fedfix: the schedule on the experiment's clock and the server step."""
+    from .aggregators.fedau import FedAU
     from .aggregators.fedavg import FedAvg
     from .aggregators.feddisco import FedDisco
     from .config import async_sizes
 
     cfg, s = exp.cfg, exp.cfg.server
-    assert exp.clock is not None and isinstance(exp.aggregator, (FedAvg, FedDisco))  # check_async refused the rest
+    assert exp.clock is not None and isinstance(exp.aggregator, (FedAvg, FedDisco, FedAU))  # check_async: the rest
     concurrency, buffer_size = async_sizes(cfg)
     schedule = Schedule(s.mode, exp.clock, cfg.num_clients, cfg.seed, concurrency, buffer_size, s.window_s)
     sizes = np.array([exp.fd.train_size(c) for c in range(cfg.num_clients)], dtype=np.float64)

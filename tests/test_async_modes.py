@@ -220,12 +220,35 @@ def test_a_run_logs_every_update_its_jobs_staleness_and_weights(mode, trace, tmp
     assert [float(g["compute_s_per_step"]) for g in got] == [0.0005 * (n + 1) ** 2 for n in range(6)]
 
 
-def test_fedbuff_runs_feddisco(trace, tmp_path):
-    run(compose(*BASE, trace, "rounds=2", "aggregator=feddisco", "server.mode=fedbuff", "server.concurrency=4",
+@pytest.mark.parametrize("rule", ["feddisco", "fedau"])
+def test_fedbuff_runs_feddisco_and_fedau(rule, trace, tmp_path):
+    run(compose(*BASE, trace, "rounds=3", f"aggregator={rule}", "server.mode=fedbuff", "server.concurrency=4",
                 "server.buffer_size=3"), tmp_path / "r")
     for line in details(tmp_path / "r"):
         assert len(line["async"]["applied"]) == 3
-        assert all(0 < j["weight"] <= 1 for j in line["async"]["applied"])
+        assert all(0 < j["weight"] <= (1 if rule == "feddisco" else 2) for j in line["async"]["applied"])
+
+
+def test_fedbuff_with_fedau_counts_participation_intervals_in_server_updates():
+    from fedagg.aggregators.fedau import FedAU
+
+    fedau = FedAU(AggregatorContext(num_clients=3, num_classes=2))
+    step = AsyncServerStep("fedbuff", fedau, staleness="constant")
+    x = {"w": np.array([0.0], np.float32)}
+
+    def apply(version, clients):
+        items = [Applied(upd(c, 1, [1.0]), x, 0, 1.0) for c in clients]
+        return step.apply(x, items, RoundInfo(version, 3, tuple(sorted(set(clients))), tuple(clients)))[1].tolist()
+
+    # v1: no interval closed yet: omega = 1 for all, weights 1/N; v1 applies 0 and 2 (intervals of 1 closed)
+    assert apply(1, [0, 2]) == pytest.approx([1 / 3, 1 / 3])
+    # v2 applies 1 and 0: client 1 has no closed interval (1), client 0 closed one of 1 -> 1
+    assert apply(2, [1, 0]) == pytest.approx([1 / 3, 1 / 3])
+    # after v2 client 1 closed an interval of 2 updates; client 2's first interval (1) holds: omega = (2, 1)
+    assert apply(3, [1, 2]) == pytest.approx([2 / 3, 1 / 3])
+    # a skipped update number counts as one in which nobody took part: client 0's open interval is 3 at v5
+    assert apply(5, [0]) == pytest.approx([1 / 3])
+    assert fedau.estimator.omega[0] == pytest.approx((1 + 1 + 3) / 3)
 
 
 def test_fedbuff_with_the_whole_federation_in_one_buffer_is_synchronous_fedavg(trace, tmp_path):
@@ -288,7 +311,9 @@ ASYNC = ["device_profile=lognormal", "server.mode=fedbuff"]
      ["aggregator=feddisco does not run with server.mode=fedfix", "data shares", "runs fedavg"]),
     (["device_profile=lognormal", "server.mode=fedasync", "aggregator=feddisco"],
      ["aggregator=feddisco does not run with server.mode=fedasync", "single update is 1"]),
-    ([*ASYNC, "aggregator=fedau"], ["aggregator=fedau", "synchronous rounds", "runs fedavg, feddisco"]),
+    (["device_profile=lognormal", "server.mode=fedasync", "aggregator=fedau"],
+     ["aggregator=fedau does not run with server.mode=fedasync", "runs fedavg"]),
+    ([*ASYNC, "aggregator=mifa"], ["aggregator=mifa", "synchronous round", "runs fedavg, feddisco, fedau"]),
     ([*ASYNC, "server.alpha=0"], ["server.alpha=0.0", "(0, 1]"]),
     (["device_profile=lognormal", "server.mode=fedasync", "aggregator.server_lr=0.5"],
      ["aggregator.server_opt", "no server optimiser"]),

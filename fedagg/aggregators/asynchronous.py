@@ -17,7 +17,8 @@ writes s(t - τ) with t - τ = 1 for a fresh update; here τ counts updates sinc
 
 ``fedbuff`` (Nguyen et al., AISTATS 2022, arXiv 2106.06639, Algorithm 1): with the buffer's K updates, the
 rule's weights w_k on the buffer (FedAvg: n_k / Σ_buffer n; FedDisco: its discrepancy-aware p_k computed over
-the buffer) and s(τ_k)::
+the buffer; FedAU: ω_n / N, its participation-interval estimate with the intervals counted in server updates, a
+client participating in the updates that apply it) and s(τ_k)::
 
     Δ = Σ_k w_k s(τ_k) (θ_k - x_{v_k})         x_v = ServerOptimizer.step(x_{v-1}, Δ)
 
@@ -47,18 +48,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import ClientUpdate, Params, RoundInfo, is_float, is_learnable, weighted_average
+from .fedau import FedAU
 from .fedavg import FedAvg
 from .feddisco import FedDisco
 
-AsyncRule = FedAvg | FedDisco  # the rules with weights on a set of updates and a server optimiser
+AsyncRule = FedAvg | FedDisco | FedAU  # the rules with weights on a set of updates and a server optimiser
 
 STALENESS = ("polynomial", "hinge", "constant")
 
 
 def buffer_weights(rule: AsyncRule, updates: list[ClientUpdate], info: RoundInfo) -> np.ndarray:
-    """The rule's own weights on the buffer's updates (summing to 1)."""
+    """The rule's own weights on the buffer's updates (FedAvg, FedDisco: summing to 1; FedAU: ω_n / N)."""
     if isinstance(rule, FedDisco):
         return rule.weights(updates)[0]
+    if isinstance(rule, FedAU):
+        return rule.buffer_coefficients(updates, info)
     return rule.weights(updates, info)
 
 
@@ -113,6 +117,9 @@ class AsyncServerStep:
         """x_v from x_{v-1} = ``x`` and the updates in the order applied; returns it and the weights."""
         w = self.weights(items, info)
         if not items:
+            if isinstance(self.rule, FedAU):
+                self.rule.buffer_coefficients([], info)
+                self.rule.observe_buffer(info)
             return x, w
         if self.mode == "fedasync":
             (it,) = items
@@ -137,4 +144,6 @@ class AsyncServerStep:
                 d += wk * (it.update.params[k].astype(np.float64) - it.sent[k].astype(np.float64))
             delta[k] = d
         out.update(self.rule.opt.step(x, delta, info.round))
+        if isinstance(self.rule, FedAU):
+            self.rule.observe_buffer(info)
         return out, w
