@@ -22,7 +22,8 @@ Which client is dispatched: uniformly among the *idle* clients -- not in flight,
 version (a client trains at most once per version: the same model and the same seed stream would give the
 same update twice), whose clock timing for round v + 1 is ``ok`` (a device that is off or a planned fault
 from ``heterogeneity`` makes a client unavailable for that version) -- by the named stream
-``rng(seed, "async-dispatch", k)`` with k the run's dispatch count. The participation pattern is not used
+``rng(seed, "async-dispatch", k)`` with k the run's dispatch count (rejection sampling over all client ids
+while at most half are busy, so a dispatch costs O(1) however many clients are registered). The participation pattern is not used
 (``participation`` must be ``full``). Staleness of an applied job = (the version the update creates - 1) -
 (the version it was sent) = server updates since its download; a fresh update has staleness 0.
 
@@ -38,6 +39,8 @@ import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
+
+import numpy as np
 
 from ..seeding import rng
 from .clock import EPS, ClientTime
@@ -108,23 +111,34 @@ class Schedule:
         self.sent: set[int] = set()  # clients sent the current version
 
     # -- dispatch ---------------------------------------------------------------------
-    def _idle(self) -> list[int]:
-        busy = {j.client for _, j in self.in_flight} | self.sent
-        return [c for c in range(self.num_clients) if c not in busy]
+    def _pick(self, busy: set[int], g: np.random.Generator) -> int | None:
+        """A client drawn uniformly from those not in ``busy`` (None: every client is busy): rejection
+        sampling while at most half are busy (O(1) per draw however many clients are registered), else a
+        draw from the list of the rest."""
+        free = self.num_clients - len(busy)
+        if free <= 0:
+            return None
+        if 2 * len(busy) <= self.num_clients:
+            while True:
+                c = int(g.integers(self.num_clients))
+                if c not in busy:
+                    return c
+        idle = [c for c in range(self.num_clients) if c not in busy]
+        return idle[int(g.integers(len(idle)))]
 
     def _top_up(self, out: list[Job]) -> None:
-        idle: list[int] | None = None
+        busy = {j.client for _, j in self.in_flight} | self.sent
         while len(self.in_flight) < self.concurrency:
-            if idle is None:
-                idle = self._idle()
-            while idle:
-                c = idle.pop(int(rng(self.seed, "async-dispatch", self.dispatches).integers(len(idle))))
-                t = self.clock.timing(self.version + 1, c)
+            g = rng(self.seed, "async-dispatch", self.dispatches)
+            while True:
+                c = self._pick(busy, g)
+                if c is None:
+                    return  # nobody can be sent this version
+                busy.add(c)
                 self.sent.add(c)  # dispatched now, or unavailable for this version: not asked again
+                t = self.clock.timing(self.version + 1, c)
                 if t.outcome == "ok":
                     break
-            else:
-                return  # nobody can be sent this version
             job = Job(self.dispatches, c, self.version, self.now, self.now + t.seconds, t.steps)
             self.dispatches += 1
             heapq.heappush(self.in_flight, (job.key(), job))
