@@ -8,7 +8,7 @@ function s (``server.staleness``, with a = ``server.staleness_a``, b = ``server.
     hinge       s(τ) = 1 if τ <= b else 1 / (a (τ - b) + 1)   (FedAsync's hinge)
     constant    s(τ) = 1
 
-``fedasync`` (Xie et al. 2019, arXiv 1903.03934, Algorithm 1 with the adaptive α_t of §3)::
+``fedasync`` (Xie et al. 2019, arXiv 1903.03934, Algorithm 1 with its adaptive α_t)::
 
     α_t = α · s(τ)          x_v = (1 - α_t) x_{v-1} + α_t θ_k          (α = ``server.alpha``)
 
@@ -24,7 +24,7 @@ client participating in the updates that apply it) and s(τ_k)::
 
 (the rule's ``server_opt``; sgd with η = 1 is x_{v-1} + Δ).
 
-``fedfix`` (Fraboni et al., JMLR 2023, arXiv 2206.10189, §6 FedFix; the official code
+``fedfix`` (Fraboni et al., JMLR 2023, arXiv 2206.10189, FedFix; the official code
 Accenture/Labs-Federated-Learning, FL/server.py at 1c896f0, ``agg_weights = ceil(tau_i / delta_t) * P``):
 the clients that arrived in the window, with p_i = n_i / Σ_{all clients} n_j and T_k the job's simulated
 duration (dispatch to arrival)::
