@@ -81,6 +81,27 @@ def test_an_empty_fedfix_window_is_an_update_with_nothing_applied():
     assert [t for _, t, _ in got] == pytest.approx([0.4, 0.8, 1.2])
 
 
+class OffClock(FixedClock):
+    """Client 2's device is off in rounds 1-2 and client 1 has a planned crash in round 1 (outcome != ok)."""
+
+    def timing(self, round: int, client: int) -> ClientTime:
+        t = super().timing(round, client)
+        if (client == 2 and round <= 2) or (client == 1 and round == 1):
+            return ClientTime(client, t.device, {}, 3, 0.0, math.inf if client == 2 else 2.0, 0.0,
+                              "off" if client == 2 else "crash")
+        return t
+
+
+def test_a_client_whose_device_is_off_or_faulty_is_not_sent_that_version():
+    s = Schedule("fedasync", OffClock(), 3, seed=0, concurrency=3)
+    first = s.advance()
+    assert [j.client for j in first.dispatched] == [0]  # 1 crashes and 2 is off in round 1: only 0 goes
+    second = s.advance()  # version 1 (round 2): 0 and 1 go, 2 is still off
+    assert sorted(j.client for j in second.dispatched) == [0, 1]
+    # c0@2 makes v2; round 3: client 2 is back and goes with 0 (1 is still in flight)
+    assert sorted(j.client for j in s.advance().dispatched) == [0, 2]
+
+
 def test_the_schedule_continues_the_same_from_its_state():
     s = Schedule("fedbuff", FixedClock(), 3, seed=0, concurrency=2, buffer_size=2)
     for _ in range(3):
