@@ -76,6 +76,7 @@ class Experiment:
     instruction: ClientInstruction  # what every client is told (typed; one record)
     device: str
     clock: Clock | None = None  # the virtual clock (device_profile != none): the round's plan with its deadline
+    async_loop: Any = None  # server.mode != sync: the AsyncLoop (fedagg.flower.async_loop), set by run_server
     resume_state: dict[str, Any] | None = None  # a checked checkpoint (resume=...), restored by run_server
     outcome: Exception | None = None  # set by run_server when the run stopped early (failed / interrupted)
 

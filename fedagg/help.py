@@ -32,6 +32,7 @@ KEYS: tuple[tuple[str, ...], ...] = (
     ("train.lr", "train.epochs", "train.optimizer", "train.lr_decay", "train.momentum"),
     ("server.round_timeout", "server.max_failed_rounds", "checkpoint.every", "eval.every"),
     ("server.deadline_s", "server.deadline_mode"),
+    ("server.mode", "server.concurrency", "server.buffer_size", "server.window_s", "server.alpha"),
 )
 
 
@@ -63,6 +64,8 @@ def keys_text() -> str:
     lines.append(f"  (train.optimizer: {' | '.join(OPTIMIZERS)}; train.lr_decay below 1 decays the lr every train.lr_decay_every rounds)")
     lines.append("  (server.deadline_s: the simulated round deadline, needs a device_profile; "
                  "server.deadline_mode: drop | partial)")
+    lines.append("  (server.mode: sync | fedasync | fedbuff | fedfix -- asynchronous server updates on the virtual clock, "
+                 "rounds = server updates; see docs/algorithms.md)")
     lines.append("  resume=<run dir>              continue a run from its checkpoint, with its saved config")
     return "\n".join(lines) + "\n"
 

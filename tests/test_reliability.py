@@ -147,6 +147,10 @@ RESUME_CASES = {
     "gossip": ["aggregator=gossip"],
     "clock": ["device_profile=lognormal", "server.deadline_s=1.2", "server.deadline_mode=partial",
               "heterogeneity=stragglers"],
+    # the asynchronous modes: the checkpoint holds the schedule, the jobs in flight and their trained updates
+    "fedasync": ["device_profile=lognormal", "server.mode=fedasync", "server.concurrency=3"],
+    "fedbuff": ["device_profile=lognormal", "server.mode=fedbuff", "server.concurrency=4", "server.buffer_size=2"],
+    "fedfix": ["device_profile=lognormal", "server.mode=fedfix", "server.concurrency=4", "server.window_s=0.7"],
 }
 
 
