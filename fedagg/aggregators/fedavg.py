@@ -10,6 +10,13 @@ The optimiser moves the learnable tensors; BatchNorm running statistics are
 set to x̄'s (a convex combination, so ``running_var`` stays ≥ 0 whatever the
 server step) and integer tensors (``num_batches_tracked``) are taken from the
 client with the largest weight. Streaming: a weighted sum.
+
+``disco=true`` replaces n_k with FedDisco's discrepancy-aware weights
+(:class:`~.feddisco.DiscoComposable`; ``disco_a``, ``disco_b``,
+``disco_metric``, ``disco_target``): "FedAvg+FedDisco", and with a client
+``train.proximal_mu`` > 0 "FedProx+FedDisco", as the official FedDisco code
+composes them. It equals ``aggregator=feddisco`` with the same server
+optimiser, bit for bit.
 """
 from __future__ import annotations
 
@@ -18,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from .base import (
-    Aggregator,
     AggregatorContext,
     ClientUpdate,
     RoundInfo,
@@ -26,12 +32,13 @@ from .base import (
     weighted_average,
     weights_metrics,
 )
+from .feddisco import DiscoComposable
 from .registry import register
 from .server_opt import apply_server_step, server_optimizer
 
 
 @register("fedavg")
-class FedAvg(Aggregator):
+class FedAvg(DiscoComposable):
 
     def __init__(
         self,
@@ -59,9 +66,9 @@ class FedAvg(Aggregator):
         if not updates:
             return global_params, {"weights": []}
         updates = sorted_updates(updates)
-        w = self.weights(updates, info)
+        w, extra = self.disco_adjust(updates, self.weights(updates, info))
         avg = weighted_average(updates, w, global_params)
-        return apply_server_step(self.opt, global_params, avg, info.round), weights_metrics(updates, w)
+        return apply_server_step(self.opt, global_params, avg, info.round), {**weights_metrics(updates, w), **extra}
 
     def state_dict(self):
         return {"opt": self.opt.state_dict()}
