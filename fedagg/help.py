@@ -63,6 +63,7 @@ def keys_text() -> str:
     lines.append(f"  (train.optimizer: {' | '.join(OPTIMIZERS)}; train.lr_decay below 1 decays the lr every train.lr_decay_every rounds)")
     lines.append("  (server.deadline_s: the simulated round deadline, needs a device_profile; "
                  "server.deadline_mode: drop | partial)")
+    lines.append("  (aggregator.disco: true puts FedDisco's weights on fedavg or fednova; docs/algorithms.md, section 9)")
     lines.append("  resume=<run dir>              continue a run from its checkpoint, with its saved config")
     return "\n".join(lines) + "\n"
 
