@@ -17,6 +17,11 @@ client with the largest weight. Streaming: a weighted sum.
 ``train.proximal_mu`` > 0 "FedProx+FedDisco", as the official FedDisco code
 composes them. It equals ``aggregator=feddisco`` with the same server
 optimiser, bit for bit.
+
+FedProx (Li et al., MLSys 2020) is this rule with the clients' proximal term:
+``proximal_mu`` > 0 is sent to the clients (:meth:`client_config`; the preset
+``aggregator=fedprox`` sets FedDisco's official μ = 0.01); 0 leaves the
+clients' own ``train.proximal_mu``.
 """
 from __future__ import annotations
 
@@ -50,13 +55,21 @@ class FedAvg(DiscoComposable):
         server_beta_1: float = 0.9,
         server_beta_2: float = 0.99,
         server_tau: float = 1e-3,
+        proximal_mu: float = 0.0,
         **kw: Any,
     ) -> None:
         super().__init__(ctx, **kw)
+        if proximal_mu < 0:
+            raise ValueError(f"aggregator.proximal_mu={proximal_mu} must be >= 0")
+        self.proximal_mu = float(proximal_mu)
         self.opt = server_optimizer(
             server_opt, server_lr, server_momentum, server_momentum_form,
             server_beta_1, server_beta_2, server_tau,
         )
+
+    def client_config(self) -> dict[str, Any]:
+        # only a FedProx term the aggregator itself sets: 0 must not override the client's train.proximal_mu
+        return {"proximal_mu": self.proximal_mu} if self.proximal_mu > 0 else {}
 
     def weights(self, updates: list[ClientUpdate], info: RoundInfo) -> np.ndarray:
         n = np.array([u.num_examples for u in updates], dtype=np.float64)
