@@ -145,3 +145,13 @@ def test_strategy_for_fednova_in_a_foreign_serverapp():
                        train_config=cfg, evaluate_config=cfg)
     rejected = strategy.last_record.rejected
     assert len(rejected) == 4 and all("fednova needs each reply's 'steps'" in w for w in rejected.values())
+
+
+def test_fedprox_preset_is_fedavg_with_the_clients_proximal_term(tmp_path):
+    common = [*SMALL, "runtime=inprocess", "rounds=1"]
+    run(compose(*common, "aggregator=fedprox"), tmp_path / "prox")
+    run(compose(*common, "aggregator=fedavg", "train.proximal_mu=0.01"), tmp_path / "train_mu")
+    run(compose(*common, "aggregator=fedavg"), tmp_path / "avg")
+    a, b, c = (torch.load(tmp_path / d / "model.pt") for d in ("prox", "train_mu", "avg"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the preset's mu reaches the clients as train.proximal_mu does
+    assert any(not torch.equal(a[k], c[k]) for k in a)
