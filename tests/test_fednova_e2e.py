@@ -155,3 +155,24 @@ def test_fedprox_preset_is_fedavg_with_the_clients_proximal_term(tmp_path):
     a, b, c = (torch.load(tmp_path / d / "model.pt") for d in ("prox", "train_mu", "avg"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # the preset's mu reaches the clients as train.proximal_mu does
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_fednova_on_ray_is_bitwise_independent_of_the_worker_count(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from fedagg.runtime import ray_grid
+
+    import tempfile
+
+    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="fedagg_ray", dir="/tmp"))  # short: AF_UNIX paths
+    common = [*SMALL, "rounds=2", "runtime=ray", "runtime.cohort_chunk=2", "aggregator=fednova",
+              "aggregator.disco=true", "heterogeneity=epochs", "heterogeneity.max=3"]
+    ray_grid.shutdown()
+    try:
+        run(compose(*common, "runtime.num_workers=1"), tmp_path / "w1")
+        run(compose(*common, "runtime.num_workers=2"), tmp_path / "w2")
+    finally:
+        ray_grid.shutdown()
+    a, b = torch.load(tmp_path / "w1" / "model.pt"), torch.load(tmp_path / "w2" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _rounds(tmp_path / "w1")[-1]["steps"] == _rounds(tmp_path / "w2")[-1]["steps"]
