@@ -160,9 +160,9 @@ def test_fedprox_preset_is_fedavg_with_the_clients_proximal_term(tmp_path):
 @pytest.mark.slow
 def test_fednova_on_ray_is_bitwise_independent_of_the_worker_count(tmp_path, monkeypatch):
     pytest.importorskip("ray")
-    from fedagg.runtime import ray_grid
-
     import tempfile
+
+    from fedagg.runtime import ray_grid
 
     monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="fedagg_ray", dir="/tmp"))  # short: AF_UNIX paths
     common = [*SMALL, "rounds=2", "runtime=ray", "runtime.cohort_chunk=2", "aggregator=fednova",
