@@ -432,7 +432,21 @@ def _section_builder(group: str, section: Mapping[str, Any]) -> tuple[str, Calla
     return str(name), fn, skip
 
 
+DISCO_KEYS = ("disco", "disco_a", "disco_b", "disco_metric", "disco_target")  # DiscoComposable's options
+
+
 def _not_an_option(group: str, builder: str, key: str, value: str, params: Sequence[str]) -> ConfigError:
+    if group == "aggregator" and key in DISCO_KEYS:
+        from .aggregators import available, get
+        from .aggregators.feddisco import DiscoComposable
+
+        able = [n for n in available() if issubclass(get(n), DiscoComposable)]
+        if builder == "feddisco":
+            return ConfigError(f"aggregator.{key}={value}: aggregator 'feddisco' is FedDisco itself (its a, b are "
+                               f"aggregator.a, aggregator.b); to compose FedDisco with a rule, use one of "
+                               f"{', '.join(able)} with aggregator.disco=true")
+        return ConfigError(f"aggregator.{key}={value}: aggregator '{builder}' cannot take FedDisco's weights; "
+                           f"the rules that can: {', '.join(able)} (or aggregator=feddisco)")
     m = near(key, params)
     hint = f" (did you mean {group}.{m}?)" if m else ""
     return ConfigError(f"{group}.{key}={value} is not an option of {group} '{builder}'{hint}; "
@@ -754,7 +768,22 @@ def validate(cfg: Config) -> None:
     for group in GROUPS:
         if group != "noise":  # noise has no builder: its keys are checked by NoiseSpec below
             check_group(group, getattr(cfg, group))
+    check_rule_training(cfg)
     check_values(cfg)
+
+
+def check_rule_training(cfg: Config) -> None:
+    """A rule whose server step reads the clients' SGD (``needs_sgd_clients``: FedNova's a_i) refuses
+    an Adam client optimiser and a FedProx term."""
+    _, cls, _ = _section_builder("aggregator", cfg.aggregator)
+    if not getattr(cls, "needs_sgd_clients", False):
+        return
+    rule = f"aggregator={target_of(cfg.aggregator) or cfg.aggregator.get('name')}"
+    t = cfg.train
+    _need(t.optimizer == "sgd", "train.optimizer", t.optimizer,
+          f"{rule} normalises by SGD's effective step count; use train.optimizer=sgd")
+    _need(t.proximal_mu == 0, "train.proximal_mu", t.proximal_mu,
+          f"{rule} normalises by plain (momentum) SGD's step count, without a FedProx term; set train.proximal_mu=0")
 
 
 def load(cfg: Any) -> Config:

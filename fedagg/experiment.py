@@ -166,6 +166,7 @@ def build(raw: Any) -> Experiment:
         dataset=str(cfg.dataset["name"]), model_fn=exp.model,
         init_params_fn=lambda cid: exp.init_params(cid + 1), proxy_data=proxy,
         oracle_participation_probs=np.asarray(participation.probs, dtype=float),
+        client_momentum=float(tr.momentum) if tr.optimizer == "sgd" else None,
     )
     with _refusals_of("aggregator"):
         if agg_target:  # a user's rule: hydra.utils.instantiate(_target_, ctx, **options)

@@ -145,6 +145,9 @@ def _final(path: Path) -> dict[str, torch.Tensor]:
 RESUME_CASES = {
     "fedau": ["aggregator=fedau", "participation=bernoulli", "participation.p_min=0.3"],
     "gossip": ["aggregator=gossip"],
+    # FedNova's server momentum is state; heterogeneous epochs make its normaliser matter; disco on top
+    "fednova": ["aggregator=fednova", "aggregator.server_momentum=0.5", "aggregator.disco=true",
+                "heterogeneity=epochs", "heterogeneity.max=3"],
     "clock": ["device_profile=lognormal", "server.deadline_s=1.2", "server.deadline_mode=partial",
               "heterogeneity=stragglers"],
     # the asynchronous modes: the checkpoint holds the schedule, the jobs in flight and their trained updates

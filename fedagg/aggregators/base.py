@@ -14,7 +14,13 @@ implements ``aggregate`` only (overriding ``apply`` is refused).
 A rule declares what it needs from the host with class attributes
 (``needs_proxy``, ``needs_model_fn``, ``needs_init_params``,
 ``needs_oracle_probs``, ``needs_label_hist``); its :class:`AggregatorContext`
-holds only what it declared -- everything else is ``None``.
+holds only what it declared -- everything else is ``None``. A rule whose
+server step reads the clients' SGD (FedNova's normaliser) sets
+``needs_sgd_clients``: the config then refuses ``train.optimizer=adam`` and a
+FedProx term, in one line, before training. What a rule needs in every reply
+beyond the contract (FedNova: the step count) it says in
+:meth:`Aggregator.update_problem`, which ``apply`` and the Flower strategy
+both run, so a reply that lacks it is refused with that one sentence.
 """
 from __future__ import annotations
 
@@ -109,6 +115,8 @@ class AggregatorContext:
     init_params_fn: InitParamsFn | None = None
     proxy_data: tuple[np.ndarray, np.ndarray] | None = None
     oracle_participation_probs: np.ndarray | None = None
+    # the clients' SGD momentum (train.momentum; None: not known, e.g. a foreign ServerApp's clients)
+    client_momentum: float | None = None
 
     def restricted_to(self, cls: type[Aggregator]) -> AggregatorContext:
         """This context with every field ``cls`` does not declare set to None."""
@@ -136,6 +144,7 @@ class Aggregator:
     needs_init_params: ClassVar[bool] = False  # ctx.init_params_fn: per-client initial models
     needs_oracle_probs: ClassVar[bool] = False  # ctx.oracle_participation_probs: simulation truth
     needs_label_hist: ClassVar[bool] = False  # every update must carry its label histogram
+    needs_sgd_clients: ClassVar[bool] = False  # clients must train with train.optimizer=sgd, no FedProx term
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -157,6 +166,10 @@ class Aggregator:
         """Check the input, run the rule, check the output. The only entry point."""
         check_updates(updates, global_params, self.ctx.num_clients, self.ctx.num_classes,
                       self.name if self.needs_label_hist else None)
+        for u in updates:
+            why = self.update_problem(u)
+            if why:
+                raise InvalidUpdate(f"client {u.client_id}: {why}")
         check_round(info, updates, self.ctx.num_clients)
         out, metrics = self.aggregate(global_params, list(updates), info)
         check_output(out, global_params, self.name)
@@ -167,6 +180,12 @@ class Aggregator:
     ) -> tuple[Params, Metrics]:
         """The rule itself; its input has passed :meth:`apply`'s checks."""
         raise NotImplementedError
+
+    def update_problem(self, u: ClientUpdate) -> str | None:
+        """Why ``u`` lacks what this rule needs beyond the contract's checks
+        (e.g. FedNova's step count), or None. Run by :meth:`apply` and, per
+        reply, by the Flower strategy (the reply is rejected with this text)."""
+        return None
 
     def params_for(self, client_id: int, global_params: Params) -> Params:
         """The model sent to ``client_id`` this round (gossip overrides)."""

@@ -520,6 +520,8 @@ class FedaggStrategy(Strategy):
                     rejected[cid] = row.rejected
                 else:
                     why = self._echo_problem(row.pid, node, cid)
+                    if not why and row.update is not None:
+                        why = self.aggregator.update_problem(row.update)  # what the rule needs besides the contract
                     if why:
                         rejected[cid] = why
                     else:
@@ -536,6 +538,9 @@ class FedaggStrategy(Strategy):
                 self._check_echo(reply, cid)
                 u = decode_train_reply(reply, cid, sent, self.num_classes or 0, self.max_update_norm, needs_hist,
                                        weight_key=opts.weighted_by_key, arrays_key=opts.arrayrecord_key)
+                why = self.aggregator.update_problem(u)  # what the rule needs besides the contract (FedNova: steps)
+                if why:
+                    raise InvalidUpdate(why)
                 updates.append(u)
                 accepted.append((reply.content, single_record(reply.content.metric_records, METRICS, "MetricRecord")))
             except InvalidUpdate as e:
