@@ -5,28 +5,45 @@ config.yaml, or with status.json for a job that failed before writing its
 config) and writes into ``--out`` (default: the sweep folder):
 
 * ``runs.csv``: one row per run: the swept keys, seed, status, final accuracy
-  (mean of the last k rounds), best accuracy, rounds to reach ``--target``,
-  and for rules with one model per node (gossip) the final mean-node and
-  worst-node accuracy;
+  (mean of the last k rounds), best accuracy, the round at which test accuracy
+  first reaches ``--target`` (empty if never) and, for runs on the virtual
+  clock (a device profile: metrics.csv has ``sim_time_s``), that round's
+  simulated seconds ``time_to_target_s`` (empty if never, or without the
+  clock), and for rules with one model per node (gossip) the final mean-node
+  and worst-node accuracy;
 * ``summary.csv`` / ``summary.md``: one row per group of runs that differ
   only in the seed: n completed, failed, mean ± sample std (ddof=1) over
   seeds; the Markdown table is printed to stdout too. summary.md also states
   the settings every run shares and the number of rounds the final accuracy
-  really averages (k, or fewer when fewer rounds ran);
+  really averages (k, or fewer when fewer rounds ran); with ``--target``,
+  rounds and simulated seconds to it as mean ± std over the runs that
+  reached it, with "reached / runs" (for seconds: / runs on the clock);
 * with ``--paired-against RULE`` (an ``aggregator.name``): for every other
   group, the mean over seeds of (final accuracy − RULE's final accuracy),
-  pairing the runs with the same seed and the same non-aggregator settings
-  (so the same data, partition, participation and initial model), with a
-  paired bootstrap 95 % confidence interval (percentiles of the mean of
+  pairing the runs with the same seed and the same settings outside
+  ``aggregator.*``, ``train.*`` and ``server.*`` (so the same data,
+  partition, participation, devices and initial model), with a paired
+  bootstrap 95 % confidence interval (percentiles of the mean of
   ``--bootstrap`` resamples of the seed pairs, drawn from the named stream
-  ``(--bootstrap-seed, "report-bootstrap")``);
+  ``(--bootstrap-seed, "report-bootstrap")``); with ``--target`` also the
+  paired differences of rounds and of simulated seconds to the target, over
+  the pairs where both runs reached it ("n=2 of 5 pairs"). When the rule is
+  not swept (sync against asynchronous FedAvg), name the reference group:
+  ``--paired-against fedavg@server.mode=sync``;
 * ``report_accuracy.png`` (test accuracy vs round, mean ± std band per
   group, with a zoomed panel on the last rounds; the legend to the right of
   the axes, numbers in it rounded to 3 significant digits, or more where
   groups would look alike), ``report_participation.png`` (who replied in
   each round) and ``report_weights.png`` (aggregation weights per client
   and round, when the aggregator reported them; one colour scale for all
-  panels): one panel per run -- a row per group, a column per seed.
+  panels): one panel per run -- a row per group, a column per seed;
+* ``report_accuracy_time.png`` (runs with ``sim_time_s``): test accuracy
+  against simulated seconds, each run faint and the group's mean ± std over
+  seeds of the step function "accuracy of the last model scored by time t",
+  up to the earliest end among the group's runs;
+  ``report_staleness.png`` (asynchronous runs): per group, the share of
+  applied client updates at each staleness (rounds.jsonl's
+  ``async.applied``), pooled over its seeds.
 
 Every file it writes has a name no fedagg run writes, so a report on a
 single run folder adds files next to the run's own and changes none.
@@ -957,14 +974,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fedagg-report", description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep", help="a sweep folder (e.g. multirun/<date>/<time>) or a single run folder")
     ap.add_argument("--last-k", type=int, default=5, help="final accuracy = mean of the last k rounds (5)")
-    ap.add_argument("--target", type=float, default=None, help="report rounds needed to reach this test accuracy")
+    ap.add_argument("--target", type=float, default=None, metavar="ACC",
+                    help="report the round, and for runs with a device profile the simulated seconds (sim_time_s), "
+                         "at which test accuracy first reaches ACC (not reached: empty / —)")
     ap.add_argument("--out", default=None, help="where to write runs.csv, summary.md and plots (the sweep folder)")
     ap.add_argument("--no-plots", action="store_true", help="tables only")
     ap.add_argument("--paired-against", default=None, metavar="RULE",
-                    help="an aggregator.name: report each other rule's mean paired difference in final accuracy "
-                         "to it over seeds (runs pair by seed and every swept key outside aggregator.* and train.*), "
-                         "with a paired bootstrap 95%% CI; RULE@key=value,... picks one group of that rule "
-                         "(e.g. fedavg@aggregator.disco=false)")
+                    help="an aggregator.name: report each other group's mean paired difference in final accuracy "
+                         "to it over seeds (runs pair by seed and every swept key outside aggregator.*, train.* and "
+                         "server.*), with a paired bootstrap 95%% CI; with --target also in rounds and simulated "
+                         "seconds to the target, over the pairs where both reached it; RULE@key=value,... picks one "
+                         "group of that rule (e.g. fedavg@aggregator.disco=false, fedavg@server.mode=sync)")
     ap.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the CI (10000)")
     ap.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap's named stream (0)")
     a = ap.parse_args(argv)
