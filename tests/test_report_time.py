@@ -14,12 +14,13 @@ from fedagg.report import summary as S
 from fedagg.report.summary import main, report
 
 
-def clock_run(folder, mode, seed, times, accs, applied=None, agg="fedavg"):
+def clock_run(folder, mode, seed, times, accs, applied=None, agg="fedavg", deadline=None):
     """A run folder written by hand: config.yaml, status.json, metrics.csv (``times``: its sim_time_s, None =
     a run without a device profile) and, with ``applied`` (staleness per applied update, per server update),
     rounds.jsonl's async records."""
     folder.mkdir(parents=True)
-    cfg = {"aggregator": {"name": agg}, "server": {"mode": mode}, "num_clients": 4, "seed": seed}
+    cfg = {"aggregator": {"name": agg}, "server": {"mode": mode, "deadline_s": deadline}, "num_clients": 4,
+           "seed": seed}
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
     (folder / "status.json").write_text(json.dumps({"status": "completed"}))
     df = pd.DataFrame({"round": range(1, len(accs) + 1), "test_accuracy": accs})
@@ -128,6 +129,26 @@ def test_paired_against_a_mode_needs_the_group_named(clock_sweep, capsys):
     assert "fedavg@server.mode=sync" in err and "\n" not in err
     assert main([str(clock_sweep), "--paired-against", "fedprox@server.mode=sync", "--no-plots"]) == 2
     assert "no run has aggregator.name=fedprox" in capsys.readouterr().err
+
+
+def test_sync_with_and_without_deadline_reference_named_by_null(tmp_path, capsys):
+    """sync FedAvg with and without a deadline against FedBuff: the reference needs its deadline named."""
+    root = tmp_path / "dl"
+    for seed in (0, 1):
+        clock_run(root / f"sync_{seed}", "sync", seed, [4, 8], [0.5, 0.9])
+        clock_run(root / f"deadline_{seed}", "sync", seed, [2, 4], [0.5, 0.9 - 0.1 * seed], deadline=2.0)
+        clock_run(root / f"fedbuff_{seed}", "fedbuff", seed, [1, 3 + seed], [0.4, 0.85])
+    assert main([str(root), "--target", "0.8", "--paired-against", "fedavg@server.mode=sync", "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "several groups of fedavg@server.mode=sync" in err and "server.deadline_s" in err and "\n" not in err
+    res = report(root, target=0.8, plots=False, paired_ref="fedavg@server.mode=sync,server.deadline_s=null",
+                 bootstrap=300)
+    s = res["summary"].set_index(["server.mode", "server.deadline_s"], drop=False)
+    dl = s[s["server.deadline_s"] == 2.0].iloc[0]
+    assert (dl["paired_time_n"], dl["paired_time_mean"]) == (2, pytest.approx(-4.0))  # 4 − 8 on both seeds
+    fb = s[s["server.mode"] == "fedbuff"].iloc[0]
+    assert (fb["paired_time_n"], fb["paired_time_mean"]) == (2, pytest.approx(((3 - 8) + (4 - 8)) / 2))
+    assert res["text"].count("(reference)") == 3  # Δ final, Δ rounds, Δ sim s of the no-deadline sync group
 
 
 def test_accuracy_against_time_is_a_step_mean_over_seeds(clock_sweep):
