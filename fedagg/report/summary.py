@@ -5,28 +5,45 @@ config.yaml, or with status.json for a job that failed before writing its
 config) and writes into ``--out`` (default: the sweep folder):
 
 * ``runs.csv``: one row per run: the swept keys, seed, status, final accuracy
-  (mean of the last k rounds), best accuracy, rounds to reach ``--target``,
-  and for rules with one model per node (gossip) the final mean-node and
-  worst-node accuracy;
+  (mean of the last k rounds), best accuracy, the round at which test accuracy
+  first reaches ``--target`` (empty if never) and, for runs on the virtual
+  clock (a device profile: metrics.csv has ``sim_time_s``), that round's
+  simulated seconds ``time_to_target_s`` (empty if never, or without the
+  clock), and for rules with one model per node (gossip) the final mean-node
+  and worst-node accuracy;
 * ``summary.csv`` / ``summary.md``: one row per group of runs that differ
   only in the seed: n completed, failed, mean ± sample std (ddof=1) over
   seeds; the Markdown table is printed to stdout too. summary.md also states
   the settings every run shares and the number of rounds the final accuracy
-  really averages (k, or fewer when fewer rounds ran);
+  really averages (k, or fewer when fewer rounds ran); with ``--target``,
+  rounds and simulated seconds to it as mean ± std over the runs that
+  reached it, with "reached / runs" (for seconds: / runs on the clock);
 * with ``--paired-against RULE`` (an ``aggregator.name``): for every other
   group, the mean over seeds of (final accuracy − RULE's final accuracy),
-  pairing the runs with the same seed and the same non-aggregator settings
-  (so the same data, partition, participation and initial model), with a
-  paired bootstrap 95 % confidence interval (percentiles of the mean of
+  pairing the runs with the same seed and the same settings outside
+  ``aggregator.*``, ``train.*`` and ``server.*`` (so the same data,
+  partition, participation, devices and initial model), with a paired
+  bootstrap 95 % confidence interval (percentiles of the mean of
   ``--bootstrap`` resamples of the seed pairs, drawn from the named stream
-  ``(--bootstrap-seed, "report-bootstrap")``);
+  ``(--bootstrap-seed, "report-bootstrap")``); with ``--target`` also the
+  paired differences of rounds and of simulated seconds to the target, over
+  the pairs where both runs reached it ("n=2 of 5 pairs"). When the rule is
+  not swept (sync against asynchronous FedAvg), name the reference group:
+  ``--paired-against fedavg@server.mode=sync``;
 * ``report_accuracy.png`` (test accuracy vs round, mean ± std band per
   group, with a zoomed panel on the last rounds; the legend to the right of
   the axes, numbers in it rounded to 3 significant digits, or more where
   groups would look alike), ``report_participation.png`` (who replied in
   each round) and ``report_weights.png`` (aggregation weights per client
   and round, when the aggregator reported them; one colour scale for all
-  panels): one panel per run -- a row per group, a column per seed.
+  panels): one panel per run -- a row per group, a column per seed;
+* ``report_accuracy_time.png`` (runs with ``sim_time_s``): test accuracy
+  against simulated seconds, each run faint and the group's mean ± std over
+  seeds of the step function "accuracy of the last model scored by time t",
+  up to the earliest end among the group's runs;
+  ``report_staleness.png`` (asynchronous runs): per group, the share of
+  applied client updates at each staleness (rounds.jsonl's
+  ``async.applied``), pooled over its seeds.
 
 Every file it writes has a name no fedagg run writes, so a report on a
 single run folder adds files next to the run's own and changes none.
@@ -42,12 +59,15 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 ACC = "test_accuracy"
-PLOTS = {"accuracy": "report_accuracy.png", "participation": "report_participation.png",
-         "weights": "report_weights.png"}  # never a name a run writes (a run's own plot is accuracy.png)
+SIM_TIME = "sim_time_s"  # cumulative simulated seconds (runs with a device profile)
+PLOTS = {"accuracy": "report_accuracy.png", "accuracy_time": "report_accuracy_time.png",
+         "participation": "report_participation.png", "weights": "report_weights.png",
+         "staleness": "report_staleness.png"}  # never a name a run writes (a run's own plot is accuracy.png)
 NODE_COLS = ("node_accuracy_mean", "node_accuracy_worst")  # written for per-node rules (gossip)
 
 
@@ -152,15 +172,22 @@ def run_stats(df: Any, last_k: int, target: float | None) -> dict[str, Any]:
     acc = df[ACC].astype(float)
     k = max(1, min(int(last_k), len(acc)))
     first_hit: int | None = None
+    time_hit: float | None = None
     if target is not None:
-        reached = df.loc[acc >= target, "round"]
+        hit = acc >= target
+        reached = df.loc[hit, "round"]
         first_hit = int(reached.iloc[0]) if len(reached) else None
+        if SIM_TIME in df.columns and len(reached):
+            t = float(df.loc[hit, SIM_TIME].iloc[0])
+            time_hit = t if math.isfinite(t) else None
+    times = {"time_to_target_s": time_hit} if target is not None and SIM_TIME in df.columns else {}
     return {
         "rounds_done": int(df["round"].max()),
         "final_k": k,
         "final_accuracy": float(acc.iloc[-k:].mean()),
         "best_accuracy": float(acc.max()),
         "rounds_to_target": first_hit,
+        **times,  # runs on the virtual clock: simulated seconds at that round (its metrics.csv sim_time_s)
         # rules with one model per node (gossip): the nodes' own accuracy, mean and worst node
         **{f"final_{c}": float(df[c].astype(float).iloc[-k:].mean()) for c in NODE_COLS if c in df.columns},
     }
@@ -261,7 +288,10 @@ def build_tables(root: Path, last_k: int = 5, target: float | None = None):
         row.update(stats)
         rows.append(row)
     runs_df = pd.DataFrame(rows)
-    for c in ("final_accuracy", "best_accuracy", "rounds_to_target", *(f"final_{c}" for c in NODE_COLS)):
+    if target is not None and any(m is not None and SIM_TIME in m.columns for m in metrics):
+        runs_df["time_to_target_s"] = runs_df.get("time_to_target_s")  # NaN for runs without the clock
+    for c in ("final_accuracy", "best_accuracy", "rounds_to_target", "time_to_target_s",
+              *(f"final_{c}" for c in NODE_COLS)):
         if c in runs_df.columns:
             runs_df[c] = pd.to_numeric(runs_df[c], errors="coerce")
     if target is not None:
@@ -271,6 +301,7 @@ def build_tables(root: Path, last_k: int = 5, target: float | None = None):
     seed = pd.to_numeric(runs_df["seed"], errors="coerce")
     runs_df = runs_df.loc[pd.DataFrame({"k": key, "s": seed}).sort_values(["k", "s"], kind="stable").index]
 
+    curves_by_name = {row["run"]: m for row, m in zip(rows, metrics)}
     summary = []
     grouped = runs_df.groupby(group_keys, dropna=False, sort=False) if group_keys else [((), runs_df)]
     for vals, g in grouped:
@@ -287,10 +318,20 @@ def build_tables(root: Path, last_k: int = 5, target: float | None = None):
             s["reached_target"] = len(hit)
             s["rounds_to_target_mean"] = float(hit.mean()) if len(hit) else float("nan")
             s["rounds_to_target_std"] = float(hit.std(ddof=1)) if len(hit) > 1 else float("nan")
+            if "time_to_target_s" in done:
+                th = done["time_to_target_s"].dropna()
+                s["reached_target_time"] = len(th)
+                s["with_sim_time"] = int(done["run"].map(lambda r: _has_sim_time(curves_by_name.get(r))).sum())
+                s["time_to_target_s_mean"] = float(th.mean()) if len(th) else float("nan")
+                s["time_to_target_s_std"] = float(th.std(ddof=1)) if len(th) > 1 else float("nan")
         summary.append(s)
     summary_df = pd.DataFrame(summary)
     curves = {run: df for run, df in zip(runs, metrics)}
     return runs_df, summary_df, group_keys, curves, runs, configs
+
+
+def _has_sim_time(df: Any) -> bool:
+    return df is not None and SIM_TIME in df.columns and bool(df[SIM_TIME].notna().any())
 
 
 def fixed_settings(configs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -317,9 +358,13 @@ def fixed_settings_markdown(fixed: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- paired comparisons
 RULE_KEY = "aggregator.name"
-# keys that belong to a method, not to the setting it runs in: a rule's options and its local training
-# (FedAU's preset gives each rule its own train.lr); runs pair when everything else and the seed agree
-METHOD_KEYS = ("aggregator.", "train.")
+# keys that belong to a method, not to the setting it runs in: a rule's options, its local training
+# (FedAU's preset gives each rule its own train.lr) and the server's schedule (server.mode sync | fedasync |
+# fedbuff | fedfix, its deadline, concurrency, buffer, window, staleness weights); runs pair when everything
+# else and the seed agree
+METHOD_KEYS = ("aggregator.", "train.", "server.")
+# time-based columns paired with --target: (runs.csv column, its name in summary.csv's paired_* columns)
+TARGET_COLS = (("rounds_to_target", "rounds"), ("time_to_target_s", "time"))
 
 
 def reference_spec(ref: str) -> tuple[str, dict[str, str]]:
@@ -338,16 +383,20 @@ def reference_spec(ref: str) -> tuple[str, dict[str, str]]:
 def _same_value(v: Any, want: str) -> bool:
     if str(v).lower() == want.lower():
         return True
+    if want.lower() in ("null", "none"):  # an unset key (null in config.yaml; NaN once in a table)
+        return v is None or (isinstance(v, float) and math.isnan(v))
     try:
         return float(v) == float(want)
     except (TypeError, ValueError):
         return False
 
 
-def is_reference(row: Any, ref: str) -> bool:
-    """``row`` (a run or a group, with its swept keys) is the reference ``ref`` (:func:`reference_spec`)."""
+def is_reference(row: Any, ref: str, fixed_rule: str | None = None) -> bool:
+    """``row`` (a run or a group, with its swept keys) is the reference ``ref`` (:func:`reference_spec`);
+    ``fixed_rule``: every run's ``aggregator.name`` when it is not swept (a sweep over ``server.mode``)."""
     rule, conds = reference_spec(ref)
-    return str(row[RULE_KEY]) == rule and all(_same_value(row[k], v) for k, v in conds.items())
+    have = str(row[RULE_KEY]) if RULE_KEY in row else fixed_rule
+    return have == rule and all(_same_value(row[k], v) for k, v in conds.items())
 
 
 def paired_bootstrap_ci(diffs: Any, resamples: int = 10000, seed: int = 0,
@@ -370,18 +419,27 @@ def paired_bootstrap_ci(diffs: Any, resamples: int = 10000, seed: int = 0,
 
 
 def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int = 10000,
-                   seed: int = 0) -> dict[tuple, dict[str, Any]]:
-    """For each group (tuple of its group-key values as str) whose rule is not
+                   seed: int = 0, fixed_rule: str | None = None) -> dict[tuple, dict[str, Any]]:
+    """For each group (tuple of its group-key values as str) that is not
     ``ref``: n pairs, mean of (final acc − ref's final acc) over seeds and its
     paired bootstrap 95 % CI. Runs pair when they share the seed and every
-    group key outside ``aggregator.*`` and ``train.*`` (same data, partition,
-    participation, initial model); only completed runs pair."""
+    group key outside ``aggregator.*``, ``train.*`` and ``server.*`` (same
+    data, partition, participation, devices, initial model); only completed
+    runs pair. With ``--target`` (a ``rounds_to_target`` / ``time_to_target_s``
+    column), the same for rounds and simulated seconds to the target, over the
+    pairs where both runs reached it (``paired_{rounds,time}_n``).
+    ``fixed_rule``: every run's rule when ``aggregator.name`` is not swept
+    (then ``ref`` must name its group, e.g. ``fedavg@server.mode=sync``)."""
     import numpy as np
 
-    if RULE_KEY not in group_keys:
-        raise ReportError(f"--paired-against {ref}: the runs do not differ in {RULE_KEY}")
     rule, conds = reference_spec(ref)
-    rules = set(runs_df[RULE_KEY].astype(str))
+    if RULE_KEY not in group_keys:
+        if fixed_rule is None or not conds:
+            raise ReportError(f"--paired-against {ref}: the runs do not differ in {RULE_KEY}; name the reference "
+                              f"group with RULE@key=value (e.g. fedavg@server.mode=sync)")
+        if fixed_rule != rule:
+            raise ReportError(f"--paired-against {ref}: no run has {RULE_KEY}={rule} (found: {fixed_rule})")
+    rules = set(runs_df[RULE_KEY].astype(str)) if RULE_KEY in group_keys else {str(fixed_rule)}
     if rule not in rules:
         raise ReportError(f"--paired-against {ref}: no run has {RULE_KEY}={rule} (found: {', '.join(sorted(rules))})")
     unswept = sorted(k for k in conds if k not in group_keys)
@@ -390,13 +448,14 @@ def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int
                           f"(swept: {', '.join(group_keys)})")
     match_keys = [k for k in group_keys if not k.startswith(METHOD_KEYS)]
     done = runs_df[runs_df["status"] == "completed"]
-    refs = done[[is_reference(r, ref) for _, r in done.iterrows()]] if len(done) else done
+    refs = done[[is_reference(r, ref, fixed_rule) for _, r in done.iterrows()]] if len(done) else done
     ref_groups = refs.groupby(group_keys, dropna=False, sort=False).ngroups
     per_setting = refs.groupby(match_keys, dropna=False, sort=False).ngroups if match_keys else 1
     if ref_groups > per_setting:
         raise ReportError(
             f"--paired-against {ref}: several groups of {ref} share the same data settings (they differ in "
-            f"{', '.join(k for k in group_keys if k.startswith(METHOD_KEYS) and k != RULE_KEY)}); "
+            f"{', '.join(k for k in group_keys if k.startswith(METHOD_KEYS) and k != RULE_KEY and k not in conds)}; "
+            "name one with RULE@key=value); "
             "report them in separate sweeps")
 
     def setting(r: Any) -> tuple:
@@ -411,7 +470,7 @@ def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int
     out: dict[tuple, dict[str, Any]] = {}
     for vals, g in runs_df.groupby(group_keys, dropna=False, sort=False):
         vals = vals if isinstance(vals, tuple) else (vals,)
-        if is_reference(dict(zip(group_keys, vals)), ref):
+        if is_reference(dict(zip(group_keys, vals)), ref, fixed_rule):
             continue
         pairs = [(r, ref_rows[setting(r)]) for _, r in g[g["status"] == "completed"].iterrows() if setting(r) in ref_rows]
         diffs = [float(r["final_accuracy"]) - float(q["final_accuracy"]) for r, q in pairs]
@@ -423,8 +482,34 @@ def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int
                 d = [node_acc(r, c) - node_acc(q, c) for r, q in pairs]
                 lo, hi = paired_bootstrap_ci(d, resamples, seed)
                 res.update({f"paired_{c}_mean": float(np.mean(d)), f"paired_{c}_low": lo, f"paired_{c}_high": hi})
+        for col, name in TARGET_COLS:  # to the target: only the pairs where both runs reached it
+            if col not in runs_df.columns:
+                continue
+            both = [(float(r[col]), float(q[col])) for r, q in pairs if not (pd_isna(r[col]) or pd_isna(q[col]))]
+            d = [a - b for a, b in both]
+            lo, hi = paired_bootstrap_ci(d, resamples, seed)
+            res.update({f"paired_{name}_n": len(d), f"paired_{name}_mean": float(np.mean(d)) if d else float("nan"),
+                        f"paired_{name}_low": lo, f"paired_{name}_high": hi})
         out[tuple(str(v) for v in vals)] = res
     return out
+
+
+def pd_isna(v: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(v))
+
+
+def _fmt_target_diff(p: dict[str, Any], name: str, digits: int) -> str:
+    """Δ rounds / seconds to the target: ``+1.50 [+0.00, +3.00] (n=2 of 3 pairs)``, n = pairs where both
+    runs reached it."""
+    total, n = p.get("paired_n"), p.get(f"paired_{name}_n")
+    if total is None or pd_isna(total) or int(total) == 0:
+        return "— (no pairs)"
+    if n is None or pd_isna(n) or int(n) == 0:
+        return f"— (0 of {int(total)} pairs both reached)"
+    mean, lo, hi = p[f"paired_{name}_mean"], p[f"paired_{name}_low"], p[f"paired_{name}_high"]
+    return f"{mean:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] (n={int(n)} of {int(total)} pairs)"
 
 
 def _fmt_diff(p: dict[str, Any], col: str = "diff") -> str:
@@ -449,8 +534,12 @@ def _k_label(ks: Any, last_k: int) -> str:
 
 
 def summary_markdown(summary_df: Any, group_keys: list[str], last_k: int, target: float | None,
-                     k_label: str | None = None, paired_ref: str | None = None) -> str:
+                     k_label: str | None = None, paired_ref: str | None = None,
+                     fixed_rule: str | None = None) -> str:
     import pandas as pd
+
+    def is_ref(s: Any) -> bool:
+        return paired_ref is not None and is_reference(s, paired_ref, fixed_rule)
 
     table = []
     for _, s in summary_df.iterrows():
@@ -460,7 +549,7 @@ def summary_markdown(summary_df: Any, group_keys: list[str], last_k: int, target
         r[f"final acc (last {k_label or last_k})"] = _fmt(s["final_accuracy_mean"], s["final_accuracy_std"], r["n"])
         if paired_ref is not None:
             r[f"Δ final vs {paired_ref} [95% CI]"] = (
-                "(reference)" if is_reference(s, paired_ref) else _fmt_diff(s.to_dict()))
+                "(reference)" if is_ref(s) else _fmt_diff(s.to_dict()))
         r["best acc"] = _fmt(s["best_accuracy_mean"], s["best_accuracy_std"], r["n"])
         for c, name in zip(NODE_COLS, ("mean", "worst")):
             if f"final_{c}_mean" in summary_df.columns:  # per-node rules; — for the others
@@ -469,12 +558,23 @@ def summary_markdown(summary_df: Any, group_keys: list[str], last_k: int, target
                     s[f"final_{c}_mean"], s[f"final_{c}_std"], n_node)
                 if paired_ref is not None and f"paired_{c}_mean" in summary_df.columns:
                     r[f"Δ node acc {name} vs {paired_ref} [95% CI]"] = (
-                        "(reference)" if is_reference(s, paired_ref) else _fmt_diff(s.to_dict(), c))
+                        "(reference)" if is_ref(s) else _fmt_diff(s.to_dict(), c))
         if target is not None:
             r[f"rounds to {target:g}"] = (
                 f"{_fmt(s['rounds_to_target_mean'], s['rounds_to_target_std'], int(s['reached_target']), 1)}"
                 f" ({int(s['reached_target'])}/{r['n']})"
             )
+            if "time_to_target_s_mean" in summary_df.columns:  # runs on the virtual clock
+                n_t, n_clock = int(s["reached_target_time"]), int(s["with_sim_time"])
+                r[f"sim s to {target:g}"] = (
+                    f"{_fmt(s['time_to_target_s_mean'], s['time_to_target_s_std'], n_t, 2)} ({n_t}/{n_clock})"
+                    if n_clock else "— (no sim_time_s)")
+            if paired_ref is not None:
+                for col, name, unit, digits in (("rounds_to_target", "rounds", "rounds", 1),
+                                                ("time_to_target_s", "time", "sim s", 2)):
+                    if f"paired_{name}_n" in summary_df.columns:
+                        r[f"Δ {unit} to {target:g} vs {paired_ref} [95% CI]"] = (
+                            "(reference)" if is_ref(s) else _fmt_target_diff(s.to_dict(), name, digits))
         table.append(r)
     df = pd.DataFrame(table)
     if not group_keys:
@@ -554,6 +654,133 @@ def plot_accuracy(path: Path, groups, runs_df, curves, run_dirs) -> Path | None:
     if fig is None:
         return None
     fig.savefig(path, bbox_inches="tight")  # the legend outside the axes is part of the image
+    plt.close(fig)
+    return path
+
+
+TIME_GRID = 200  # points of the common time grid a group's mean ± std is taken on
+
+
+def time_curves(groups, runs_df, curves, run_dirs) -> list[tuple[str, list[tuple[Any, Any]], Any, Any, Any]]:
+    """Per group with runs on the virtual clock: (label, [(sim_time_s, accuracy) per completed run],
+    grid, mean, std). A run's accuracy at time t is that of its last model scored at or before t (a step
+    function; undefined before its first row); the grid runs from 0 to the earliest end among the group's
+    runs, so every seed counts at every point of the mean (std with ddof=1, 0 for one run)."""
+    import numpy as np
+
+    out = []
+    for label, idx in groups:
+        runs = []
+        for i in idx:
+            df = curves[run_dirs[i]]
+            if runs_df.loc[i, "status"] == "completed" and _has_sim_time(df):
+                d = df[[SIM_TIME, ACC]].astype(float).dropna().sort_values(SIM_TIME, kind="stable")
+                runs.append((d[SIM_TIME].to_numpy(), d[ACC].to_numpy()))
+        if not runs:
+            continue
+        grid = np.linspace(0.0, min(float(t[-1]) for t, _ in runs), TIME_GRID)
+        vals = np.full((len(runs), grid.size), np.nan)
+        for j, (t, a) in enumerate(runs):
+            k = np.searchsorted(t, grid, side="right") - 1  # the last row at or before each grid time
+            vals[j, k >= 0] = a[k[k >= 0]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before the first update
+            mean = np.nanmean(vals, axis=0)
+            std = np.nanstd(vals, axis=0, ddof=1) if len(runs) > 1 else np.zeros(grid.size)
+        out.append((f"{label} (n={len(runs)})", runs, grid, mean, np.nan_to_num(std)))
+    return out
+
+
+def accuracy_time_figure(groups, runs_df, curves, run_dirs) -> Any:
+    """Test accuracy against simulated time (``sim_time_s``): each run faint, the group's mean ± std over
+    seeds on :func:`time_curves`' grid as a step line with a band; legend right of the axes. None when no
+    completed run has ``sim_time_s``."""
+    import matplotlib.pyplot as plt
+
+    stats = time_curves(groups, runs_df, curves, run_dirs)
+    if not stats:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for label, runs, grid, mean, std in stats:
+        line, = ax.plot(grid, mean, drawstyle="steps-post", label=label)
+        c = line.get_color()
+        ax.fill_between(grid, mean - std, mean + std, step="post", alpha=0.2, color=c)
+        for t, a in runs:
+            ax.plot(t, a, color=c, alpha=0.3, linewidth=0.8, drawstyle="steps-post", marker="." if t.size < 30 else None)
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.set_title("runs faint; mean up to the earliest end of a group's runs", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), loc="upper left", bbox_to_anchor=(1.0, 0.98), fontsize=7,
+               ncol=math.ceil(len(stats) / LEGEND_ROWS), frameon=False)
+    return fig
+
+
+def staleness_counts(run: Path) -> dict[int, int]:
+    """{staleness: number of applied updates} of an asynchronous run (rounds.jsonl's ``async.applied``)."""
+    counts: dict[int, int] = {}
+    for d in load_rounds(run):
+        for a in (d.get("async") or {}).get("applied") or []:
+            if a.get("staleness") is not None:
+                counts[int(a["staleness"])] = counts.get(int(a["staleness"]), 0) + 1
+    return counts
+
+
+def staleness_figure(groups, runs_df, run_dirs) -> Any:
+    """Staleness of the applied updates, one histogram panel per group (its completed runs pooled): the
+    share of updates at each staleness τ (server updates since the client's download; fresh = 0), with the
+    count, mean and max in the title; one τ axis for all panels. None when no run is asynchronous."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    hists = []
+    for label, idx in groups:
+        pooled: dict[int, int] = {}
+        runs = 0
+        for i in idx:
+            if runs_df.loc[i, "status"] != "completed":
+                continue
+            c = staleness_counts(run_dirs[i])
+            runs += bool(c)
+            for k, v in c.items():
+                pooled[k] = pooled.get(k, 0) + v
+        if pooled:
+            hists.append((label, runs, pooled))
+    if not hists:
+        return None
+    if len(hists) > MAX_GROUPS:
+        print(f"warning: staleness plot shows the first {MAX_GROUPS} of {len(hists)} groups", file=sys.stderr)
+        hists = hists[:MAX_GROUPS]
+    ncols = min(4, len(hists))
+    nrows = math.ceil(len(hists) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.6 * nrows + 0.4), dpi=100, squeeze=False,
+                             sharex=True, layout="constrained")
+    for ax in axes.flat[len(hists):]:
+        ax.axis("off")
+    for ax, (label, runs, pooled) in zip(axes.flat, hists):
+        taus = np.array(sorted(pooled))
+        n = np.array([pooled[t] for t in taus])
+        total = int(n.sum())
+        ax.bar(taus, n / total, width=0.8)
+        mean = float((taus * n).sum() / total)
+        ax.set_title(f"{label}\n{total} client updates applied, {runs} run(s); mean {mean:.2f}, max {int(taus.max())}",
+                     fontsize=8)
+        ax.set_xlabel("staleness τ (server updates)", fontsize=8)
+        ax.set_ylabel("share of applied updates", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def _save(path: Path, fig: Any) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    if fig is None:
+        return None
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -689,9 +916,11 @@ def report(root: Path, out: Path | None = None, last_k: int = 5, target: float |
         raise ReportError(f"--bootstrap {bootstrap} must be >= 1")
     out = Path(out) if out is not None else root
     runs_df, summary_df, group_keys, curves, run_dirs, configs = build_tables(root, last_k, target)
+    fixed_rule = fixed_settings(configs).get(RULE_KEY)
+    fixed_rule = None if fixed_rule is None else str(fixed_rule)
     paired_note = ""
     if paired_ref is not None:
-        pairs = paired_against(runs_df, group_keys, paired_ref, bootstrap, bootstrap_seed)
+        pairs = paired_against(runs_df, group_keys, paired_ref, bootstrap, bootstrap_seed, fixed_rule)
         cols = ["paired_n", "paired_diff_mean", "paired_ci_low", "paired_ci_high"]
         cols += sorted({c for p in pairs.values() for c in p if c not in cols})  # per-node Δ, where any
         for col in cols:
@@ -701,12 +930,15 @@ def report(root: Path, out: Path | None = None, last_k: int = 5, target: float |
                        f"data settings; [95% CI] = paired bootstrap ({bootstrap} resamples, seed {bootstrap_seed})"
                        + ("; Δ node acc: a per-node rule's node accuracy minus the reference's (a one-model "
                           "rule's nodes all hold its global model)." if any(
-                              c.startswith("paired_node") for c in summary_df.columns) else "."))
+                              c.startswith("paired_node") for c in summary_df.columns) else ".")
+                       + (f" Δ {'rounds / sim s' if 'time_to_target_s' in runs_df.columns else 'rounds'} to "
+                          f"{target:g}: the method's minus the reference's, over the pairs where both reached the "
+                          "target (n of the pairs)." if target is not None else ""))
     out.mkdir(parents=True, exist_ok=True)
     runs_df.to_csv(out / "runs.csv", index=False)
     summary_df.to_csv(out / "summary.csv", index=False)
     k_label = _k_label(runs_df["final_k"], last_k)
-    md = summary_markdown(summary_df, group_keys, last_k, target, k_label, paired_ref)
+    md = summary_markdown(summary_df, group_keys, last_k, target, k_label, paired_ref, fixed_rule)
     n_failed = int((runs_df["status"] != "completed").sum())
     fewer = f" (--last-k {last_k}; fewer rounds ran)" if k_label != str(last_k) else ""
     fixed = fixed_settings_markdown({k: v for k, v in fixed_settings(configs).items() if k != "seed"})
@@ -726,8 +958,11 @@ def report(root: Path, out: Path | None = None, last_k: int = 5, target: float |
         matplotlib.use("Agg")
         groups = _groups(runs_df, group_keys, run_dirs)
         for name, fn in (("accuracy", lambda p: plot_accuracy(p, groups, runs_df, curves, run_dirs)),
+                         ("accuracy_time", lambda p: _save(p, accuracy_time_figure(groups, runs_df, curves,
+                                                                                     run_dirs))),
                          ("participation", lambda p: plot_heatmaps(p, groups, runs_df, run_dirs, "participation")),
-                         ("weights", lambda p: plot_heatmaps(p, groups, runs_df, run_dirs, "weights"))):
+                         ("weights", lambda p: plot_heatmaps(p, groups, runs_df, run_dirs, "weights")),
+                         ("staleness", lambda p: _save(p, staleness_figure(groups, runs_df, run_dirs)))):
             p = fn(out / PLOTS[name])
             if p is not None:
                 files[name] = p
@@ -739,14 +974,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fedagg-report", description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep", help="a sweep folder (e.g. multirun/<date>/<time>) or a single run folder")
     ap.add_argument("--last-k", type=int, default=5, help="final accuracy = mean of the last k rounds (5)")
-    ap.add_argument("--target", type=float, default=None, help="report rounds needed to reach this test accuracy")
+    ap.add_argument("--target", type=float, default=None, metavar="ACC",
+                    help="report the round, and for runs with a device profile the simulated seconds (sim_time_s), "
+                         "at which test accuracy first reaches ACC (not reached: empty / —)")
     ap.add_argument("--out", default=None, help="where to write runs.csv, summary.md and plots (the sweep folder)")
     ap.add_argument("--no-plots", action="store_true", help="tables only")
     ap.add_argument("--paired-against", default=None, metavar="RULE",
-                    help="an aggregator.name: report each other rule's mean paired difference in final accuracy "
-                         "to it over seeds (runs pair by seed and every swept key outside aggregator.* and train.*), "
-                         "with a paired bootstrap 95%% CI; RULE@key=value,... picks one group of that rule "
-                         "(e.g. fedavg@aggregator.disco=false)")
+                    help="an aggregator.name: report each other group's mean paired difference in final accuracy "
+                         "to it over seeds (runs pair by seed and every swept key outside aggregator.*, train.* and "
+                         "server.*), with a paired bootstrap 95%% CI; with --target also in rounds and simulated "
+                         "seconds to the target, over the pairs where both reached it; RULE@key=value,... picks one "
+                         "group of that rule (e.g. fedavg@aggregator.disco=false, fedavg@server.mode=sync)")
     ap.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the CI (10000)")
     ap.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap's named stream (0)")
     a = ap.parse_args(argv)
