@@ -78,6 +78,11 @@ class Experiment:
     clock: Clock | None = None  # the virtual clock (device_profile != none): the round's plan with its deadline
     resume_state: dict[str, Any] | None = None  # a checked checkpoint (resume=...), restored by run_server
     outcome: Exception | None = None  # set by run_server when the run stopped early (failed / interrupted)
+    client_state: Any = None  # the virtual clients' states (rules with client state): runtime.state_store
+
+    def state_names(self) -> list[str]:
+        """The arrays of one client's state: the model's learnable parameters."""
+        return [n for n, _ in self.model().named_parameters()]
 
     def model(self) -> torch.nn.Module:
         s = self.model_spec
@@ -173,11 +178,18 @@ def build(raw: Any) -> Experiment:
             exp.aggregator = instantiate({"_target_": agg_target, **aopts}, ctx, _convert_="all")
         else:
             exp.aggregator = agg.build(cfg.aggregator["name"], ctx, **aopts)
+    if exp.aggregator.client_state:  # the store's budget, checked before anything runs
+        from .runtime.state_store import check_budget, state_bytes
+
+        check_budget(cfg.runtime.state_memory_mb, cfg.runtime.state_spill, cfg.num_clients,
+                     state_bytes(exp.init_params(0), exp.state_names()))
     if cfg.resume:  # read and checked once, before any runtime starts
         from . import checkpoint as ckpt
 
         try:
             exp.resume_state = ckpt.load_for_resume(Path(cfg.resume), to_dict(cfg))
+            ckpt.check_client_state(exp.resume_state, Path(cfg.resume), bool(exp.aggregator.client_state),
+                                    exp.state_names())
         except ResumeError as e:
             raise ConfigError(str(e)) from e
     return exp
@@ -234,6 +246,11 @@ def run(cfg: Any, out_dir: str | Path) -> list[dict[str, Any]]:
         if exp.cfg.torch_threads:  # small models: one thread avoids OpenMP oversubscription (see README, Performance)
             torch.set_num_threads(exp.cfg.torch_threads)
         write_config(exp.cfg, out)
+        if exp.aggregator.client_state:
+            from .runtime.state_store import open_store
+
+            rt = exp.cfg.runtime
+            exp.client_state = open_store(rt.state_memory_mb, rt.state_spill, out)
         from .runtime import get_runtime
         from .server import make_server_app
 
