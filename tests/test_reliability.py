@@ -145,6 +145,8 @@ def _final(path: Path) -> dict[str, torch.Tensor]:
 RESUME_CASES = {
     "fedau": ["aggregator=fedau", "participation=bernoulli", "participation.p_min=0.3"],
     "gossip": ["aggregator=gossip"],
+    # client state: every client's control variate in the checkpoint, half of them spilled to the file
+    "scaffold": ["aggregator=scaffold", "runtime.state_memory_mb=0.1"],
     "clock": ["device_profile=lognormal", "server.deadline_s=1.2", "server.deadline_mode=partial",
               "heterogeneity=stragglers"],
 }

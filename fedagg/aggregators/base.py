@@ -141,6 +141,8 @@ class Aggregator:
     needs_label_hist: ClassVar[bool] = False  # every update must carry its label histogram
     # client-side terms (fedagg.task.correction): each client keeps a state between rounds (SCAFFOLD's c_i) ...
     client_state: ClassVar[bool] = False
+    # ... and the term is fedagg's ClientApp's: any other ClientApp's replies are refused (reply_problem)
+    needs_fedagg_client: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

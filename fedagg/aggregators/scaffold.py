@@ -72,6 +72,7 @@ class Scaffold(Aggregator):
     """SCAFFOLD (``momentum`` = 1) or SCAFFOLD-M (``momentum`` = β < 1); see the module docstring."""
 
     client_state = True
+    needs_fedagg_client = True
     uses_c = True
 
     def __init__(

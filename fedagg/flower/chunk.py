@@ -104,12 +104,12 @@ def pack(messages: Sequence[Message], partition_ids: Sequence[int], stacked: boo
                 seen[id(extra)] = len(seen)
                 content[f"{key}.{seen[id(extra)]}"] = extra
             of.append(seen[id(extra)])
-    cfg_extra: dict[str, list[str] | list[int]] = {}
+    extra_cfg: dict[str, list[str] | list[int]] = {}
     if extra_keys:
-        cfg_extra[EXTRA_KEYS] = extra_keys
-        cfg_extra.update({EXTRA_OF + key: of for key, of in extra_of.items()})
+        extra_cfg[EXTRA_KEYS] = extra_keys
+        extra_cfg.update({EXTRA_OF + key: of for key, of in extra_of.items()})
     content[CONFIG] = ConfigRecord({
-        **cfg_extra,
+        **extra_cfg,
         MESSAGE_IDS: [m.metadata.message_id for m in messages],
         NODE_IDS: [int(m.metadata.dst_node_id) for m in messages],
         INSTRUCTIONS: [str(m.content[CONFIG][INSTRUCTION]) for m in messages],
