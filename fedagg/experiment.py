@@ -181,6 +181,11 @@ def build(raw: Any) -> Experiment:
     if exp.aggregator.client_state:  # the store's budget, checked before anything runs
         from .runtime.state_store import check_budget, state_bytes
 
+        if cfg.runtime.name == "flower" and (cfg.checkpoint.every > 0 or cfg.resume):
+            raise ConfigError(f"aggregator={cfg.aggregator['name']} keeps a state per client, which runtime=flower "
+                              "holds in Flower's own node Contexts, outside fedagg's checkpoints: use "
+                              "runtime=inprocess or runtime=ray with checkpoint.every / resume")
+
         check_budget(cfg.runtime.state_memory_mb, cfg.runtime.state_spill, cfg.num_clients,
                      state_bytes(exp.init_params(0), exp.state_names()))
     if cfg.resume:  # read and checked once, before any runtime starts
@@ -246,7 +251,7 @@ def run(cfg: Any, out_dir: str | Path) -> list[dict[str, Any]]:
         if exp.cfg.torch_threads:  # small models: one thread avoids OpenMP oversubscription (see README, Performance)
             torch.set_num_threads(exp.cfg.torch_threads)
         write_config(exp.cfg, out)
-        if exp.aggregator.client_state:
+        if exp.aggregator.client_state and exp.cfg.runtime.name != "flower":  # flower: Flower's Contexts keep them
             from .runtime.state_store import open_store
 
             rt = exp.cfg.runtime

@@ -70,6 +70,10 @@ def runs(tmp_path_factory):
     out["resumed"] = run(compose(*STATEFUL, "rounds=5", TINY, "checkpoint.every=1", f"resume={base / 'stopped'}"),
                          base / "resumed")
     out["fedavg"] = run(compose(*SMALL, "runtime=inprocess", "partition.alpha=0.3", "rounds=5"), base / "fedavg")
+    dyn = [*SMALL, "aggregator=feddyn", "runtime=inprocess", "partition.alpha=0.3", TINY, "checkpoint.every=1"]
+    out["feddyn"] = run(compose(*dyn, "rounds=5"), base / "feddyn")
+    run(compose(*dyn, "rounds=2"), base / "feddyn_stopped")
+    out["feddyn_resumed"] = run(compose(*dyn, "rounds=5", f"resume={base / 'feddyn_stopped'}"), base / "feddyn_resumed")
     return base, out
 
 
@@ -80,6 +84,14 @@ def test_scaffold_learns_and_differs_from_fedavg(runs):
     assert all(r["clients_replied"] == 6 and r["clients_rejected"] == 0 for r in rows["memory"])
     assert [r["test_accuracy"] for r in rows["fedavg"]] != acc  # the correction acts from round 2 on
     assert rows["memory"][-1]["c_norm"] > 0
+
+
+def test_feddyn_learns_and_resumes_exactly(runs):
+    base, rows = runs
+    acc = [r["test_accuracy"] for r in rows["feddyn"]]
+    assert acc[-1] > acc[0] and acc[-1] > 0.6, acc
+    assert rows["feddyn"][-1]["h_norm"] > 0
+    _equal(_model(base / "feddyn"), _model(base / "feddyn_resumed"))
 
 
 def test_states_spilled_to_the_file_give_the_same_run(runs):

@@ -219,7 +219,8 @@ def _train_clients(clients: Sequence[_Client], context: Context, stacked: bool =
                 model, data.x_train, data.y_train,
                 epochs=instr.epochs, steps=opts.steps,
                 batch_size=opts.batch_size, lr=lr,
-                optimizer=opts.optimizer, momentum=opts.momentum, weight_decay=opts.weight_decay,
+                optimizer=opts.optimizer, momentum=opts.momentum,
+                weight_decay=opts.weight_decay + (corr.extra_wd if corr is not None else 0.0),
                 proximal_mu=opts.proximal_mu, work_fraction=work.work_fraction, seed=instr.seed, round=instr.round,
                 client=pid, device=_device(instr), correction=corr,
             )
@@ -235,11 +236,14 @@ def _train_clients(clients: Sequence[_Client], context: Context, stacked: bool =
         first = clients[members[0][0]].instr
         opts = first.train
         lr = round_lr(opts.lr, first.round, opts.lr_decay, opts.lr_decay_every)
+        lead = members[0][1].correction
+        extra_wd = lead.extra_wd if lead is not None else 0.0  # FedDyn's alpha (the chunk's clients share it)
         try:
             results = train_cohort(
                 _model(first.model), [m for _, m, _, _ in members], batch_size=opts.batch_size,
                 lr=lr, momentum=opts.momentum,
-                weight_decay=opts.weight_decay, proximal_mu=opts.proximal_mu, seed=first.seed, round=first.round,
+                weight_decay=opts.weight_decay + (extra_wd or 0.0), proximal_mu=opts.proximal_mu, seed=first.seed,
+                round=first.round,
                 device=_device(first),
             )
             for (j, m, n, hist), (params, res) in zip(members, results):

@@ -19,6 +19,12 @@ actually taken). The control-variate update is SCAFFOLD's option II,
 with β < 1 the same identity solved for the mean local gradient,
 ``c_i+ = ((x - y_i)/(K η) - (1 - β) g) / β - c + c_i`` -- which is exactly the mean of the
 round's local gradients when SGD has no momentum and no weight decay (SCAFFOLD-M's c_i update).
+
+FedDyn (Acar et al., ICLR 2021; ``{"rule": "feddyn", "alpha": α}``) is the same mechanism: its
+dynamic regulariser ``-<∇L_k(θ_k^{t-1}), θ> + (α/2)||θ - x||²`` adds the constant ``α (h_k - x)``
+to every gradient (``c_diff`` here) and ``α`` to the weight decay (:attr:`Correction.extra_wd`),
+as FedDisco's ``algorithms/feddyn.py`` writes it (a linear penalty and the optimiser's weight
+decay); the client's state h_k (= -∇L_k(θ_k^{t-1})/α) becomes ``h_k + (y_k - x)``.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 Params = dict[str, np.ndarray]
-RULES = ("scaffold", "fedavg_m")
+RULES = ("scaffold", "fedavg_m", "feddyn")
 SERVER_C = "c."  # server arrays: control variate c
 SERVER_G = "g."  # server arrays: momentum g
 REPLY_DC = "dc."  # reply: c_i+ - c_i
@@ -43,7 +49,8 @@ class Correction:
     c_diff: Params | None  # c - c_i, per name (SCAFFOLD)
     g: Params | None  # the server's momentum (β < 1)
     c: Params | None  # the server's control variate (to compute c_i+)
-    c_i: Params | None  # the client's control variate this round
+    c_i: Params | None  # the client's control variate this round (FedDyn: its h_k)
+    extra_wd: float = 0.0  # added to the optimiser's weight decay (FedDyn's alpha)
 
     @property
     def post_step(self) -> bool:
@@ -52,7 +59,7 @@ class Correction:
 
     @property
     def stateful(self) -> bool:
-        return self.rule == "scaffold"
+        return self.rule in ("scaffold", "feddyn")
 
 
 def _pick(arrays: Mapping[str, np.ndarray], prefix: str, names: tuple[str, ...], what: str) -> Params:
@@ -63,6 +70,16 @@ def _pick(arrays: Mapping[str, np.ndarray], prefix: str, names: tuple[str, ...],
     return {n: np.asarray(arrays[prefix + n]) for n in names}
 
 
+def _state(state: Mapping[str, np.ndarray] | None, params: Mapping[str, np.ndarray], names: tuple[str, ...]) -> Params:
+    """The client's stored state, or zeros when it is asked for the first time."""
+    if not state:
+        return {n: np.zeros_like(np.asarray(params[n])) for n in names}
+    if sorted(state) != sorted(names):
+        raise ValueError(f"client state holds {sorted(state)[:3]}..., the model's parameters are "
+                         f"{list(names)[:3]}...: a state of another model")
+    return {n: np.asarray(state[n]) for n in names}
+
+
 def build(terms: Mapping[str, object], server: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray] | None,
           params: Mapping[str, np.ndarray], names: tuple[str, ...]) -> Correction:
     """The correction of one client this round. ``state``: its control variate as stored (None or
@@ -70,6 +87,14 @@ def build(terms: Mapping[str, object], server: Mapping[str, np.ndarray], state: 
     rule = str(terms.get("rule"))
     if rule not in RULES:
         raise ValueError(f"instruction terms name rule {rule!r}; fedagg's ClientApp knows {', '.join(RULES)}")
+    if rule == "feddyn":
+        alpha = float(terms.get("alpha", 0.0))  # type: ignore[arg-type]
+        if not alpha > 0:
+            raise ValueError(f"instruction terms alpha={alpha} must be > 0")
+        h = _state(state, params, names)
+        lin = {n: np.asarray(alpha * (h[n] - np.asarray(params[n])), dtype=np.asarray(params[n]).dtype)
+               for n in names}
+        return Correction(rule, 1.0, names, lin, None, None, h, extra_wd=alpha)
     beta = float(terms.get("beta", 1.0))  # type: ignore[arg-type]
     if not 0.0 < beta <= 1.0:
         raise ValueError(f"instruction terms beta={beta} must be in (0, 1]")
@@ -77,14 +102,7 @@ def build(terms: Mapping[str, object], server: Mapping[str, np.ndarray], state: 
     c = c_i = c_diff = None
     if rule == "scaffold":
         c = _pick(server, SERVER_C, names, "control variate")
-        if state:
-            unknown = sorted(set(state) - set(names))
-            if unknown or len(state) != len(names):
-                raise ValueError(f"client state holds {sorted(state)[:3]}..., the model's parameters are "
-                                 f"{list(names)[:3]}...: a state of another model")
-            c_i = {n: np.asarray(state[n]) for n in names}
-        else:
-            c_i = {n: np.zeros_like(np.asarray(params[n])) for n in names}
+        c_i = _state(state, params, names)
         c_diff = {n: c[n] - c_i[n] for n in names}
     return Correction(rule, beta, names, c_diff, g, c, c_i)
 
@@ -96,6 +114,9 @@ def finish(corr: Correction, start: Mapping[str, np.ndarray], trained: Mapping[s
     extras: Params = {LR_STEPS: np.array([ls], dtype=np.float64)}
     if not corr.stateful:
         return None, extras
+    if corr.rule == "feddyn":  # h_k + (y_k - x)
+        assert corr.c_i is not None
+        return {n: corr.c_i[n] + (np.asarray(trained[n]) - np.asarray(start[n])) for n in corr.names}, extras
     assert corr.c is not None and corr.c_i is not None
     new: Params = {}
     for n in corr.names:
