@@ -178,6 +178,10 @@ def build(raw: Any) -> Experiment:
             exp.aggregator = instantiate({"_target_": agg_target, **aopts}, ctx, _convert_="all")
         else:
             exp.aggregator = agg.build(cfg.aggregator["name"], ctx, **aopts)
+    if exp.aggregator.needs_fedagg_client and cfg.dp.mode != "none":
+        raise ConfigError(f"dp.mode={cfg.dp.mode}: Flower's DP clipping takes messages with one ArrayRecord, and "
+                          f"aggregator={cfg.aggregator['name']} sends and replies its own arrays too (control variates, "
+                          "K*lr): use dp.mode=none with this aggregator")
     if exp.aggregator.client_state:  # the store's budget, checked before anything runs
         from .runtime.state_store import check_budget, state_bytes
 

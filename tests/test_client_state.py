@@ -195,3 +195,11 @@ def test_strategy_for_scaffold_refuses_replies_without_the_control_variate_delta
                                         r"\(dc.<name>\) and K\*lr \(lr_steps\) in the reply's 'fedagg.rule-reply'"):
         s.start(grid=InProcessGrid(foreign_flower_app.app, 6), initial_arrays=params_to_record(exp.init_params(0)),
                 num_rounds=2, train_config=cfg, evaluate_config=cfg)
+
+
+@pytest.mark.parametrize("mode", ["server_fixed", "client_fixed"])
+def test_dp_modes_are_refused_for_rules_with_their_own_arrays(mode):
+    """Flower's DP wrapper and mods take messages with one ArrayRecord (run without this check:
+    server_fixed fails mid-round, client_fixed refuses every client)."""
+    with pytest.raises(ConfigError, match=f"dp.mode={mode}: .*use dp.mode=none"):
+        build(compose(*STATEFUL, f"dp.mode={mode}"))
