@@ -182,6 +182,12 @@ def build(raw: Any) -> Experiment:
         raise ConfigError(f"dp.mode={cfg.dp.mode}: Flower's DP clipping takes messages with one ArrayRecord, and "
                           f"aggregator={cfg.aggregator['name']} sends and replies its own arrays too (control variates, "
                           "K*lr): use dp.mode=none with this aggregator")
+    terms = exp.aggregator.client_terms()
+    if terms and (terms.get("rule") == "fedavg_m" or float(terms.get("beta", 1.0)) < 1.0) and cfg.train.momentum > 0:
+        # Cheng et al.'s local steps are plain SGD on the mixed direction; SGD momentum on top would count twice
+        raise ConfigError(f"aggregator={cfg.aggregator['name']} with momentum={terms.get('beta')} mixes the server's "
+                          f"momentum into each local step, which are plain SGD steps: train.momentum="
+                          f"{cfg.train.momentum} would add a second momentum; set train.momentum=0")
     if exp.aggregator.client_state:  # the store's budget, checked before anything runs
         from .runtime.state_store import check_budget, state_bytes
 

@@ -197,3 +197,10 @@ def test_dp_modes_are_refused_for_rules_with_their_own_arrays(mode):
     server_fixed fails mid-round, client_fixed refuses every client)."""
     with pytest.raises(ConfigError, match=f"dp.mode={mode}: .*use dp.mode=none"):
         build(compose(*STATEFUL, f"dp.mode={mode}"))
+
+
+@pytest.mark.parametrize("rule", ["scaffold_m", "fedavg_m"])
+def test_the_momentum_variants_refuse_a_second_sgd_momentum(rule):
+    with pytest.raises(ConfigError, match=r"train.momentum=0.9 would add a second momentum; set train.momentum=0"):
+        build(compose(*STATEFUL, f"aggregator={rule}"))
+    build(compose(*STATEFUL, f"aggregator={rule}", "train.momentum=0"))

@@ -40,6 +40,7 @@ from .base import (
     AggregatorContext,
     ClientUpdate,
     Params,
+    RoundInfo,
     is_learnable,
     sorted_updates,
     weighted_average,
@@ -79,11 +80,7 @@ class FedDyn(Aggregator):
         if not updates:
             return global_params, {"weights": []}
         updates = sorted_updates(updates)
-        if self.weighted:
-            n = np.array([u.num_examples for u in updates], dtype=np.float64)
-            w = n / n.sum()
-        else:
-            w = np.full(len(updates), 1.0 / len(updates))
+        w = self.weights(updates, info)
         out = weighted_average(updates, w, global_params)
         ones = np.full(len(updates), 1.0 / self.ctx.num_clients)
         for name in names:
@@ -94,6 +91,13 @@ class FedDyn(Aggregator):
         metrics = weights_metrics(updates, w)
         metrics["h_norm"] = float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in self.h.values())))
         return out, metrics
+
+    def weights(self, updates: list[ClientUpdate], info: RoundInfo) -> np.ndarray:
+        """The model-averaging weights w_k (a composing rule, e.g. FedDisco's, overrides this)."""
+        if self.weighted:
+            n = np.array([u.num_examples for u in updates], dtype=np.float64)
+            return n / n.sum()
+        return np.full(len(updates), 1.0 / len(updates))
 
     def state_dict(self):
         return {"h": {k: v.copy() for k, v in self.h.items()}}

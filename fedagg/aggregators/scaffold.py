@@ -58,6 +58,7 @@ from .base import (
     AggregatorContext,
     ClientUpdate,
     Params,
+    RoundInfo,
     is_learnable,
     sorted_updates,
     weighted_average,
@@ -144,11 +145,7 @@ class Scaffold(Aggregator):
         if not updates:
             return global_params, {"weights": []}
         updates = sorted_updates(updates)
-        if self.weighted:
-            n = np.array([u.num_examples for u in updates], dtype=np.float64)
-            w = n / n.sum()
-        else:
-            w = np.full(len(updates), 1.0 / len(updates))
+        w = self.weights(updates, info)
         out = weighted_average(updates, w, global_params)  # buffers and integer tensors, as FedAvg
         ls = np.array([float(np.asarray(u.extras[LR_STEPS]).reshape(-1)[0]) for u in updates])  # type: ignore[index]
         for name in self._names(global_params):
@@ -170,6 +167,13 @@ class Scaffold(Aggregator):
         if self.uses_c:
             metrics["c_norm"] = float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in self.c.values())))
         return out, metrics
+
+    def weights(self, updates: list[ClientUpdate], info: RoundInfo) -> np.ndarray:
+        """The model-averaging weights w_k (a composing rule, e.g. FedDisco's, overrides this)."""
+        if self.weighted:
+            n = np.array([u.num_examples for u in updates], dtype=np.float64)
+            return n / n.sum()
+        return np.full(len(updates), 1.0 / len(updates))
 
     def state_dict(self):
         return {"c": {k: v.copy() for k, v in self.c.items()}, "g": {k: v.copy() for k, v in self.g.items()}}
