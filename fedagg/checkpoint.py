@@ -2,8 +2,9 @@
 
 A checkpoint holds the round number, the global model (all node models for
 gossip live in the aggregator state), the aggregator's state, the
-participation environment's state and the metrics so far; for rules with
-client state (SCAFFOLD), every virtual client's state is written to
+participation environment's state, the virtual clock, the asynchronous
+modes' schedule and waiting updates, and the metrics so far; for rules with
+client state (SCAFFOLD, FedDyn), every virtual client's state is written to
 ``client_state.ckpt.sqlite`` next to it (:mod:`fedagg.runtime.state_store`)
 and the checkpoint records that file, its client count and array names. Every random draw
 in fedagg comes from a named stream keyed by (seed, purpose, round, client),
@@ -22,7 +23,9 @@ from .errors import ResumeError
 NAME = "checkpoint.pkl"
 # keys whose value may differ between the original run and the resumed one
 RESUME_FREE_KEYS = {"rounds", "resume", "checkpoint", "runtime", "logger", "server", "hydra", "device"}
-RESUME_BOUND_KEYS = ("server.deadline_s", "server.deadline_mode")  # ... but these decide who replies
+RESUME_BOUND_KEYS = ("server.deadline_s", "server.deadline_mode",  # ... but these decide who replies
+                     "server.mode", "server.concurrency", "server.buffer_size", "server.window_s",  # ... and these
+                     "server.alpha", "server.staleness", "server.staleness_a", "server.staleness_b")  # the updates
 
 
 def save(out: Path, rnd: int, exp: Any, host: Any, rec: Any) -> Path:
@@ -38,6 +41,9 @@ def save(out: Path, rnd: int, exp: Any, host: Any, rec: Any) -> Path:
         "aggregator": exp.aggregator.state_dict(),
         "participation": exp.participation.state_dict(),
         "clock": exp.clock.state_dict() if getattr(exp, "clock", None) is not None else None,
+        # the asynchronous modes: the schedule (its time, version, jobs in flight) and the jobs' trained updates
+        # with the models they were sent (shared by the jobs of one version: pickled once)
+        "async": exp.async_loop.state_dict() if getattr(exp, "async_loop", None) is not None else None,
         "rows": rec.rows,
         "details": rec.details,
         "config": to_dict(exp.cfg),
@@ -144,6 +150,8 @@ def restore(state: Mapping[str, Any], exp: Any, host: Any, rec: Any) -> int:
     exp.participation.load_state_dict(state["participation"])
     if state.get("clock") is not None and getattr(exp, "clock", None) is not None:
         exp.clock.load_state_dict(state["clock"])
+    if state.get("async") is not None and getattr(exp, "async_loop", None) is not None:
+        exp.async_loop.load_state_dict(state["async"])
     rec.load(state["rows"], state["details"])
     cs, store = state.get("client_state"), getattr(exp, "client_state", None)
     if cs is not None and store is not None:

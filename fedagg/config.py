@@ -62,6 +62,15 @@ class ServerConfig:
     # the virtual clock's round deadline (needs a device_profile): simulated seconds, null = wait for the last client
     deadline_s: Optional[float] = None
     deadline_mode: str = "drop"  # drop: clients past the deadline miss the round | partial: they send the steps that fit
+    # sync: rounds | fedasync, fedbuff, fedfix: asynchronous server updates on the virtual clock (docs/algorithms.md)
+    mode: str = "sync"
+    concurrency: Optional[int] = None  # async modes: clients in flight at once (1..num_clients); null: min(10, num_clients)
+    buffer_size: Optional[int] = None  # fedbuff: K updates per server step (1..num_clients); null: ceil(concurrency / 2)
+    window_s: Optional[float] = None  # fedfix: the fixed simulated window between server updates, seconds (> 0)
+    alpha: float = 0.6  # fedasync: the mixing weight alpha in (0, 1]
+    staleness: str = "polynomial"  # fedasync, fedbuff: polynomial (tau+1)^-a | hinge | constant
+    staleness_a: float = 0.5  # polynomial exponent a (0.5: FedBuff's 1/sqrt(1+tau)); hinge slope a
+    staleness_b: float = 4.0  # hinge: staleness up to b counts fully
 
 
 @dataclass
@@ -425,7 +434,21 @@ def _section_builder(group: str, section: Mapping[str, Any]) -> tuple[str, Calla
     return str(name), fn, skip
 
 
+DISCO_KEYS = ("disco", "disco_a", "disco_b", "disco_metric", "disco_target")  # DiscoComposable's options
+
+
 def _not_an_option(group: str, builder: str, key: str, value: str, params: Sequence[str]) -> ConfigError:
+    if group == "aggregator" and key in DISCO_KEYS:
+        from .aggregators import available, get
+        from .aggregators.feddisco import DiscoComposable
+
+        able = [n for n in available() if issubclass(get(n), DiscoComposable)]
+        if builder == "feddisco":
+            return ConfigError(f"aggregator.{key}={value}: aggregator 'feddisco' is FedDisco itself (its a, b are "
+                               f"aggregator.a, aggregator.b); to compose FedDisco with a rule, use one of "
+                               f"{', '.join(able)} with aggregator.disco=true")
+        return ConfigError(f"aggregator.{key}={value}: aggregator '{builder}' cannot take FedDisco's weights; "
+                           f"the rules that can: {', '.join(able)} (or aggregator=feddisco)")
     m = near(key, params)
     hint = f" (did you mean {group}.{m}?)" if m else ""
     return ConfigError(f"{group}.{key}={value} is not an option of {group} '{builder}'{hint}; "
@@ -622,6 +645,83 @@ def check_devices(cfg: Config) -> None:
         raise ConfigError(str(e)) from None
     _need(s.deadline_s is None or profile.enabled, "server.deadline_s", s.deadline_s,
           "a deadline needs a device model: pick device_profile=lognormal|tiers|uniform|trace, or set it to null")
+    check_async(cfg, profile.enabled)
+
+
+# the rules the asynchronous modes run (per mode), and why the others are refused
+ASYNC_RULES = {"fedasync": ("fedavg",), "fedbuff": ("fedavg", "feddisco", "fedau"), "fedfix": ("fedavg",)}
+ASYNC_MODE_REFUSED = {
+    ("feddisco", "fedasync"): "FedAsync applies one update per server step, and FedDisco's weight on a single "
+                              "update is 1 (use server.mode=fedbuff: FedDisco weights the buffer)",
+    ("feddisco", "fedfix"): "FedFix's weights are data shares of the whole federation times the windows a job "
+                            "spans, not weights over the window's arrivals (use server.mode=fedbuff)",
+    ("fedau", "fedasync"): "FedAsync mixes one update in with server.alpha; FedAU's weights belong to a step of "
+                           "several updates (use server.mode=fedbuff)",
+    ("fedau", "fedfix"): "FedFix's own weights already correct for how often a client arrives (use "
+                         "server.mode=fedbuff)",
+}
+ASYNC_REFUSED = {
+    "fedlaw": "its server step learns the round's aggregation weights on a proxy set from the whole round",
+    "fedlaw_swa": "its server step learns the round's aggregation weights on a proxy set from the whole round",
+    "gossip": "it keeps one model per node and mixes them over a graph each round; there is no server model",
+    "ida": "its weights are inverse distances to the mean of the whole round's models",
+    **{name: "its update direction is built from a synchronous round's participants (FedAU's baselines); not "
+       "implemented asynchronously" for name in ("known_prob", "avg_participating", "avg_all", "fedvarp", "mifa")},
+}
+
+
+def async_sizes(cfg: Config) -> tuple[int, int]:
+    """(concurrency, buffer_size) with their null defaults resolved."""
+    s = cfg.server
+    c = min(10, cfg.num_clients) if s.concurrency is None else s.concurrency
+    return c, (c + 1) // 2 if s.buffer_size is None else s.buffer_size
+
+
+def check_async(cfg: Config, clock: bool) -> None:
+    """``server.mode`` and its keys; the asynchronous modes' refusals (docs/algorithms.md)."""
+    from .aggregators.asynchronous import STALENESS
+    from .env.events import MODES
+
+    s = cfg.server
+    _need(s.mode in MODES, "server.mode", s.mode, f"valid choices: {', '.join(MODES)}")
+    if s.mode == "sync":
+        return
+    n = cfg.num_clients
+    concurrency, buffer_size = async_sizes(cfg)
+    _need(1 <= concurrency <= n, "server.concurrency", concurrency,
+          f"it must be an integer in 1..num_clients ({n}): the clients in flight at once")
+    _need(1 <= buffer_size <= n, "server.buffer_size", buffer_size,
+          f"it must be an integer in 1..num_clients ({n}): the updates per fedbuff server step")
+    _need(s.mode != "fedfix" or (s.window_s is not None and _finite(s.window_s) and s.window_s > 0), "server.window_s", s.window_s,
+          "server.mode=fedfix needs a window > 0 simulated seconds (e.g. server.window_s=5)")
+    _need(_finite(s.alpha) and 0 < s.alpha <= 1, "server.alpha", s.alpha, "it must be in (0, 1]")
+    _need(s.staleness in STALENESS, "server.staleness", s.staleness, f"valid choices: {', '.join(STALENESS)}")
+    _need(_finite(s.staleness_a) and s.staleness_a >= 0, "server.staleness_a", s.staleness_a, "it must be >= 0")
+    _need(_finite(s.staleness_b) and s.staleness_b >= 0, "server.staleness_b", s.staleness_b, "it must be >= 0")
+    mode = f"server.mode={s.mode}"
+    _need(clock, "server.mode", s.mode, "the asynchronous modes run on the virtual clock: pick "
+          "device_profile=lognormal|tiers|uniform|trace")
+    name = str(cfg.aggregator.get("name"))
+    if target_of(cfg.aggregator) or name not in ASYNC_RULES[s.mode]:
+        why = ASYNC_MODE_REFUSED.get((name, s.mode)) or ASYNC_REFUSED.get(
+            name, "it is not one of the rules written for asynchronous updates")
+        raise ConfigError(f"aggregator={name} does not run with {mode}: {why}; {mode} runs "
+                          f"{', '.join(ASYNC_RULES[s.mode])} (or use server.mode=sync)")
+    if s.mode == "fedasync":
+        opt = {k: cfg.aggregator.get(k) for k in ("server_opt", "server_lr", "server_momentum")}
+        _need(opt["server_opt"] in (None, "sgd") and opt["server_lr"] in (None, 1, 1.0)
+              and not opt["server_momentum"], "aggregator.server_opt", opt["server_opt"],
+              f"{mode} mixes each update in with server.alpha; it takes no server optimiser (keep sgd, "
+              "server_lr=1, server_momentum=0)")
+    _need(s.deadline_s is None, "server.deadline_s", s.deadline_s, f"{mode} has no rounds to cut; set it to null")
+    _need(cfg.participation.get("name") == "full", "participation", cfg.participation.get("name"),
+          f"{mode} picks its clients itself (the seeded async-dispatch stream): use participation=full")
+    _need(cfg.dp.mode == "none", "dp.mode", cfg.dp.mode, f"Flower's DP wrappers run synchronous rounds; {mode} "
+          "needs dp.mode=none")
+    _need(not cfg.eval.every, "eval.every", cfg.eval.every, f"client-side evaluation is per round; with {mode} "
+          "set eval.every=0 (the server model is scored after every update)")
+    _need(cfg.runtime.name != "flower", "runtime", cfg.runtime.name, f"{mode} runs in simulation "
+          "(runtime=ray|inprocess); deployment on a SuperLink is not implemented")
 
 
 # --------------------------------------------------------------------------- load
@@ -672,7 +772,22 @@ def validate(cfg: Config) -> None:
     for group in GROUPS:
         if group != "noise":  # noise has no builder: its keys are checked by NoiseSpec below
             check_group(group, getattr(cfg, group))
+    check_rule_training(cfg)
     check_values(cfg)
+
+
+def check_rule_training(cfg: Config) -> None:
+    """A rule whose server step reads the clients' SGD (``needs_sgd_clients``: FedNova's a_i) refuses
+    an Adam client optimiser and a FedProx term."""
+    _, cls, _ = _section_builder("aggregator", cfg.aggregator)
+    if not getattr(cls, "needs_sgd_clients", False):
+        return
+    rule = f"aggregator={target_of(cfg.aggregator) or cfg.aggregator.get('name')}"
+    t = cfg.train
+    _need(t.optimizer == "sgd", "train.optimizer", t.optimizer,
+          f"{rule} normalises by SGD's effective step count; use train.optimizer=sgd")
+    _need(t.proximal_mu == 0, "train.proximal_mu", t.proximal_mu,
+          f"{rule} normalises by plain (momentum) SGD's step count, without a FedProx term; set train.proximal_mu=0")
 
 
 def load(cfg: Any) -> Config:

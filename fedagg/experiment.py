@@ -76,6 +76,7 @@ class Experiment:
     instruction: ClientInstruction  # what every client is told (typed; one record)
     device: str
     clock: Clock | None = None  # the virtual clock (device_profile != none): the round's plan with its deadline
+    async_loop: Any = None  # server.mode != sync: the AsyncLoop (fedagg.flower.async_loop), set by run_server
     resume_state: dict[str, Any] | None = None  # a checked checkpoint (resume=...), restored by run_server
     outcome: Exception | None = None  # set by run_server when the run stopped early (failed / interrupted)
     client_state: Any = None  # the virtual clients' states (rules with client state): runtime.state_store
@@ -170,6 +171,7 @@ def build(raw: Any) -> Experiment:
         dataset=str(cfg.dataset["name"]), model_fn=exp.model,
         init_params_fn=lambda cid: exp.init_params(cid + 1), proxy_data=proxy,
         oracle_participation_probs=np.asarray(participation.probs, dtype=float),
+        client_momentum=float(tr.momentum) if tr.optimizer == "sgd" else None,
     )
     with _refusals_of("aggregator"):
         if agg_target:  # a user's rule: hydra.utils.instantiate(_target_, ctx, **options)
@@ -178,6 +180,9 @@ def build(raw: Any) -> Experiment:
             exp.aggregator = instantiate({"_target_": agg_target, **aopts}, ctx, _convert_="all")
         else:
             exp.aggregator = agg.build(cfg.aggregator["name"], ctx, **aopts)
+    if exp.aggregator.needs_fedagg_client and cfg.server.mode != "sync":
+        raise ConfigError(f"server.mode={cfg.server.mode}: aggregator={cfg.aggregator['name']} (client-side terms, "
+                          "per-client state) runs in synchronous rounds only; use server.mode=sync")
     if exp.aggregator.needs_fedagg_client and cfg.dp.mode != "none":
         raise ConfigError(f"dp.mode={cfg.dp.mode}: Flower's DP clipping takes messages with one ArrayRecord, and "
                           f"aggregator={cfg.aggregator['name']} sends and replies its own arrays too (control variates, "

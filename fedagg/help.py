@@ -33,6 +33,7 @@ KEYS: tuple[tuple[str, ...], ...] = (
     ("server.round_timeout", "server.max_failed_rounds", "checkpoint.every", "eval.every"),
     ("server.deadline_s", "server.deadline_mode"),
     ("runtime.state_memory_mb", "runtime.state_spill"),
+    ("server.mode", "server.concurrency", "server.buffer_size", "server.window_s", "server.alpha"),
 )
 
 
@@ -64,6 +65,9 @@ def keys_text() -> str:
     lines.append(f"  (train.optimizer: {' | '.join(OPTIMIZERS)}; train.lr_decay below 1 decays the lr every train.lr_decay_every rounds)")
     lines.append("  (server.deadline_s: the simulated round deadline, needs a device_profile; "
                  "server.deadline_mode: drop | partial)")
+    lines.append("  (server.mode: sync | fedasync | fedbuff | fedfix -- asynchronous server updates on the virtual clock, "
+                 "rounds = server updates; see docs/algorithms.md)")
+    lines.append("  (aggregator.disco: true puts FedDisco's weights on fedavg or fednova; docs/algorithms.md, section 10)")
     lines.append("  resume=<run dir>              continue a run from its checkpoint, with its saved config")
     return "\n".join(lines) + "\n"
 

@@ -24,7 +24,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -134,6 +135,30 @@ def rounds_begin() -> None:
         _ACTIVE[-1].startup = False
 
 
+@contextmanager
+def held_interrupts() -> Iterator[None]:
+    """Hold signals while the block runs (Ray starting its daemons, driver and
+    workers: a KeyboardInterrupt in the middle leaves Ray half built, and the
+    process can then crash at exit, by SIGSEGV or SIGINT, instead of exiting
+    130), then act on the first as it came (a second one acts at once): during start-up that stops the run
+    at once, as before, only a few seconds later. Outside an active
+    :class:`Interrupts` (or off the main thread) it does nothing."""
+    if not _ACTIVE:
+        yield
+        return
+    it = _ACTIVE[-1]
+    it.holding += 1
+    try:
+        yield
+    finally:
+        it.holding -= 1
+        held: list[int] = []
+        if not it.holding:  # the outermost block acts on what it held
+            held, it.held = it.held, []
+    if held:
+        it._handle(held[0], None)
+
+
 class Interrupts:
     """Context manager: the first SIGINT/SIGTERM sets ``requested`` (the loop
     finishes the current round, then stops); a second one raises
@@ -148,8 +173,13 @@ class Interrupts:
         self.startup = startup
         self._on_first = on_first
         self._old: dict[int, Any] = {}
+        self.holding = 0  # > 0 inside held_interrupts(): signals wait in ``held``
+        self.held: list[int] = []
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.holding and not self.held:  # a second signal goes through at once
+            self.held.append(signum)
+            return
         name = signal.Signals(signum).name
         if self.startup:
             self.requested = name

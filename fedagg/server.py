@@ -11,10 +11,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from . import dp
+from .aggregators.asynchronous import AsyncServerStep
 from .callbacks import (
     Checkpoints,
     ClientEvaluation,
@@ -27,6 +29,9 @@ from .callbacks import (
     Progress,
     SimClock,
 )
+from .env import devices as dev
+from .env.events import Schedule
+from .flower.async_loop import AsyncLoop
 from .flower.callbacks import RoundCallback
 from .flower.codec import params_to_record, record_to_params
 from .flower.options import FlowerOptions
@@ -58,6 +63,34 @@ def make_strategy(exp: Experiment) -> FedaggStrategy:
     )
 
 
+def make_async_loop(exp: Experiment, strategy: FedaggStrategy) -> AsyncLoop:
+    """``server.mode`` = fedasync | fedbuff | fedfix: the schedule on the experiment's clock and the server step."""
+    from .aggregators.fedau import FedAU
+    from .aggregators.fedavg import FedAvg
+    from .aggregators.feddisco import FedDisco
+    from .config import async_sizes
+
+    cfg, s = exp.cfg, exp.cfg.server
+    assert exp.clock is not None and isinstance(exp.aggregator, (FedAvg, FedDisco, FedAU))  # check_async: the rest
+    concurrency, buffer_size = async_sizes(cfg)
+    schedule = Schedule(s.mode, exp.clock, cfg.num_clients, cfg.seed, concurrency, buffer_size, s.window_s)
+    sizes = np.array([exp.fd.train_size(c) for c in range(cfg.num_clients)], dtype=np.float64)
+    step = AsyncServerStep(s.mode, exp.aggregator, alpha=s.alpha, staleness=s.staleness, staleness_a=s.staleness_a,
+                           staleness_b=s.staleness_b, window_s=s.window_s, data_share=sizes / sizes.sum())
+    return AsyncLoop(strategy, schedule, step)
+
+
+def write_devices(exp: Experiment, out: Path) -> None:
+    """devices.csv: every client's drawn device (at round 1), in the trace format (device_profile=trace)."""
+    assert exp.clock is not None
+    profile = exp.clock.profile
+    lines = ["client," + ",".join(dev.FIELDS)]
+    for c in range(exp.cfg.num_clients):
+        d = profile.device(1, c).as_dict()
+        lines.append(f"{c}," + ",".join(repr(float(d[f])) for f in dev.FIELDS))
+    (out / "devices.csv").write_text("\n".join(lines) + "\n")
+
+
 def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[str, Any]]:
     """Connect, run all rounds, write results; returns the metrics rows."""
     from . import checkpoint as ckpt
@@ -75,6 +108,9 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
 
     recorder = Recorder(out)
     strategy.params = exp.init_params(0)
+    asynchronous = cfg.server.mode != "sync"
+    if asynchronous:
+        exp.async_loop = make_async_loop(exp, strategy)
     start = 1
     if exp.resume_state is not None:
         start = ckpt.restore(exp.resume_state, exp, strategy, recorder) + 1
@@ -90,7 +126,9 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
         callbacks.insert(1, ClientEvaluation(exp, recorder))
     if exp.aggregator.per_node_models:  # gossip: every node's accuracy, not only the mean model's
         callbacks.insert(0, NodeAccuracy(exp))
-    if exp.clock is not None:  # sim_time_s and each client's simulated seconds, before MetricsFiles writes them
+    if exp.clock is not None:
+        write_devices(exp, out)
+    if exp.clock is not None and not asynchronous:  # sim_time_s and each client's seconds, before MetricsFiles
         callbacks.insert(next(i for i, cb in enumerate(callbacks) if isinstance(cb, MetricsFiles)), SimClock(exp.clock))
     if every:
         callbacks.append(Checkpoints(out, every, total, exp, recorder))
@@ -101,6 +139,10 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
     hint = early_round_warning(cfg.aggregator["name"], cfg.participation["name"], cfg.aggregator.get("server_lr"))
     if hint:
         log.warning(hint)
+    if asynchronous:  # the asynchronous modes' loop (no DP wrapper: config.check_async refused one)
+        exp.async_loop.start(grid, num_rounds=total, timeout=cfg.server.round_timeout, evaluate_fn=evaluate_fn,
+                             callbacks=callbacks, start_round=start)
+        return recorder.rows
     via = dp.wrap(strategy, cfg)  # dp.mode: Flower's DP wrapper runs the rounds around the strategy
     if via is not None:
         callbacks.insert(0, dp.NoiseSeed(cfg.seed))

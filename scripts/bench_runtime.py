@@ -26,6 +26,18 @@ workload's shard sizes), divided by the variant's workers -- for a model
 ceiling is 1 / workers. "x ceiling" = ratio / ceiling (1.0 = nothing but the
 clients' compute). ``--no-ceiling`` skips that measurement.
 
+``--async`` instead runs the asynchronous modes beside a synchronous run
+on the same model, runtime and device profile (``device_profile=lognormal``,
+``--async-runtime``, default ray-vec): ``sync`` (``--rounds`` rounds of all
+``--clients``), ``fedasync`` (``--rounds`` x clients updates, concurrency =
+clients), ``fedbuff`` (K = clients / 2, ``--rounds`` x 2 updates) and
+``fedfix`` (``--window`` simulated seconds, ``--rounds`` updates). Per
+variant: client jobs trained and updates applied per real second (over the
+update loop, server evaluation included; and without it, the evaluation's
+measured time per update subtracted) and the event loop's own cost per server
+update (``Schedule.advance`` + the server step on the run's model, timed
+alone on the run's clock).
+
 ``--population 1000 1000000`` instead sweeps the number of registered
 clients (``dataset=synthetic partition=natural``, 10 samples per user on
 average, the MLP, 100 clients per round, test set = the first 1,000
@@ -41,6 +53,7 @@ whole process tree (Ray daemons and workers included) every 0.1 s.
     python scripts/bench_runtime.py --clients 100 --variants plain,ray-vec,flower,inprocess-vec
     python scripts/bench_runtime.py --population 1000 10000 100000 1000000
     python scripts/bench_runtime.py --scaling       # ray, 1 vs 2 workers, compute-bound
+    python scripts/bench_runtime.py --async --clients 10 --rounds 5 --model mlp   # async vs sync
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 ray start --head --port 6379 \
         --num-cpus 2 --include-dashboard=false --node-ip-address 127.0.0.1
     python scripts/bench_runtime.py --address 127.0.0.1:6379 --variants ray --clients 10 --rounds 3
@@ -92,6 +105,48 @@ VARIANT_OVERRIDES = {
     "flower": ["runtime=flower"], "inprocess": ["runtime=inprocess", "runtime.vectorize=false"],
     "inprocess-vec": ["runtime=inprocess", "runtime.vectorize=auto"], "ceiling": [],
 }
+ASYNC_VARIANTS = ("sync", "fedasync", "fedbuff", "fedfix")
+
+
+def async_overrides(variant: str, clients: int, window_s: float) -> list[str]:
+    """The asynchronous benchmark's variant on top of the runtime's overrides."""
+    out = ["device_profile=lognormal", f"server.mode={variant}"]
+    if variant != "sync":
+        out.append(f"server.concurrency={clients}")
+    if variant == "fedbuff":
+        out.append(f"server.buffer_size={max(1, clients // 2)}")
+    if variant == "fedfix":
+        out.append(f"server.window_s={window_s}")
+    return out
+
+
+def event_loop_cost(cfg, updates: int) -> dict:
+    """The asynchronous loop's own cost per server update, without training or evaluation: the schedule on the
+    run's clock, and the server step on the run's model with synthetic arrived updates."""
+    import numpy as np
+
+    from fedagg.aggregators.asynchronous import Applied
+    from fedagg.aggregators.base import ClientUpdate, RoundInfo
+    from fedagg.experiment import build
+    from fedagg.server import make_async_loop, make_strategy
+
+    exp = build(cfg)
+    loop = make_async_loop(exp, make_strategy(exp))
+    t0 = time.perf_counter()
+    steps = [loop.schedule.advance() for _ in range(updates)]
+    sched_s = time.perf_counter() - t0
+    x = exp.init_params(0)
+    r = np.random.default_rng(0)
+    theta = {k: (v + r.normal(0, 0.01, v.shape)).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v
+             for k, v in x.items()}
+    t0 = time.perf_counter()
+    for st in steps:
+        items = [Applied(ClientUpdate(j.client, theta, 10), x, st.staleness(j), j.duration_s) for j in st.applied]
+        info = RoundInfo(st.version, cfg.num_clients, tuple(sorted({j.client for j in st.applied})),
+                         tuple(j.client for j in st.applied))
+        x = loop.step.apply(x, items, info)[0]
+    step_s = time.perf_counter() - t0
+    return {"schedule_us_per_update": 1e6 * sched_s / updates, "step_us_per_update": 1e6 * step_s / updates}
 
 
 # --------------------------------------------------------------------------- worker side
@@ -116,8 +171,13 @@ def worker(args: argparse.Namespace) -> None:
         base = population_overrides(args.population, args.rounds)
     else:
         base = overrides(args.clients, args.rounds, [], args.model)
+    if args.variant in ASYNC_VARIANTS:
+        variant_overrides = [*VARIANT_OVERRIDES[args.async_runtime], *async_overrides(args.variant, args.clients,
+                                                                                         args.window)]
+    else:
+        variant_overrides = VARIANT_OVERRIDES[args.variant]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose("config", overrides=[*base, *VARIANT_OVERRIDES[args.variant], *extra])
+        cfg = compose("config", overrides=[*base, *variant_overrides, *extra])
     t0 = time.perf_counter()
     imports_s = t0 - t_start
     info: dict = {}
@@ -167,6 +227,22 @@ def worker(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory(prefix="fedagg_bench") as out:
             rows = run(cfg, out)
         secs = [r["round_seconds"] for r in rows]
+        if args.variant in ASYNC_VARIANTS:
+            from fedagg.task.train import evaluate
+
+            exp = build(cfg)
+            model = exp.model()
+            evals = []
+            for _ in range(5):
+                e0 = time.perf_counter()
+                evaluate(model, exp.x_test, exp.y_test)
+                evals.append(time.perf_counter() - e0)
+            info["eval_s"] = statistics.median(evals)
+            info["updates"] = len(rows)
+            info["applied"] = sum(int(r["clients_replied"]) for r in rows)
+            info["trained"] = sum(int(r.get("clients_dispatched", r["clients_replied"])) for r in rows)
+            if args.variant != "sync":
+                info.update(event_loop_cost(cfg, len(rows)))
         if args.variant.startswith("ray"):
             from fedagg.runtime import ray_grid
 
@@ -222,11 +298,12 @@ THREADS = 1
 
 
 def run_variant(variant: str, clients: int, rounds: int, extra: list[str], timeout: float, model: str = "cnn1d",
-                population: int = 0) -> dict:
+                population: int = 0, async_runtime: str = "ray-vec", window: float = 2.0) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         result = f.name
     cmd = [sys.executable, __file__, "--worker", variant, "--clients", str(clients), "--rounds", str(rounds),
-           "--result", result, "--threads", str(THREADS), "--model", model, "--population-worker", str(population)]
+           "--result", result, "--threads", str(THREADS), "--model", model, "--population-worker", str(population),
+           "--async-runtime", async_runtime, "--window", str(window)]
     cmd += [f"--override={o}" for o in extra]
     env = dict(os.environ)
     env.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="fedagg_ray", dir="/tmp"))
@@ -287,6 +364,29 @@ def table(results: dict[tuple[int, str], dict], first: str = "clients/round", pe
     return "\n".join(lines)
 
 
+def async_table(results: dict[tuple[int, str], dict], runtime: str) -> str:
+    """The --async table: throughput of client jobs and the event loop's cost, beside the synchronous run."""
+    lines = [f"| clients | mode ({runtime}) | updates | jobs trained | updates applied | wall of updates s | "
+             "jobs/s | jobs/s w/o eval | x sync (w/o eval) | schedule µs/update | server step µs/update | final acc |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (c, v), r in results.items():
+        if "error" in r:
+            why = r["error"].strip().splitlines()[-1][:80] if r["error"].strip() else "?"
+            lines.append(f"| {c} | {v} | failed: {why} | | | | | | | | | |")
+            continue
+        wall = sum(r["round_s"])
+        no_eval = max(wall - r["updates"] * r["eval_s"], 1e-9)
+        r["jobs_s"], r["jobs_s_no_eval"] = r["trained"] / wall, r["trained"] / no_eval
+        base = results.get((c, "sync"), {}).get("jobs_s_no_eval")
+        rel = f"{r['jobs_s_no_eval'] / base:.2f}" if base else "n/a"
+        sch = f"{r['schedule_us_per_update']:.0f}" if "schedule_us_per_update" in r else "—"
+        stp = f"{r['step_us_per_update']:.0f}" if "step_us_per_update" in r else "—"
+        lines.append(f"| {c} | {v} | {r['updates']} | {r['trained']} | {r['applied']} | {wall:.2f} | "
+                     f"{r['jobs_s']:.1f} | {r['jobs_s_no_eval']:.1f} | {rel} | {sch} | {stp} | "
+                     f"{r['final_accuracy']:.4f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="*", default=None, help="clients per round (default 10 100)")
@@ -300,6 +400,11 @@ def main() -> None:
     ap.add_argument("--pop-variants", default="ray-vec", help="variants for --population (default ray-vec)")
     ap.add_argument("--quick", action="store_true", help="10 clients, 3 rounds")
     ap.add_argument("--scaling", action="store_true", help="ray with 1 vs 2 workers on a compute-bound workload")
+    ap.add_argument("--async", dest="asynchronous", action="store_true",
+                    help="the asynchronous modes beside a synchronous run (device_profile=lognormal)")
+    ap.add_argument("--async-runtime", default="ray-vec", choices=["ray-vec", "ray", "inprocess-vec", "inprocess"],
+                    help="the runtime of --async (default ray-vec)")
+    ap.add_argument("--window", type=float, default=2.0, help="--async: fedfix's window, simulated seconds")
     ap.add_argument("--address", default=None, help="runtime.address for the ray variant (an existing cluster)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the driver process (plain, inprocess)")
@@ -331,6 +436,18 @@ def main() -> None:
                       f"peak RSS {r.get('peak_rss_mb', 0):.0f} MB", flush=True)
         print()
         print(table(results, first="registered clients", per_round=100, base_key="smallest population"))
+    elif args.asynchronous:
+        for c in clients:
+            sched = {"sync": rounds, "fedasync": rounds * c, "fedbuff": rounds * 2, "fedfix": rounds}
+            for v in ASYNC_VARIANTS:
+                r = run_variant(v, c, sched[v], [], args.timeout, model=args.model, async_runtime=args.async_runtime,
+                                window=args.window)
+                results[(c, v)] = r
+                print(f"{c} clients, {v}: {r.get('updates', '?')} updates, wall of the updates "
+                      f"{sum(r.get('round_s', [])):.2f}s; load average {tuple(round(x, 2) for x in os.getloadavg())}",
+                      flush=True)
+        print()
+        print(async_table(results, args.async_runtime))
     elif args.scaling:  # compute-bound: a wide CNN, several epochs, few large clients
         extra = ["model.channels=64", "train.epochs=3", "runtime=ray"]
         for w in (1, 2):

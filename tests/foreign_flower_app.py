@@ -3,7 +3,7 @@
 It speaks only Flower's standard keys: it reads ``arrays`` and the ``config``
 its ServerApp sends (``server-round``, ``lr``, ..., and its own ``data-spec``),
 and replies ``arrays`` + ``metrics`` with ``num-examples`` (plus
-``train-loss``, ``train-accuracy`` and ``label-hist``). It has no query
+``train-loss``, ``train-accuracy``, ``steps`` and ``label-hist``). It has no query
 handler, so the strategy must assign client ids itself. For training it
 reuses fedagg's data and task functions, so its numbers can be compared with
 a fedagg run of the same seed.
@@ -47,6 +47,8 @@ def train(msg: Message, context: Context) -> Message:
     )
     metrics = {"num-examples": len(data.y_train), "train-loss": float(res.loss),
                "train-accuracy": float(res.accuracy)}
+    if cfg.get("send-steps", True):  # the local SGD steps taken (FedNova reads them)
+        metrics["steps"] = int(res.steps)
     if cfg.get("send-label-hist", True):
         metrics["label-hist"] = np.bincount(data.y_train, minlength=fd.num_classes).tolist()
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}),

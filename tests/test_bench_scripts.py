@@ -49,3 +49,18 @@ def test_gpu_check_runs_as_a_cpu_smoke_test():
     rows = [ln for ln in p.stdout.split("\n\n", 1)[-1].splitlines() if ln.startswith("| training |")]
     assert {r.split("|")[2].strip() for r in rows} == {"cnn", "cnn1d", "resnet20"}
     assert "max |diff| 0.00e+00 (pass" in p.stdout  # cpu against cpu: identical
+
+
+def test_bench_runtime_async_reports_every_mode_beside_sync(tmp_path):
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_runtime.py"), "--async", "--clients", "4",
+                        "--rounds", "2", "--model", "mlp", "--async-runtime", "inprocess-vec", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert [r[f"4|{m}"]["updates"] for m in ("sync", "fedasync", "fedbuff", "fedfix")] == [2, 8, 4, 2]
+    assert r["4|sync"]["trained"] == r["4|sync"]["applied"] == 8  # 2 rounds of all 4 clients
+    for m in ("fedasync", "fedbuff"):  # every update applies 1 (fedasync) or K = 2 (fedbuff) jobs
+        assert r[f"4|{m}"]["applied"] == 8 and r[f"4|{m}"]["trained"] >= 8
+        assert r[f"4|{m}"]["schedule_us_per_update"] > 0 and r[f"4|{m}"]["step_us_per_update"] > 0
+    assert "| 4 | sync | 2 | 8 | 8 |" in p.stdout and "| 4 | fedasync | 8 |" in p.stdout

@@ -147,8 +147,15 @@ RESUME_CASES = {
     "gossip": ["aggregator=gossip"],
     # client state: every client's control variate in the checkpoint, half of them spilled to the file
     "scaffold": ["aggregator=scaffold", "runtime.state_memory_mb=0.1"],
+    # FedNova's server momentum is state; heterogeneous epochs make its normaliser matter; disco on top
+    "fednova": ["aggregator=fednova", "aggregator.server_momentum=0.5", "aggregator.disco=true",
+                "heterogeneity=epochs", "heterogeneity.max=3"],
     "clock": ["device_profile=lognormal", "server.deadline_s=1.2", "server.deadline_mode=partial",
               "heterogeneity=stragglers"],
+    # the asynchronous modes: the checkpoint holds the schedule, the jobs in flight and their trained updates
+    "fedasync": ["device_profile=lognormal", "server.mode=fedasync", "server.concurrency=3"],
+    "fedbuff": ["device_profile=lognormal", "server.mode=fedbuff", "server.concurrency=4", "server.buffer_size=2"],
+    "fedfix": ["device_profile=lognormal", "server.mode=fedfix", "server.concurrency=4", "server.window_s=0.7"],
 }
 
 

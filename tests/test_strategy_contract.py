@@ -68,6 +68,8 @@ def _rule_kwargs(name: str, exp) -> dict:
         kw.update(oracle_probs=np.ones(N))  # full participation
     if cls.needs_init_params:
         kw.update(init_params_fn=init_params_fn)
+    if cls.needs_sgd_clients:
+        kw.update(rho=0.9)  # the foreign ClientApp's SGD momentum (_train_config)
     if cls.needs_label_hist:
         kw.update(num_classes=k)  # the foreign ClientApp answers no query, so say it here
     return kw

@@ -14,7 +14,13 @@ implements ``aggregate`` only (overriding ``apply`` is refused).
 A rule declares what it needs from the host with class attributes
 (``needs_proxy``, ``needs_model_fn``, ``needs_init_params``,
 ``needs_oracle_probs``, ``needs_label_hist``); its :class:`AggregatorContext`
-holds only what it declared -- everything else is ``None``.
+holds only what it declared -- everything else is ``None``. A rule whose
+server step reads the clients' SGD (FedNova's normaliser) sets
+``needs_sgd_clients``: the config then refuses ``train.optimizer=adam`` and a
+FedProx term, in one line, before training. What a rule needs in every reply
+beyond the contract (FedNova: the step count) it says in
+:meth:`Aggregator.update_problem`, which ``apply`` and the Flower strategy
+both run, so a reply that lacks it is refused with that one sentence.
 """
 from __future__ import annotations
 
@@ -112,6 +118,8 @@ class AggregatorContext:
     init_params_fn: InitParamsFn | None = None
     proxy_data: tuple[np.ndarray, np.ndarray] | None = None
     oracle_participation_probs: np.ndarray | None = None
+    # the clients' SGD momentum (train.momentum; None: not known, e.g. a foreign ServerApp's clients)
+    client_momentum: float | None = None
 
     def restricted_to(self, cls: type[Aggregator]) -> AggregatorContext:
         """This context with every field ``cls`` does not declare set to None."""
@@ -141,8 +149,9 @@ class Aggregator:
     needs_label_hist: ClassVar[bool] = False  # every update must carry its label histogram
     # client-side terms (fedagg.task.correction): each client keeps a state between rounds (SCAFFOLD's c_i) ...
     client_state: ClassVar[bool] = False
-    # ... and the term is fedagg's ClientApp's: any other ClientApp's replies are refused (reply_problem)
+    # ... and the term is fedagg's ClientApp's: any other ClientApp's replies are refused (update_problem)
     needs_fedagg_client: ClassVar[bool] = False
+    needs_sgd_clients: ClassVar[bool] = False  # clients must train with train.optimizer=sgd, no FedProx term
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -164,6 +173,10 @@ class Aggregator:
         """Check the input, run the rule, check the output. The only entry point."""
         check_updates(updates, global_params, self.ctx.num_clients, self.ctx.num_classes,
                       self.name if self.needs_label_hist else None)
+        for u in updates:
+            why = self.update_problem(u)
+            if why:
+                raise InvalidUpdate(f"client {u.client_id}: {why}")
         check_round(info, updates, self.ctx.num_clients)
         out, metrics = self.aggregate(global_params, list(updates), info)
         check_output(out, global_params, self.name)
@@ -174,6 +187,12 @@ class Aggregator:
     ) -> tuple[Params, Metrics]:
         """The rule itself; its input has passed :meth:`apply`'s checks."""
         raise NotImplementedError
+
+    def update_problem(self, u: ClientUpdate) -> str | None:
+        """Why ``u`` lacks what this rule needs beyond the contract's checks
+        (e.g. FedNova's step count), or None. Run by :meth:`apply` and, per
+        reply, by the Flower strategy (the reply is rejected with this text)."""
+        return None
 
     def params_for(self, client_id: int, global_params: Params) -> Params:
         """The model sent to ``client_id`` this round (gossip overrides)."""
@@ -193,10 +212,6 @@ class Aggregator:
         control variate ``c.<name>``, the momentum ``g.<name>``); {}: none."""
         return {}
 
-    def reply_problem(self, update: ClientUpdate) -> str | None:
-        """Why ``update`` lacks what this rule needs from a client besides the model
-        (None: nothing missing). The strategy rejects such a reply with this reason."""
-        return None
 
     def state_dict(self) -> State:
         return {}

@@ -237,6 +237,16 @@ class FedAU(_DeltaRule):
     def observe(self, q):
         self.estimator.update(q)
 
+    def buffer_coefficients(self, updates: list[ClientUpdate], info: RoundInfo) -> np.ndarray:
+        """``server.mode=fedbuff``: ω_n / N on the buffer applied by server update ``info.round``, the
+        intervals counted in server updates (a client "participates" in the updates that apply it); call
+        :meth:`observe_buffer` after the step."""
+        self._skip_to(info.round)
+        return np.asarray(self.coefficients(updates, info), dtype=np.float64)
+
+    def observe_buffer(self, info: RoundInfo) -> None:
+        self.observe(info.participation())
+
     def extra_metrics(self, updates, c):
         return {
             "omega": [float(x * self.num_clients) for x in c],

@@ -40,6 +40,7 @@ from .base import (
     Aggregator,
     AggregatorContext,
     ClientUpdate,
+    Metrics,
     RoundInfo,
     sorted_updates,
     weighted_average,
@@ -76,6 +77,86 @@ def discrepancies(D: np.ndarray, T: np.ndarray, metric: str) -> np.ndarray:
     raise ValueError(f"aggregator.metric='{metric}' is not one of {', '.join(METRICS)}")
 
 
+def target_distribution(target: Sequence[float] | None, C: int, metric: str, key: str) -> np.ndarray:
+    """The target T: uniform for None, else ``target`` normalised to sum 1 (``key`` names it in errors)."""
+    if target is None:
+        return np.full(C, 1.0 / C)
+    T = np.asarray(list(target), dtype=np.float64)
+    if T.shape != (C,):
+        raise ValueError(f"{key} has {T.size} entries, expected {C} classes")
+    if not np.all(np.isfinite(T)) or np.any(T < 0) or T.sum() <= 0:
+        raise ValueError(f"{key} must be non-negative with a positive sum")
+    T = T / T.sum()
+    if metric == "kl" and np.any(T == 0):
+        raise ValueError(f"{key} has a zero class: KL to it is infinite")
+    return T
+
+
+def disco_adjusted(updates: list[ClientUpdate], base: np.ndarray, a: float, b: float, metric: str,
+                   T: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """FedDisco's adjustment of a rule's weights ``base`` (the official code's
+    ``disco_weight_adjusting(old_weight, d, a, b)``): p = ReLU(base − a·d + b),
+    normalised; ``base`` itself when every entry clips (``fell_back``).
+    Returns (p, d, fell_back), in the order of ``updates``."""
+    D = np.stack([label_distribution(u) for u in updates])
+    d = discrepancies(D, T, metric)
+    w = np.maximum(base - a * d + b, 0.0)
+    if w.sum() <= 0:
+        return base, d, True
+    return w / w.sum(), d, False
+
+
+class DiscoComposable(Aggregator):
+    """A base for rules that weight clients by p_k and can take FedDisco's
+    discrepancy-aware weights instead (``disco=true``), as the official FedDisco
+    code composes them with FedAvg, FedProx, FedNova, SCAFFOLD, FedDyn, MOON
+    (``args.disco`` in ``algorithms/*.py`` of MediaBrain-SJTU/FedDisco @ f3ea299).
+
+    A rule calls :meth:`disco_adjust` on its own weights (the size fractions
+    n_k); with ``disco=false`` they come back unchanged and no metric is added,
+    so the rule's numbers are what they were. ``disco_a``, ``disco_b``,
+    ``disco_metric``, ``disco_target`` are FedDisco's a, b, metric, target (the
+    official defaults a=0.5, b=0.1, KL to the uniform distribution). With
+    ``disco=true`` every reply must carry its label histogram."""
+
+    def __init__(
+        self,
+        ctx: AggregatorContext,
+        disco: bool = False,
+        disco_a: float = 0.5,
+        disco_b: float = 0.1,
+        disco_metric: str = "kl",
+        disco_target: Sequence[float] | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(ctx, **kw)
+        self.disco = bool(disco)
+        self.disco_a, self.disco_b, self.disco_metric = float(disco_a), float(disco_b), disco_metric
+        self.disco_T: np.ndarray | None = None
+        if not self.disco:
+            return
+        if disco_metric not in METRICS:
+            raise ValueError(f"aggregator.disco_metric='{disco_metric}' is not one of {', '.join(METRICS)}")
+        C = int(ctx.num_classes)
+        if C < 1:
+            raise ValueError(
+                f"{self.name} with disco=true needs the number of classes: pass num_classes= to strategy_for, "
+                "or let clients answer the strategy's id query with their 'label-hist'"
+            )
+        self.disco_T = target_distribution(disco_target, C, disco_metric, "aggregator.disco_target")
+        self.needs_label_hist = True  # type: ignore[misc]  # d_k needs each participant's histogram
+
+    def disco_adjust(self, updates: list[ClientUpdate], base: np.ndarray) -> tuple[np.ndarray, Metrics]:
+        """(weights, extra metrics): ``base`` unchanged without ``disco``; else
+        FedDisco's p_k (:func:`disco_adjusted`) with ``discrepancy`` and
+        ``disco_fallback`` metrics, as the ``feddisco`` rule reports them."""
+        if not self.disco or not updates:
+            return base, {}
+        assert self.disco_T is not None
+        p, d, fell_back = disco_adjusted(updates, base, self.disco_a, self.disco_b, self.disco_metric, self.disco_T)
+        return p, {"discrepancy": [float(x) for x in d], "disco_fallback": int(fell_back)}
+
+
 @register("feddisco")
 class FedDisco(Aggregator):
     needs_label_hist = True  # d_k needs each participant's label distribution
@@ -108,17 +189,7 @@ class FedDisco(Aggregator):
                 "feddisco needs the number of classes: pass num_classes= to strategy_for, or let clients "
                 "answer the strategy's id query with their 'label-hist'"
             )
-        if target is None:
-            T = np.full(C, 1.0 / C)
-        else:
-            T = np.asarray(list(target), dtype=np.float64)
-            if T.shape != (C,):
-                raise ValueError(f"aggregator.target has {T.size} entries, expected {C} classes")
-            if not np.all(np.isfinite(T)) or np.any(T < 0) or T.sum() <= 0:
-                raise ValueError("aggregator.target must be non-negative with a positive sum")
-            T = T / T.sum()
-            if metric == "kl" and np.any(T == 0):
-                raise ValueError("aggregator.target has a zero class: KL to it is infinite")
+        T = target_distribution(target, C, metric, "aggregator.target")
         self.a, self.b, self.metric, self.target = float(a), float(b), metric, T
         self.proximal_mu = float(proximal_mu)
         self.opt = server_optimizer(
@@ -133,14 +204,9 @@ class FedDisco(Aggregator):
 
     def weights(self, updates: list[ClientUpdate]) -> tuple[np.ndarray, np.ndarray, bool]:
         """(p_k, d_k, fell_back) for the participants, in the given order."""
-        D = np.stack([label_distribution(u) for u in updates])
         n = np.array([u.num_examples for u in updates], dtype=np.float64)
         n = n / n.sum()
-        d = discrepancies(D, self.target, self.metric)
-        w = np.maximum(n - self.a * d + self.b, 0.0)
-        if w.sum() <= 0:
-            return n, d, True
-        return w / w.sum(), d, False
+        return disco_adjusted(updates, n, self.a, self.b, self.metric, self.target)
 
     def aggregate(self, global_params, updates, info: RoundInfo):
         if not updates:

@@ -66,7 +66,7 @@ class FedDyn(Aggregator):
     def client_terms(self) -> dict[str, str | float]:
         return {"rule": "feddyn", "alpha": self.alpha}
 
-    def reply_problem(self, update: ClientUpdate) -> str | None:
+    def update_problem(self, update: ClientUpdate) -> str | None:
         if update.extras is not None and LR_STEPS in update.extras:
             return None
         return (f"aggregator 'feddyn' needs the dynamic regulariser applied in local training, which fedagg's "

@@ -4,7 +4,7 @@ Benefits Non-IID Federated Learning Simply and Provably*, ICLR 2024, arXiv 2306.
 The rules need a cooperating client: fedagg's ClientApp applies the client-side term in local
 training (:mod:`fedagg.task.correction`, told by the instruction's ``terms``) and replies
 ``dc.<name>`` (SCAFFOLD's Δc_i) and ``lr_steps`` (K_i·η) in the ``fedagg.rule-reply`` record; a
-reply without them is refused (:meth:`Scaffold.reply_problem`). Each client keeps its control
+reply without them is refused (:meth:`Scaffold.update_problem`). Each client keeps its control
 variate c_i between rounds (:mod:`fedagg.flower.client_state`); the server's arrays (c, and the
 momentum g for β < 1) travel with the model.
 
@@ -123,7 +123,7 @@ class Scaffold(Aggregator):
             out.update({SERVER_G + n: v for n, v in self.g.items()})
         return out
 
-    def reply_problem(self, update: ClientUpdate) -> str | None:
+    def update_problem(self, update: ClientUpdate) -> str | None:
         ex = update.extras or {}
         need = [LR_STEPS] + ([REPLY_DC + n for n in self._names(update.params)] if self.uses_c else [])
         missing = [k for k in need if k not in ex]

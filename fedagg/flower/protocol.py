@@ -153,6 +153,8 @@ def decode_train_reply(
     label_hist = np.asarray(hist) if hist is not None and num_classes > 0 else None
     loss, acc = _finite_metric(m, TRAIN_LOSS), _finite_metric(m, TRAIN_ACCURACY)
     steps = m.get(STEPS)
+    if isinstance(steps, float) and np.isfinite(steps) and steps.is_integer():  # a whole number sent as a float
+        steps = int(steps)
     meta: dict[str, int | float | str] = {STEPS: steps} if isinstance(steps, int) else {}
     n = example_count(m, weight_key)
     u = ClientUpdate(client_id, params, n, label_hist, loss, acc, meta)

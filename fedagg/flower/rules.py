@@ -129,6 +129,15 @@ def strategy_for(
     ``oracle_probs`` (known_prob), ``init_params_fn(client_id)`` (gossip with
     independent initial models). ``dataset`` names the data for rules whose
     defaults depend on it (FedLAW's official server learning rate).
+
+    ``fednova`` needs ``rho=`` (the momentum of the clients' torch SGD, 0 for
+    plain SGD; they must train with SGD and no proximal term) and, in every
+    train reply's MetricRecord, ``steps``: the number of local SGD steps the
+    client actually took this round (a positive integer; fedagg's ClientApp
+    sends it). A reply without it is rejected with one line saying so (the
+    round goes on with the others). ``disco=True`` (``fedavg``, ``fednova``)
+    puts FedDisco's weights on top, which needs ``label-hist`` in the replies
+    and ``num_classes``.
     ``start`` raises ``fedagg.outcomes.RunFailed`` after ``max_failed_rounds``
     consecutive rounds in which every asked client failed or was rejected
     (0: never). ``instruction`` (a :class:`~fedagg.flower.protocol.ClientInstruction`)
@@ -157,6 +166,8 @@ def strategy_for(
             ("proxy_data=(x, y)", cls.needs_proxy, proxy_data),
             ("model_fn", cls.needs_model_fn, model_fn),
             ("oracle_probs", cls.needs_oracle_probs, oracle_probs),
+            ("rho=<the clients' SGD momentum, 0 for plain SGD>", cls.needs_sgd_clients and "rho" in accepted,
+             opts.get("rho")),
         ) if need and given is None
     ]
     if missing:

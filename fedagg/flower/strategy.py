@@ -313,7 +313,7 @@ class FedaggStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self.connect(grid, wait=self._aggregator is None)  # cheap when no node joined
         self._sync(arrays)
-        agg, opts = self.aggregator, self.options
+        opts = self.options
         if self.participation is not None:  # O(asked) work per round, however many clients are registered
             available = np.asarray(self.participation.available(server_round), dtype=bool)
             eligible = [c for c in np.flatnonzero(available).tolist() if c in self.node_of]
@@ -323,11 +323,21 @@ class FedaggStrategy(Strategy):
         asked = eligible
         if k < len(eligible):  # fraction_train / min_train_nodes sample among the available clients
             asked = sorted(rng(self.seed, "train-sample", server_round).choice(eligible, size=k, replace=False).tolist())
+        msgs = self.train_messages(server_round, asked, arrays, config)
+        if self.log_rounds:
+            flwr_log.info("configure_train: Sampled %s nodes (out of %s)", len(msgs), len(eligible))
+        return msgs
+
+    def train_messages(self, server_round: int, clients: Sequence[int], arrays: ArrayRecord,
+                       config: ConfigRecord) -> list[Message]:
+        """One TRAIN message per client of ``clients`` with ``arrays`` (the asynchronous modes' batch of jobs
+        sent one model version; ``configure_train``'s asked clients); they become the clients of this round."""
+        agg, opts = self.aggregator, self.options
         self._sent, self._round = {}, server_round
         msgs = []
         srv = agg.server_arrays(self.params)  # a rule's arrays for every client (SCAFFOLD's c): one record
         srv_rec = params_to_record(srv) if srv else None
-        for cid in asked:
+        for cid in clients:
             params = agg.params_for(cid, self.params)
             rec = arrays if not agg.per_node_models else params_to_record(params)
             node = self.node_of[cid]
@@ -338,8 +348,6 @@ class FedaggStrategy(Strategy):
             msgs.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
                                 group_id=str(server_round)))
             self._sent[node] = (cid, params)
-        if self.log_rounds:
-            flwr_log.info("configure_train: Sampled %s nodes (out of %s)", len(msgs), len(eligible))
         return msgs
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -482,6 +490,24 @@ class FedaggStrategy(Strategy):
     def _aggregate(self, rnd: int, replies: list[Message]) -> RoundRecord:
         if rnd != self._round:
             log.warning("round %d: aggregate_train after configure_train of round %d", rnd, self._round)
+        updates, accepted, failed, rejected = self.collect(rnd, replies)
+        opts = self.options
+        asked = sorted(cid for cid, _ in self._sent.values())
+        info = RoundInfo(rnd, self.num_clients or 0, tuple(asked), tuple(u.client_id for u in updates))
+        if not updates and not self._said_no_update:  # once per run: metrics.csv has every round's counts
+            self._said_no_update = True
+            log.warning("round %d: no valid update arrived; the global model is unchanged (said once per run; "
+                        "metrics.csv's clients_replied and clients_rejected show every round)", rnd)
+        self.params, agg_metrics = self.aggregator.apply(self.params, updates, info)
+        self._reply_metrics = aggregate_reply_metrics(
+            opts.train_metrics_aggr_fn, [a[0] for a in accepted], [a[1] for a in accepted],
+            [u.num_examples for u in updates], opts.weighted_by_key)
+        return RoundRecord(rnd, asked, list(info.replied), failed, rejected, train_loss_of(updates), agg_metrics)
+
+    def collect(self, rnd: int, replies: list[Message]) -> tuple[
+            list[ClientUpdate], list[tuple[RecordDict | None, Mapping[str, Any]]], dict[int, str], dict[int, str]]:
+        """The round's replies checked at the boundary: the valid updates sorted by client id (with each one's
+        reply content and metrics), and the clients that failed or were rejected, with why."""
         chunks = [m for m in replies if chunk.is_chunk_reply(m)]
         by_node = self._replies_by_node(rnd, [m for m in replies if not chunk.is_chunk_reply(m)])
         self._learn_ids(by_node)
@@ -501,6 +527,8 @@ class FedaggStrategy(Strategy):
                     rejected[cid] = row.rejected
                 else:
                     why = self._echo_problem(row.pid, node, cid)
+                    if not why and row.update is not None:
+                        why = self.aggregator.update_problem(row.update)  # what the rule needs besides the contract
                     if why:
                         rejected[cid] = why
                     else:
@@ -520,19 +548,13 @@ class FedaggStrategy(Strategy):
                 extras = rule_extras(reply)
                 if extras is not None:
                     u = replace(u, extras=extras)
+                why = self.aggregator.update_problem(u)  # what the rule needs besides the contract (FedNova: steps)
+                if why:
+                    raise InvalidUpdate(why)
                 updates.append(u)
                 accepted.append((reply.content, single_record(reply.content.metric_records, METRICS, "MetricRecord")))
             except InvalidUpdate as e:
                 rejected[cid] = str(e)
-        keep = []  # what the rule needs besides the model (SCAFFOLD's control-variate delta): refused if missing
-        for i, u in enumerate(updates):
-            why = self.aggregator.reply_problem(u)
-            if why:
-                rejected[u.client_id] = why
-            else:
-                keep.append(i)
-        if len(keep) < len(updates):
-            updates, accepted = [updates[i] for i in keep], [accepted[i] for i in keep]
         if needs_hist and not self.num_classes:  # a foreign app's histograms are read once the number is known
             hint = missing_hist_problem(needs_hist)
             rejected = {c: w + " (pass num_classes= to strategy_for)" if w == hint else w for c, w in rejected.items()}
@@ -541,23 +563,7 @@ class FedaggStrategy(Strategy):
         for cid, why in rejected.items():
             log.warning("round %d: update of client %d rejected: %s", rnd, cid, why)
         order = sorted(range(len(updates)), key=lambda i: updates[i].client_id)
-        updates, accepted = [updates[i] for i in order], [accepted[i] for i in order]
-        asked = sorted(cid for cid, _ in self._sent.values())
-        info = RoundInfo(rnd, self.num_clients or 0, tuple(asked), tuple(u.client_id for u in updates))
-        if not updates and not self._said_no_update:  # once per run: metrics.csv has every round's counts
-            self._said_no_update = True
-            log.warning("round %d: no valid update arrived; the global model is unchanged (said once per run; "
-                        "metrics.csv's clients_replied and clients_rejected show every round)", rnd)
-        self.params, agg_metrics = self.aggregator.apply(self.params, updates, info)
-        self._reply_metrics = aggregate_reply_metrics(
-            opts.train_metrics_aggr_fn, [a[0] for a in accepted], [a[1] for a in accepted],
-            [u.num_examples for u in updates], opts.weighted_by_key)
-        n = np.array([u.num_examples for u in updates], dtype=float)
-        losses = [u.train_loss for u in updates]
-        train_loss = None
-        if updates and all(x is not None for x in losses):
-            train_loss = float(np.dot(n, np.array(losses, dtype=float)) / n.sum())
-        return RoundRecord(rnd, asked, list(info.replied), failed, rejected, train_loss, agg_metrics)
+        return [updates[i] for i in order], [accepted[i] for i in order], failed, rejected
 
     def _check_echo(self, reply: Message, cid: int) -> None:
         why = self._echo_problem(_echoed_id(reply), reply.metadata.src_node_id, cid)
@@ -713,6 +719,15 @@ class FedaggStrategy(Strategy):
         log.warning("round %d: %s did not aggregate this round; the global model is unchanged",
                     rnd, type(driver).__name__)
         return RoundRecord(rnd, sorted(cid for cid, _ in self._sent.values()), [], failed, rejected, None, {})
+
+
+def train_loss_of(updates: Sequence[ClientUpdate]) -> float | None:
+    """The updates' training loss weighted by their example counts (None unless every one has one)."""
+    n = np.array([u.num_examples for u in updates], dtype=float)
+    losses = [u.train_loss for u in updates]
+    if updates and all(x is not None for x in losses):
+        return float(np.dot(n, np.array(losses, dtype=float)) / n.sum())
+    return None
 
 
 def _failure(reply: Message | None) -> str | None:

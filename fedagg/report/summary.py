@@ -322,6 +322,34 @@ RULE_KEY = "aggregator.name"
 METHOD_KEYS = ("aggregator.", "train.")
 
 
+def reference_spec(ref: str) -> tuple[str, dict[str, str]]:
+    """``RULE`` or ``RULE@key=value,key=value`` (e.g. ``fedavg@aggregator.disco=false``: the
+    reference is the runs of RULE whose swept ``key`` has ``value``): (rule, {key: value})."""
+    rule, _, where = ref.partition("@")
+    conds: dict[str, str] = {}
+    for item in filter(None, where.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ReportError(f"--paired-against {ref}: '{item}' is not key=value (e.g. fedavg@aggregator.disco=false)")
+        conds[key.strip()] = value.strip()
+    return rule, conds
+
+
+def _same_value(v: Any, want: str) -> bool:
+    if str(v).lower() == want.lower():
+        return True
+    try:
+        return float(v) == float(want)
+    except (TypeError, ValueError):
+        return False
+
+
+def is_reference(row: Any, ref: str) -> bool:
+    """``row`` (a run or a group, with its swept keys) is the reference ``ref`` (:func:`reference_spec`)."""
+    rule, conds = reference_spec(ref)
+    return str(row[RULE_KEY]) == rule and all(_same_value(row[k], v) for k, v in conds.items())
+
+
 def paired_bootstrap_ci(diffs: Any, resamples: int = 10000, seed: int = 0,
                         level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of paired differences: resample
@@ -352,12 +380,17 @@ def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int
 
     if RULE_KEY not in group_keys:
         raise ReportError(f"--paired-against {ref}: the runs do not differ in {RULE_KEY}")
+    rule, conds = reference_spec(ref)
     rules = set(runs_df[RULE_KEY].astype(str))
-    if ref not in rules:
-        raise ReportError(f"--paired-against {ref}: no run has {RULE_KEY}={ref} (found: {', '.join(sorted(rules))})")
+    if rule not in rules:
+        raise ReportError(f"--paired-against {ref}: no run has {RULE_KEY}={rule} (found: {', '.join(sorted(rules))})")
+    unswept = sorted(k for k in conds if k not in group_keys)
+    if unswept:
+        raise ReportError(f"--paired-against {ref}: {', '.join(unswept)} is not a swept key "
+                          f"(swept: {', '.join(group_keys)})")
     match_keys = [k for k in group_keys if not k.startswith(METHOD_KEYS)]
     done = runs_df[runs_df["status"] == "completed"]
-    refs = done[done[RULE_KEY].astype(str) == ref]
+    refs = done[[is_reference(r, ref) for _, r in done.iterrows()]] if len(done) else done
     ref_groups = refs.groupby(group_keys, dropna=False, sort=False).ngroups
     per_setting = refs.groupby(match_keys, dropna=False, sort=False).ngroups if match_keys else 1
     if ref_groups > per_setting:
@@ -378,7 +411,7 @@ def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int
     out: dict[tuple, dict[str, Any]] = {}
     for vals, g in runs_df.groupby(group_keys, dropna=False, sort=False):
         vals = vals if isinstance(vals, tuple) else (vals,)
-        if str(dict(zip(group_keys, vals))[RULE_KEY]) == ref:
+        if is_reference(dict(zip(group_keys, vals)), ref):
             continue
         pairs = [(r, ref_rows[setting(r)]) for _, r in g[g["status"] == "completed"].iterrows() if setting(r) in ref_rows]
         diffs = [float(r["final_accuracy"]) - float(q["final_accuracy"]) for r, q in pairs]
@@ -427,7 +460,7 @@ def summary_markdown(summary_df: Any, group_keys: list[str], last_k: int, target
         r[f"final acc (last {k_label or last_k})"] = _fmt(s["final_accuracy_mean"], s["final_accuracy_std"], r["n"])
         if paired_ref is not None:
             r[f"Δ final vs {paired_ref} [95% CI]"] = (
-                "(reference)" if str(s[RULE_KEY]) == paired_ref else _fmt_diff(s.to_dict()))
+                "(reference)" if is_reference(s, paired_ref) else _fmt_diff(s.to_dict()))
         r["best acc"] = _fmt(s["best_accuracy_mean"], s["best_accuracy_std"], r["n"])
         for c, name in zip(NODE_COLS, ("mean", "worst")):
             if f"final_{c}_mean" in summary_df.columns:  # per-node rules; — for the others
@@ -436,7 +469,7 @@ def summary_markdown(summary_df: Any, group_keys: list[str], last_k: int, target
                     s[f"final_{c}_mean"], s[f"final_{c}_std"], n_node)
                 if paired_ref is not None and f"paired_{c}_mean" in summary_df.columns:
                     r[f"Δ node acc {name} vs {paired_ref} [95% CI]"] = (
-                        "(reference)" if str(s[RULE_KEY]) == paired_ref else _fmt_diff(s.to_dict(), c))
+                        "(reference)" if is_reference(s, paired_ref) else _fmt_diff(s.to_dict(), c))
         if target is not None:
             r[f"rounds to {target:g}"] = (
                 f"{_fmt(s['rounds_to_target_mean'], s['rounds_to_target_std'], int(s['reached_target']), 1)}"
@@ -712,7 +745,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paired-against", default=None, metavar="RULE",
                     help="an aggregator.name: report each other rule's mean paired difference in final accuracy "
                          "to it over seeds (runs pair by seed and every swept key outside aggregator.* and train.*), "
-                         "with a paired bootstrap 95%% CI")
+                         "with a paired bootstrap 95%% CI; RULE@key=value,... picks one group of that rule "
+                         "(e.g. fedavg@aggregator.disco=false)")
     ap.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the CI (10000)")
     ap.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap's named stream (0)")
     a = ap.parse_args(argv)

@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from flwr.app import Context, Error, Message, RecordDict
 
 from ..errors import ConfigError
+from ..outcomes import held_interrupts
 from .calls import call_client, reply_from_node
 from .inprocess import NODE_ID_BASE, SimulatedGrid, set_task_identity
 
@@ -494,10 +495,11 @@ def run_ray(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
     vector = chunk_settings(exp)  # before Ray starts: a refused setting starts nothing
     t0 = time.perf_counter()
     set_task_identity()
-    init_ray(rt)
-    t1 = time.perf_counter()
-    pool = get_pool(rt, exp.cfg.num_clients)
-    t2 = time.perf_counter()
+    with held_interrupts():  # Ray half started crashes at exit: a Ctrl-C now waits until it is up
+        init_ray(rt)
+        t1 = time.perf_counter()
+        pool = get_pool(rt, exp.cfg.num_clients)
+        t2 = time.perf_counter()
     log.info("ray runtime: %d worker(s) on %d Ray node(s); ray.init %.2fs, workers ready %.2fs",
              len(pool.actors), len({i["node_id"] for i in pool.info}), t1 - t0, t2 - t1)
     result["runtime_info"] = {"workers": len(pool.actors), "ray_init_s": t1 - t0, "workers_s": t2 - t1,

@@ -6,13 +6,14 @@ import numpy as np
 from fedagg.aggregators.base import AggregatorContext, ClientUpdate, RoundInfo
 
 
-def upd(cid, params, n=10, hist=None, acc=None):
+def upd(cid, params, n=10, hist=None, acc=None, steps=None):
     return ClientUpdate(
         client_id=cid,
         params={k: np.asarray(v) for k, v in params.items()},
         num_examples=n,
         label_hist=None if hist is None else np.asarray(hist),
         train_accuracy=acc,
+        metadata={} if steps is None else {"steps": steps},
     )
 
 

@@ -52,9 +52,10 @@ CASES = {
     "fedlaw": {"server_epochs": 2, "batch_size": 16},
     "fedlaw_swa": {"server_epochs": 16, "batch_size": 16},  # 8 epochs per stage: epochs 6, 7 averaged
     "gossip": {"topology": "ring", "mix": "half_self"},
+    "fednova": {"rho": 0.9, "server_momentum": 0.9, "disco": True},
 }
-STATEFUL = {"fedavg", "fedau", "mifa", "fedvarp", "feddisco", "gossip"}
-SUMS_TO_ONE = {"fedavg", "avg_participating", "fedvarp", "feddisco", "ida", "fedlaw", "fedlaw_swa"}
+STATEFUL = {"fedavg", "fedau", "mifa", "fedvarp", "feddisco", "gossip", "fednova"}
+SUMS_TO_ONE = {"fedavg", "avg_participating", "fedvarp", "feddisco", "ida", "fedlaw", "fedlaw_swa", "fednova"}
 PATTERN = [(1, 2), (0,), (0, 1, 3)]
 
 
@@ -72,7 +73,8 @@ def updates_for(agg, x, rnd, cids):
             for k, v in base.items()
         }
         p = {k: np.asarray(v) for k, v in p.items()}
-        ups.append(upd(c, p, n=int(g.integers(5, 50)), hist=g.integers(1, 20, size=C), acc=float(g.uniform(0.3, 0.9))))
+        ups.append(upd(c, p, n=int(g.integers(5, 50)), hist=g.integers(1, 20, size=C), acc=float(g.uniform(0.3, 0.9)),
+                       steps=int(g.integers(1, 30))))  # drawn last: the other rules' inputs are as they were
     return ups
 
 

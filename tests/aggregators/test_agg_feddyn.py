@@ -105,7 +105,7 @@ def test_two_rounds_match_feddiscos_feddyn():
 def test_a_reply_without_the_regulariser_is_named_and_alpha_must_be_positive():
     agg = build("feddyn", ctx(n=2))
     u = ClientUpdate(0, {"w": np.zeros(2, np.float32)}, 3)
-    assert "fedagg's ClientApp" in agg.reply_problem(u)
+    assert "fedagg's ClientApp" in agg.update_problem(u)
     for bad in (0.0, -1.0):
         with pytest.raises(ValueError, match="aggregator.alpha"):
             build("feddyn", ctx(n=2), alpha=bad)

@@ -79,11 +79,11 @@ def test_worked_example_paper_form():
 def test_a_reply_without_the_control_variate_delta_is_named():
     agg = build("scaffold", ctx(n=4))
     u = upd(0, {"w": np.zeros(2, np.float32)})
-    assert "needs the control-variate delta (dc.<name>)" in agg.reply_problem(u)
-    assert "lacks lr_steps" in agg.reply_problem(u)
+    assert "needs the control-variate delta (dc.<name>)" in agg.update_problem(u)
+    assert "lacks lr_steps" in agg.update_problem(u)
     ok = ClientUpdate(0, u.params, 10, extras={"dc.w": np.zeros(2, np.float32), "lr_steps": np.array([0.1])})
-    assert agg.reply_problem(ok) is None
-    assert build("fedavg_m", ctx(n=4)).reply_problem(ClientUpdate(0, u.params, 10,
+    assert agg.update_problem(ok) is None
+    assert build("fedavg_m", ctx(n=4)).update_problem(ClientUpdate(0, u.params, 10,
                                                                   extras={"lr_steps": np.array([0.1])})) is None
 
 

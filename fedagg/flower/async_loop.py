@@ -1,0 +1,144 @@
+"""The server loop of the asynchronous modes (``server.mode`` = fedasync | fedbuff | fedfix).
+
+Each pass of :meth:`AsyncLoop.start` is one server update (``rounds`` counts them):
+
+1. :meth:`Schedule.advance <fedagg.env.events.Schedule.advance>` runs the virtual clock's events up to the next
+   server update: the jobs it dispatched on the way (all sent the current model) and the jobs the update
+   applies, in the order applied;
+2. the dispatched jobs train together: one ``grid.send_and_receive`` with one TRAIN message per job (so the
+   simulation grids cut them into vectorised chunks over the Ray pool), as ``server-round`` = the version
+   they help create -- training never depends on the clock, and the order of events is the clock's alone;
+   their validated updates wait, with the model they were sent, until the update that applies them;
+3. :class:`~fedagg.aggregators.asynchronous.AsyncServerStep` applies the arrived updates (staleness, weights);
+4. the server model is evaluated and the round callbacks see a :class:`RoundRecord` per update (metrics.csv
+   and rounds.jsonl rows, the console line, checkpoints, the run's outcome).
+
+A job whose training failed or whose reply was rejected is reported (``failed`` / ``rejected``) by the
+update at which it arrives. The waiting updates, their models and the schedule are :meth:`state_dict`, which
+the checkpoint holds, so a killed and resumed run is bitwise the uninterrupted one.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
+
+from ..aggregators.asynchronous import Applied, AsyncServerStep
+from ..aggregators.base import ClientUpdate, Params, RoundInfo
+from ..env.events import Job, Schedule
+from .callbacks import RoundCallback
+from .codec import params_to_record
+from .strategy import FedaggStrategy, RoundRecord, train_loss_of
+
+log = logging.getLogger("fedagg")
+
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+@dataclass
+class Trained:
+    """A dispatched job's result, held until the update that applies it."""
+
+    update: ClientUpdate | None  # None: it failed or was rejected
+    sent: Params  # the model it was sent (shared by the jobs of one version)
+    failed: str | None = None
+    rejected: str | None = None
+
+
+class AsyncLoop:
+    def __init__(self, strategy: FedaggStrategy, schedule: Schedule, step: AsyncServerStep) -> None:
+        self.strategy, self.schedule, self.step = strategy, schedule, step
+        self.trained: dict[int, Trained] = {}  # job seq -> its result
+
+    # -- one server update ---------------------------------------------------------------
+    def _train(self, version: int, jobs: Sequence[Job], grid: Grid, timeout: float | None) -> None:
+        s = self.strategy
+        sent = s.params
+        msgs = s.train_messages(version, [j.client for j in jobs], params_to_record(sent), ConfigRecord())
+        replies = list(grid.send_and_receive(msgs, timeout=timeout))
+        updates, _, failed, rejected = s.collect(version, replies)
+        got = {u.client_id: u for u in updates}
+        for j in jobs:
+            self.trained[j.seq] = Trained(got.get(j.client), sent, failed.get(j.client), rejected.get(j.client))
+
+    def update(self, grid: Grid, timeout: float | None) -> RoundRecord:
+        sched, s = self.schedule, self.strategy
+        st = sched.advance()
+        if st.dispatched:
+            self._train(st.version, st.dispatched, grid, timeout)
+        items: list[Applied] = []
+        jobs: list[Job] = []
+        failed: dict[int, str] = {}
+        rejected: dict[int, str] = {}
+        for j in st.applied:
+            t = self.trained.pop(j.seq)
+            if t.update is None:
+                if t.rejected is not None:
+                    rejected[j.client] = t.rejected
+                else:
+                    failed[j.client] = t.failed or "no reply"
+                continue
+            items.append(Applied(t.update, t.sent, st.staleness(j), j.duration_s))
+            jobs.append(j)
+        asked = [j.client for j in st.applied]
+        info = RoundInfo(st.version, s.num_clients or 0, tuple(sorted(set(asked))), tuple(j.client for j in jobs))
+        s.params, w = self.step.apply(s.params, items, info)
+        applied = [{**j.log(), "staleness": it.staleness, "weight": float(wk)}
+                   for j, it, wk in zip(jobs, items, w)]
+        tau = [it.staleness for it in items]
+        metrics: dict[str, Any] = {
+            "model_version": st.version, "sim_time_s": st.time_s, "clients_dispatched": len(st.dispatched),
+            "staleness_mean": float(np.mean(tau)) if tau else None, "staleness_max": max(tau) if tau else None,
+            "async": {"mode": sched.mode, "time_s": st.time_s, "applied": applied,
+                      "dispatched": [j.log() for j in st.dispatched]},
+        }
+        return RoundRecord(st.version, asked, [j.client for j in jobs], failed, rejected,
+                           train_loss_of([it.update for it in items]), metrics)
+
+    # -- the loop ---------------------------------------------------------------------
+    def start(self, grid: Grid, *, num_rounds: int, timeout: float | None, evaluate_fn: EvaluateFn | None,
+              callbacks: Sequence[RoundCallback] = (), start_round: int = 1) -> Result:
+        """Server updates ``start_round`` .. ``num_rounds``, with the callbacks of a synchronous run."""
+        s = self.strategy
+        result = Result()
+        s.connect(grid)
+        if hasattr(grid, "chunk_replies"):  # fedagg's grids: a chunk's reply read as it is
+            grid.chunk_replies = True
+        s.summary()
+        log.info("asynchronous server: mode=%s, %d clients in flight", self.schedule.mode, self.schedule.concurrency)
+        for cb in callbacks:
+            cb.on_train_begin(s, start_round=start_round, num_rounds=num_rounds)
+        for rnd in range(start_round, num_rounds + 1):
+            t0 = time.perf_counter()
+            record = s.last_record = self.update(grid, timeout)
+            assert record.round == rnd, (record.round, rnd)
+            arrays = result.arrays = params_to_record(s.params)
+            if evaluate_fn is not None:
+                res = evaluate_fn(rnd, arrays)
+                if res is not None:
+                    result.evaluate_metrics_serverapp[rnd] = res
+                    loss, acc = res.get("loss"), res.get("accuracy")
+                    record.test_loss = float(loss) if isinstance(loss, (int, float)) else None
+                    record.test_accuracy = float(acc) if isinstance(acc, (int, float)) else None
+            record.seconds = time.perf_counter() - t0
+            if any([cb.after_round(record, s) for cb in callbacks]):
+                log.info("update %d: a callback stopped training", rnd)
+                break
+        for cb in callbacks:
+            cb.on_train_end(s, result)
+        return result
+
+    # -- checkpoint -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.state_dict(), "trained": dict(self.trained)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.schedule.load_state_dict(state["schedule"])
+        self.trained = dict(state["trained"])
