@@ -3,7 +3,10 @@
 A checkpoint holds the round number, the global model (all node models for
 gossip live in the aggregator state), the aggregator's state, the
 participation environment's state, the virtual clock, the asynchronous
-modes' schedule and waiting updates, and the metrics so far. Every random draw
+modes' schedule and waiting updates, and the metrics so far; for rules with
+client state (SCAFFOLD, FedDyn), every virtual client's state is written to
+``client_state.ckpt.sqlite`` next to it (:mod:`fedagg.runtime.state_store`)
+and the checkpoint records that file, its client count and array names. Every random draw
 in fedagg comes from a named stream keyed by (seed, purpose, round, client),
 so there are no RNG positions beyond those states to save.
 """
@@ -26,6 +29,12 @@ RESUME_BOUND_KEYS = ("server.deadline_s", "server.deadline_mode",  # ... but the
 
 
 def save(out: Path, rnd: int, exp: Any, host: Any, rec: Any) -> Path:
+    store = getattr(exp, "client_state", None)
+    client_state = None
+    if store is not None:
+        from .runtime.state_store import SNAPSHOT_NAME
+
+        client_state = store.snapshot(Path(out) / SNAPSHOT_NAME)
     state = {
         "round": rnd,
         "params": host.params,
@@ -38,6 +47,7 @@ def save(out: Path, rnd: int, exp: Any, host: Any, rec: Any) -> Path:
         "rows": rec.rows,
         "details": rec.details,
         "config": to_dict(exp.cfg),
+        "client_state": client_state,
     }
     path = Path(out) / NAME
     tmp = path.with_name(f".{NAME}.tmp")
@@ -113,6 +123,26 @@ def load_for_resume(run_dir: Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
     return state
 
 
+def check_client_state(state: Mapping[str, Any], run_dir: Path, stateful: bool, names: list[str]) -> None:
+    """The checkpoint's client states are the ones this rule keeps (or it has none and needs none)."""
+    cs = state.get("client_state")
+    if cs is None:
+        if stateful and int(state["round"]) > 0:
+            raise ResumeError(f"resume={run_dir}: the checkpoint holds no client state, but aggregator "
+                              f"{_at(state['config'], 'aggregator.name')!r} keeps one per client; start a new run")
+        return
+    if not stateful:
+        raise ResumeError(f"resume={run_dir}: the checkpoint holds client state ({cs.get('clients')} clients) that "
+                          "this run's aggregator does not keep; resume with the aggregator that wrote it")
+    if not isinstance(cs, Mapping) or not (Path(run_dir) / str(cs.get("file"))).is_file():
+        raise ResumeError(f"resume={run_dir}: the checkpoint's client-state file {cs.get('file')!r} is missing; "
+                          "restore it next to checkpoint.pkl, or start a new run")
+    got = list(cs.get("names") or [])
+    if got and sorted(got) != sorted(names):
+        raise ResumeError(f"resume={run_dir}: the checkpoint's client state holds arrays {got[:3]}..., this "
+                          f"model's are {sorted(names)[:3]}...: unknown state; start a new run")
+
+
 def restore(state: Mapping[str, Any], exp: Any, host: Any, rec: Any) -> int:
     """Put a loaded checkpoint into the components; returns its last finished round."""
     host.params = state["params"]
@@ -123,4 +153,7 @@ def restore(state: Mapping[str, Any], exp: Any, host: Any, rec: Any) -> int:
     if state.get("async") is not None and getattr(exp, "async_loop", None) is not None:
         exp.async_loop.load_state_dict(state["async"])
     rec.load(state["rows"], state["details"])
+    cs, store = state.get("client_state"), getattr(exp, "client_state", None)
+    if cs is not None and store is not None:
+        store.restore(Path(exp.cfg.resume) / str(cs["file"]))
     return int(state["round"])

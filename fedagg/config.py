@@ -134,6 +134,8 @@ class RuntimeConfig:
     max_retries: int = 2  # ray: resend a lost worker's messages this many times
     vectorize: Any = "auto"  # inprocess/ray: train a round's clients as stacked models (torch.func.vmap): auto|true|false
     cohort_chunk: int = 10  # inprocess/ray: clients per stacked model, ordered by planned steps, then client id
+    state_memory_mb: float = 1024.0  # inprocess/ray, rules with client state (scaffold): MB of states kept in memory
+    state_spill: bool = True  # ... beyond it, spill to client_state.sqlite in the run folder (false: refuse)
 
 
 def _group(name: str, target: bool = False) -> Any:
@@ -577,6 +579,8 @@ def check_runtime(rt: RuntimeConfig) -> None:
     _need(rt.vectorize in ("auto", "true", "false", True, False), "runtime.vectorize", rt.vectorize,
           "use auto, true or false")
     _need(rt.cohort_chunk >= 1, "runtime.cohort_chunk", rt.cohort_chunk, "it must be an integer >= 1")
+    _need(rt.state_memory_mb > 0, "runtime.state_memory_mb", rt.state_memory_mb,
+          "it must be > 0 (MB of client states kept in memory; more spill to the run folder)")
     _need(rt.max_retries >= 0, "runtime.max_retries", rt.max_retries, "it must be >= 0")
     _need(rt.connect_timeout > 0, "runtime.connect_timeout", rt.connect_timeout, "it must be > 0 seconds")
     _need(rt.start_timeout > 0, "runtime.start_timeout", rt.start_timeout, "it must be > 0 seconds")

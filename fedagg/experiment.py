@@ -79,6 +79,11 @@ class Experiment:
     async_loop: Any = None  # server.mode != sync: the AsyncLoop (fedagg.flower.async_loop), set by run_server
     resume_state: dict[str, Any] | None = None  # a checked checkpoint (resume=...), restored by run_server
     outcome: Exception | None = None  # set by run_server when the run stopped early (failed / interrupted)
+    client_state: Any = None  # the virtual clients' states (rules with client state): runtime.state_store
+
+    def state_names(self) -> list[str]:
+        """The arrays of one client's state: the model's learnable parameters."""
+        return [n for n, _ in self.model().named_parameters()]
 
     def model(self) -> torch.nn.Module:
         s = self.model_spec
@@ -175,11 +180,36 @@ def build(raw: Any) -> Experiment:
             exp.aggregator = instantiate({"_target_": agg_target, **aopts}, ctx, _convert_="all")
         else:
             exp.aggregator = agg.build(cfg.aggregator["name"], ctx, **aopts)
+    if exp.aggregator.needs_fedagg_client and cfg.server.mode != "sync":
+        raise ConfigError(f"server.mode={cfg.server.mode}: aggregator={cfg.aggregator['name']} (client-side terms, "
+                          "per-client state) runs in synchronous rounds only; use server.mode=sync")
+    if exp.aggregator.needs_fedagg_client and cfg.dp.mode != "none":
+        raise ConfigError(f"dp.mode={cfg.dp.mode}: Flower's DP clipping takes messages with one ArrayRecord, and "
+                          f"aggregator={cfg.aggregator['name']} sends and replies its own arrays too (control variates, "
+                          "K*lr): use dp.mode=none with this aggregator")
+    terms = exp.aggregator.client_terms()
+    if terms and (terms.get("rule") == "fedavg_m" or float(terms.get("beta", 1.0)) < 1.0) and cfg.train.momentum > 0:
+        # Cheng et al.'s local steps are plain SGD on the mixed direction; SGD momentum on top would count twice
+        raise ConfigError(f"aggregator={cfg.aggregator['name']} with momentum={terms.get('beta')} mixes the server's "
+                          f"momentum into each local step, which are plain SGD steps: train.momentum="
+                          f"{cfg.train.momentum} would add a second momentum; set train.momentum=0")
+    if exp.aggregator.client_state:  # the store's budget, checked before anything runs
+        from .runtime.state_store import check_budget, state_bytes
+
+        if cfg.runtime.name == "flower" and (cfg.checkpoint.every > 0 or cfg.resume):
+            raise ConfigError(f"aggregator={cfg.aggregator['name']} keeps a state per client, which runtime=flower "
+                              "holds in Flower's own node Contexts, outside fedagg's checkpoints: use "
+                              "runtime=inprocess or runtime=ray with checkpoint.every / resume")
+
+        check_budget(cfg.runtime.state_memory_mb, cfg.runtime.state_spill, cfg.num_clients,
+                     state_bytes(exp.init_params(0), exp.state_names()))
     if cfg.resume:  # read and checked once, before any runtime starts
         from . import checkpoint as ckpt
 
         try:
             exp.resume_state = ckpt.load_for_resume(Path(cfg.resume), to_dict(cfg))
+            ckpt.check_client_state(exp.resume_state, Path(cfg.resume), bool(exp.aggregator.client_state),
+                                    exp.state_names())
         except ResumeError as e:
             raise ConfigError(str(e)) from e
     return exp
@@ -236,6 +266,11 @@ def run(cfg: Any, out_dir: str | Path) -> list[dict[str, Any]]:
         if exp.cfg.torch_threads:  # small models: one thread avoids OpenMP oversubscription (see README, Performance)
             torch.set_num_threads(exp.cfg.torch_threads)
         write_config(exp.cfg, out)
+        if exp.aggregator.client_state and exp.cfg.runtime.name != "flower":  # flower: Flower's Contexts keep them
+            from .runtime.state_store import open_store
+
+            rt = exp.cfg.runtime
+            exp.client_state = open_store(rt.state_memory_mb, rt.state_spill, out)
         from .runtime import get_runtime
         from .server import make_server_app
 

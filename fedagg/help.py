@@ -32,6 +32,7 @@ KEYS: tuple[tuple[str, ...], ...] = (
     ("train.lr", "train.epochs", "train.optimizer", "train.lr_decay", "train.momentum"),
     ("server.round_timeout", "server.max_failed_rounds", "checkpoint.every", "eval.every"),
     ("server.deadline_s", "server.deadline_mode"),
+    ("runtime.state_memory_mb", "runtime.state_spill"),
     ("server.mode", "server.concurrency", "server.buffer_size", "server.window_s", "server.alpha"),
 )
 

@@ -27,6 +27,8 @@ EXTRA = {
     "fedavg": ["aggregator.server_opt=adam"],
     "mifa": ["aggregator.server_opt=adagrad"],
     "avg_all": ["aggregator.server_opt=yogi", "aggregator.server_lr=0.05"],
+    # Cheng et al.'s local steps are plain SGD (a second, SGD momentum is refused)
+    "fedavg_m": ["train.momentum=0"],
     # FedNova needs different step counts to differ from FedAvg; FedDisco's weights on top
     "fednova": ["heterogeneity=epochs", "heterogeneity.max=3", "aggregator.disco=true"],
 }

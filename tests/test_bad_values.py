@@ -207,6 +207,9 @@ def test_nonfinite_rows_finds_every_bad_row_and_costs_one_sum_when_clean():
 @pytest.mark.parametrize("overrides, words", [
     (["model.channels=0"], ["model.channels=0", "an integer > 0"]),
     (["partition.alpah=0.1"], ["partition.alpah=0.1", "did you mean partition.alpha?"]),
+    (["aggregator=scaffold", "dataset=digits", "model=mlp", "runtime.state_memory_mb=0.05", "runtime.state_spill=false"],
+     ["runtime.state_memory_mb=0.05", "runtime.state_spill=true"]),
+    (["aggregator=feddyn", "aggregator.alpha=0"], ["aggregator.alpha=0", "> 0"]),
 ])
 def test_cli_says_it_in_one_line_with_exit_2(overrides, words, tmp_path):
     p = subprocess.run(fedagg_cmd() + [*overrides, "rounds=1", f"hydra.run.dir={tmp_path / 'run'}"],

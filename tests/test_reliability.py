@@ -145,6 +145,8 @@ def _final(path: Path) -> dict[str, torch.Tensor]:
 RESUME_CASES = {
     "fedau": ["aggregator=fedau", "participation=bernoulli", "participation.p_min=0.3"],
     "gossip": ["aggregator=gossip"],
+    # client state: every client's control variate in the checkpoint, half of them spilled to the file
+    "scaffold": ["aggregator=scaffold", "runtime.state_memory_mb=0.1"],
     # FedNova's server momentum is state; heterogeneous epochs make its normaliser matter; disco on top
     "fednova": ["aggregator=fednova", "aggregator.server_momentum=0.5", "aggregator.disco=true",
                 "heterogeneity=epochs", "heterogeneity.max=3"],

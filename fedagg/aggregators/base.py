@@ -73,6 +73,9 @@ class ClientUpdate:
     train_loss: float | None = None
     train_accuracy: float | None = None
     metadata: Mapping[str, int | float | str] = field(default_factory=dict)
+    # what a rule with client-side terms needs back besides the model (SCAFFOLD: "dc.<name>" and "lr_steps");
+    # the reply's "fedagg.rule-reply" ArrayRecord (fedagg.flower.client_state)
+    extras: Params | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,10 @@ class Aggregator:
     needs_init_params: ClassVar[bool] = False  # ctx.init_params_fn: per-client initial models
     needs_oracle_probs: ClassVar[bool] = False  # ctx.oracle_participation_probs: simulation truth
     needs_label_hist: ClassVar[bool] = False  # every update must carry its label histogram
+    # client-side terms (fedagg.task.correction): each client keeps a state between rounds (SCAFFOLD's c_i) ...
+    client_state: ClassVar[bool] = False
+    # ... and the term is fedagg's ClientApp's: any other ClientApp's replies are refused (update_problem)
+    needs_fedagg_client: ClassVar[bool] = False
     needs_sgd_clients: ClassVar[bool] = False  # clients must train with train.optimizer=sgd, no FedProx term
 
     def __init_subclass__(cls, **kwargs: object) -> None:
@@ -194,6 +201,17 @@ class Aggregator:
     def client_config(self) -> dict[str, float]:
         """Extra training options sent to clients (e.g. a FedProx ``proximal_mu``)."""
         return {}
+
+    def client_terms(self) -> dict[str, str | float]:
+        """The client-side term fedagg's ClientApp applies in local training, as the
+        instruction carries it (``{"rule": "scaffold", "beta": 0.9}``); {}: none."""
+        return {}
+
+    def server_arrays(self, global_params: Params) -> Params:
+        """Arrays every asked client receives with the model this round (SCAFFOLD's
+        control variate ``c.<name>``, the momentum ``g.<name>``); {}: none."""
+        return {}
+
 
     def state_dict(self) -> State:
         return {}

@@ -39,6 +39,7 @@ from ..aggregators.base import (
     nonfinite_problem,
     shape_problem,
 )
+from .client_state import CLIENT_STATE, RULE_REPLY
 from .codec import params_to_record, record_to_params
 from .protocol import (
     ARRAYS,
@@ -66,6 +67,8 @@ ARRAYS_OF = "fedagg.chunk.arrays-of"  # client j trains from the ArrayRecord f"a
 STACKED = "fedagg.chunk.stacked"
 NODE_IDS = "fedagg.chunk.node-ids"  # the node each message was sent to (the strategy matches replies by node)
 ERRORS = "fedagg.chunk.errors"
+EXTRA_KEYS = "fedagg.chunk.extra-keys"  # other ArrayRecords of the messages (a client's state, the rule's arrays)
+EXTRA_OF = "fedagg.chunk.of."  # + key: per client, which f"{key}.{i}" record it has (-1: none)
 
 
 def error_reason(exc: BaseException) -> str:
@@ -87,7 +90,26 @@ def pack(messages: Sequence[Message], partition_ids: Sequence[int], stacked: boo
             records[id(rec)] = len(records)
             content[f"{ARRAYS}.{records[id(rec)]}"] = rec
         arrays_of.append(records[id(rec)])
+    extra_keys = sorted({k for m in messages for k in m.content.array_records if k != ARRAYS})
+    extra_of: dict[str, list[int]] = {}
+    for key in extra_keys:  # shared records (the rule's server arrays) travel once, a client's own state once each
+        seen: dict[int, int] = {}
+        of = extra_of[key] = []
+        for m in messages:
+            extra: ArrayRecord | None = m.content.array_records.get(key)
+            if extra is None:
+                of.append(-1)
+                continue
+            if id(extra) not in seen:
+                seen[id(extra)] = len(seen)
+                content[f"{key}.{seen[id(extra)]}"] = extra
+            of.append(seen[id(extra)])
+    extra_cfg: dict[str, list[str] | list[int]] = {}
+    if extra_keys:
+        extra_cfg[EXTRA_KEYS] = extra_keys
+        extra_cfg.update({EXTRA_OF + key: of for key, of in extra_of.items()})
     content[CONFIG] = ConfigRecord({
+        **extra_cfg,
         MESSAGE_IDS: [m.metadata.message_id for m in messages],
         NODE_IDS: [int(m.metadata.dst_node_id) for m in messages],
         INSTRUCTIONS: [str(m.content[CONFIG][INSTRUCTION]) for m in messages],
@@ -111,6 +133,7 @@ class Request:
     partition_ids: list[int]
     arrays: list[ArrayRecord]  # each client's model (shared records are the same object)
     stacked: bool
+    extras: list[dict[str, ArrayRecord]]  # each client's other records (its state, the rule's server arrays)
 
 
 def read(msg: Message) -> Request:
@@ -118,8 +141,14 @@ def read(msg: Message) -> Request:
     ids = [str(x) for x in cfg[MESSAGE_IDS]]  # type: ignore[union-attr]
     of = [int(x) for x in cfg[ARRAYS_OF]]  # type: ignore[union-attr]
     recs = msg.content
+    extras: list[dict[str, ArrayRecord]] = [{} for _ in ids]
+    keys = cast(list[str], cfg.get(EXTRA_KEYS) or [])  # type: ignore[union-attr]
+    for key in keys:
+        for j, i in enumerate(cast(list[int], cfg[EXTRA_OF + key])):  # type: ignore[index]
+            if i >= 0:
+                extras[j][key] = cast(ArrayRecord, recs[f"{key}.{i}"])
     return Request(ids, [str(x) for x in cfg[INSTRUCTIONS]], [int(x) for x in cfg[PARTITION_IDS]],  # type: ignore[union-attr]
-                   [cast(ArrayRecord, recs[f"{ARRAYS}.{j}"]) for j in of], bool(cfg[STACKED]))
+                   [cast(ArrayRecord, recs[f"{ARRAYS}.{j}"]) for j in of], bool(cfg[STACKED]), extras)
 
 
 @dataclass
@@ -133,6 +162,12 @@ class Trained:
     accuracy: float
     steps: int
     label_hist: np.ndarray
+    extras: Params | None = None  # the rule's reply arrays (RULE_REPLY)
+    state: Params | None = None  # the client's new state, for the grid that keeps it (CLIENT_STATE)
+
+
+def _stack(rows: Sequence[Params]) -> ArrayRecord:
+    return params_to_record({k: np.stack([r[k] for r in rows]) for k in rows[0]})
 
 
 def reply(msg: Message, message_ids: Sequence[str], outcomes: Sequence[Trained | BaseException]) -> Message:
@@ -149,6 +184,9 @@ def reply(msg: Message, message_ids: Sequence[str], outcomes: Sequence[Trained |
             STEPS: np.array([o.steps for o in ok], dtype=np.int64),
             LABEL_HIST: np.stack([np.asarray(o.label_hist, dtype=np.int64) for o in ok]),
         })
+        for key, rows in ((RULE_REPLY, [o.extras for o in ok]), (CLIENT_STATE, [o.state for o in ok])):
+            if all(r is not None for r in rows):
+                content[key] = _stack(rows)  # type: ignore[arg-type]
     cfg = ConfigRecord({
         MESSAGE_IDS: list(message_ids),
         ERRORS: ["" if isinstance(o, Trained) else error_reason(o) for o in outcomes],
@@ -179,6 +217,8 @@ class Decoded:
     errors: list[str]
     params: Params
     metrics: Params
+    extras: Params | None = None  # stacked RULE_REPLY arrays, one row per client that replied
+    state: Params | None = None  # stacked CLIENT_STATE arrays
 
     def rows(self) -> list[tuple[str, int]]:
         """(message id, row in the stacked arrays) of each client that replied."""
@@ -189,7 +229,9 @@ class Decoded:
         m = self.metrics
         return Trained(int(m[PARTITION_ID][row]), {k: v[row] for k, v in self.params.items()},
                        int(m[NUM_EXAMPLES][row]), float(m[TRAIN_LOSS][row]), float(m[TRAIN_ACCURACY][row]),
-                       int(m[STEPS][row]), m[LABEL_HIST][row])
+                       int(m[STEPS][row]), m[LABEL_HIST][row],
+                       None if self.extras is None else {k: v[row] for k, v in self.extras.items()},
+                       None if self.state is None else {k: v[row] for k, v in self.state.items()})
 
 
 def decode(msg: Message) -> Decoded:
@@ -209,7 +251,14 @@ def decode(msg: Message) -> Decoded:
     for k in (PARTITION_ID, NUM_EXAMPLES, TRAIN_LOSS, TRAIN_ACCURACY, STEPS):
         if n_ok and k not in metrics:
             raise ValueError(f"chunk reply has no '{k}' metric")
-    return Decoded(ids, errors, params, metrics)
+    stacked: dict[str, Params | None] = {}
+    for key in (RULE_REPLY, CLIENT_STATE):
+        rec = recs.array_records.get(key) if n_ok else None
+        stacked[key] = None if rec is None else record_to_params(rec)
+        for k, v in (stacked[key] or {}).items():
+            if v.ndim < 1 or len(v) != n_ok:
+                raise ValueError(f"chunk '{key}' array '{k}' has shape {v.shape}, expected {n_ok} rows")
+    return Decoded(ids, errors, params, metrics, stacked[RULE_REPLY], stacked[CLIENT_STATE])
 
 
 @dataclass(frozen=True)
@@ -288,7 +337,8 @@ def updates(msg: Message, sent: Mapping[str, tuple[int, Params]], num_classes: i
             continue
         loss, acc = float(m[TRAIN_LOSS][j]), float(m[TRAIN_ACCURACY][j])
         u = ClientUpdate(cid, {name: v[j] for name, v in d.params.items()}, int(m[NUM_EXAMPLES][j]),
-                         None if hist is None else hist[j], loss, acc, {STEPS: int(m[STEPS][j])})
+                         None if hist is None else hist[j], loss, acc, {STEPS: int(m[STEPS][j])},
+                         None if d.extras is None else {k: v[j] for k, v in d.extras.items()})
         try:
             why = finite_problem(TRAIN_LOSS, loss) or finite_problem(TRAIN_ACCURACY, acc) or accuracy_problem(acc)
             if why:

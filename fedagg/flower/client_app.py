@@ -44,12 +44,14 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import Mod
 
 from ..data.federated import ClientData, get_federated_data
+from ..task import correction as corr_terms
 from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_reason
 from ..task.models import build_model
 from ..task.train import evaluate as evaluate_model
 from ..task.train import get_params, round_lr, set_params, train_local
 from . import chunk
-from .codec import record_to_params
+from .client_state import CLIENT_STATE, RULE_REPLY, RULE_SERVER, carried_state, context_state, keep_in_context
+from .codec import params_to_record, record_to_params
 from .protocol import (
     ACCURACY,
     ARRAYS,
@@ -158,6 +160,8 @@ class _Client:
     instr: ClientInstruction
     pid: int
     arrays: ArrayRecord
+    server: ArrayRecord | None = None  # the rule's server arrays (RULE_SERVER), for instructions with terms
+    state: ArrayRecord | None = None  # the state the grid carried (None: the node's Context keeps it)
 
 
 def _stackable(clients: Sequence[_Client]) -> str | None:
@@ -196,49 +200,86 @@ def _train_clients(clients: Sequence[_Client], context: Context, stacked: bool =
             if id(c.arrays) not in decoded:
                 decoded[id(c.arrays)] = record_to_params(c.arrays)
             params = decoded[id(c.arrays)]
+            corr = _correction(c, params, context, decoded)
             hist = np.bincount(data.y_train, minlength=k)
             if stacked:
                 if not work.replies:  # its work would be discarded: not trained (only its step count is said)
                     raise _fault(pid, work.fault, work.steps)
                 members.append((j, Member(pid, data.x_train, data.y_train, params, epochs=instr.epochs,
-                                          steps=instr.train.steps, work_fraction=work.work_fraction),
+                                          steps=instr.train.steps, work_fraction=work.work_fraction,
+                                          correction=corr),
                                 len(data.y_train), hist))
                 continue
             opts = instr.train
             model = _model(instr.model)
             set_params(model, params)
+            lr = round_lr(opts.lr, instr.round, opts.lr_decay, opts.lr_decay_every)
             # a dropout trains half the round, then disappears; a straggler does part of it
             res = train_local(
                 model, data.x_train, data.y_train,
                 epochs=instr.epochs, steps=opts.steps,
-                batch_size=opts.batch_size, lr=round_lr(opts.lr, instr.round, opts.lr_decay, opts.lr_decay_every),
-                optimizer=opts.optimizer, momentum=opts.momentum, weight_decay=opts.weight_decay,
+                batch_size=opts.batch_size, lr=lr,
+                optimizer=opts.optimizer, momentum=opts.momentum,
+                weight_decay=opts.weight_decay + (corr.extra_wd if corr is not None else 0.0),
                 proximal_mu=opts.proximal_mu, work_fraction=work.work_fraction, seed=instr.seed, round=instr.round,
-                client=pid, device=_device(instr),
+                client=pid, device=_device(instr), correction=corr,
             )
             if not work.replies:
                 raise _fault(pid, work.fault, res.steps)
-            outcomes[j] = chunk.Trained(pid, get_params(model), len(data.y_train), float(res.loss),
-                                        float(res.accuracy), int(res.steps), hist)
+            trained = get_params(model)
+            extras, state = _finish(corr, params, trained, int(res.steps), lr)
+            outcomes[j] = chunk.Trained(pid, trained, len(data.y_train), float(res.loss),
+                                        float(res.accuracy), int(res.steps), hist, extras, state)
         except Exception as e:  # noqa: BLE001 - a failing client is its failure, the chunk goes on
             outcomes[j] = e
     if members:
         first = clients[members[0][0]].instr
         opts = first.train
+        lr = round_lr(opts.lr, first.round, opts.lr_decay, opts.lr_decay_every)
+        lead = members[0][1].correction
+        extra_wd = lead.extra_wd if lead is not None else 0.0  # FedDyn's alpha (the chunk's clients share it)
         try:
             results = train_cohort(
                 _model(first.model), [m for _, m, _, _ in members], batch_size=opts.batch_size,
-                lr=round_lr(opts.lr, first.round, opts.lr_decay, opts.lr_decay_every), momentum=opts.momentum,
-                weight_decay=opts.weight_decay, proximal_mu=opts.proximal_mu, seed=first.seed, round=first.round,
+                lr=lr, momentum=opts.momentum,
+                weight_decay=opts.weight_decay + (extra_wd or 0.0), proximal_mu=opts.proximal_mu, seed=first.seed,
+                round=first.round,
                 device=_device(first),
             )
             for (j, m, n, hist), (params, res) in zip(members, results):
+                extras, state = _finish(m.correction, m.params, params, int(res.steps), lr)
                 outcomes[j] = chunk.Trained(m.client, params, n, float(res.loss), float(res.accuracy),
-                                            int(res.steps), hist)
+                                            int(res.steps), hist, extras, state)
         except Exception as e:  # noqa: BLE001 - the whole cohort failed: each client gets the error
             for j, *_ in members:
                 outcomes[j] = e
     return [o for o in outcomes if o is not None]  # type: ignore[misc]
+
+
+def _correction(c: _Client, params: dict[str, np.ndarray], context: Context,
+                decoded: dict[int, dict[str, np.ndarray]]) -> corr_terms.Correction | None:
+    """The rule's client-side term for client ``c`` this round (None: the instruction has none).
+    Its state: the one the grid carried, else the node's Context (deployment); none yet: zeros."""
+    terms = c.instr.terms
+    if not terms:
+        return None
+    server: dict[str, np.ndarray] = {}  # none sent: a term that needs no server arrays (FedAvg-M with beta = 1)
+    if c.server is not None:
+        if id(c.server) not in decoded:
+            decoded[id(c.server)] = record_to_params(c.server)
+        server = decoded[id(c.server)]
+    state = record_to_params(c.state) if c.state is not None else context_state(context)
+    names = tuple(n for n, _ in _model(c.instr.model).named_parameters())
+    return corr_terms.build(terms, server, state, params, names)
+
+
+def _finish(corr: corr_terms.Correction | None, start: dict[str, np.ndarray], trained: dict[str, np.ndarray],
+            steps: int, lr: float) -> tuple[dict[str, np.ndarray] | None, dict[str, np.ndarray] | None]:
+    """(the reply's rule arrays, the client's new state) -- (None, None) without a term."""
+    if corr is None:
+        return None, None
+    state, extras = corr_terms.finish(corr, start, trained, steps, lr)
+    return extras, state
 
 
 def _fault(pid: int, fault: str | None, steps: int) -> InjectedFault:
@@ -250,12 +291,22 @@ def _fault(pid: int, fault: str | None, steps: int) -> InjectedFault:
 def train(msg: Message, context: Context) -> Message:
     """One client: the chunk of one."""
     instr = ClientInstruction.decode(msg.content[CONFIG])
-    client = _Client(instr, _partition_id(context, instr), msg.content.array_records[ARRAYS])
+    recs = msg.content.array_records
+    carried = carried_state(msg)
+    client = _Client(instr, _partition_id(context, instr), recs[ARRAYS], recs.get(RULE_SERVER), carried)
     (out,) = _train_clients([client], context)
     if isinstance(out, BaseException):
         raise out
-    return train_reply(msg, out.params, train_metrics(out.pid, out.num_examples, out.loss, out.accuracy, out.steps,
-                                                      out.label_hist))
+    reply = train_reply(msg, out.params, train_metrics(out.pid, out.num_examples, out.loss, out.accuracy, out.steps,
+                                                       out.label_hist))
+    if out.extras is not None:
+        reply.content[RULE_REPLY] = params_to_record(out.extras)
+    if out.state is not None:
+        if carried is not None:  # a simulation grid keeps this client's state: it goes back with the reply
+            reply.content[CLIENT_STATE] = params_to_record(out.state)
+        else:  # a SuperNode keeps its own, in its Context
+            keep_in_context(context, out.state)
+    return reply
 
 
 def train_chunk(msg: Message, context: Context) -> Message:
@@ -263,10 +314,12 @@ def train_chunk(msg: Message, context: Context) -> Message:
     req = chunk.read(msg)
     clients: list[_Client] = []
     outcomes: list[chunk.Trained | BaseException | None] = []
-    for raw, pid, rec in zip(req.instructions, req.partition_ids, req.arrays):
+    for raw, pid, rec, extra in zip(req.instructions, req.partition_ids, req.arrays, req.extras):
         try:
             instr = ClientInstruction.decode({chunk.INSTRUCTION: raw})
-            clients.append(_Client(instr, _check_pid(pid, instr), rec))
+            # a chunk's clients are virtual: their state travels with them (none carried: the initial state)
+            clients.append(_Client(instr, _check_pid(pid, instr), rec, extra.get(RULE_SERVER),
+                                   extra.get(CLIENT_STATE, ArrayRecord())))
             outcomes.append(None)
         except Exception as e:  # noqa: BLE001 - this client fails, the chunk goes on
             outcomes.append(e)

@@ -86,6 +86,8 @@ class ClientInstruction:
     device: str
     round: int = 0  # 0: not a training round (the id query, evaluation before training)
     plan: SimPlan = field(default_factory=SimPlan)
+    # a rule's client-side term (fedagg.task.correction): {"rule": "scaffold", "beta": 1.0}; {}: none
+    terms: Mapping[str, JSONValue] = field(default_factory=dict)
 
     @property
     def num_clients(self) -> int:
@@ -105,14 +107,20 @@ class ClientInstruction:
         return plan_work(n, epochs=self.epochs, steps=tr.steps, batch_size=tr.batch_size,
                          work_fraction=self.plan.work_fraction, fault=self.plan.fault)
 
-    def for_client(self, round: int, plan: SimPlan, proximal_mu: float | None = None) -> ClientInstruction:
+    def for_client(self, round: int, plan: SimPlan, proximal_mu: float | None = None,
+                   terms: Mapping[str, JSONValue] | None = None) -> ClientInstruction:
         """This instruction for one client in one round (``proximal_mu``: a FedProx
-        term the aggregator sets, replacing ``train.proximal_mu``)."""
+        term the aggregator sets, replacing ``train.proximal_mu``; ``terms``: the
+        rule's client-side term, :meth:`Aggregator.client_terms`)."""
         train = self.train if proximal_mu is None else replace(self.train, proximal_mu=float(proximal_mu))
-        return replace(self, round=int(round), plan=plan, train=train)
+        out = replace(self, round=int(round), plan=plan, train=train)
+        return out if terms is None else replace(out, terms=dict(terms))
 
     def encode(self) -> ConfigRecord:
-        return ConfigRecord({KEY: json.dumps(asdict(self), sort_keys=True)})
+        d = asdict(self)
+        if not d["terms"]:  # no term: the record is what it was before terms existed
+            d.pop("terms")
+        return ConfigRecord({KEY: json.dumps(d, sort_keys=True)})
 
     @classmethod
     def decode(cls, rec: Mapping[str, object]) -> ClientInstruction:
@@ -141,6 +149,7 @@ def _decode(raw: str) -> ClientInstruction:
             train=TrainOptions(**d["train"]),
             seed=int(d["seed"]), device=str(d["device"]), round=int(d["round"]),
             plan=SimPlan(**d["plan"]),
+            terms=dict(d.get("terms") or {}),
         )
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"malformed '{KEY}' record ({type(e).__name__}: {e})") from e

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from .. import aggregators
 from ..aggregators.base import Aggregator, AggregatorContext, InitParamsFn, ModelFn
 from .options import FlowerOptions
+from .protocol import ClientInstruction
 from .strategy import FedaggStrategy
 
 RuleOption = int | float | str | bool | None | Sequence[float]
@@ -97,6 +98,7 @@ def strategy_for(
     connect_timeout: float = 120.0,
     max_update_norm: float | None = None,
     max_failed_rounds: int = 3,
+    instruction: ClientInstruction | None = None,
     **options: Any,
 ) -> FedaggStrategy:
     """A Flower ``Strategy`` running fedagg's rule ``name``.
@@ -138,7 +140,14 @@ def strategy_for(
     and ``num_classes``.
     ``start`` raises ``fedagg.outcomes.RunFailed`` after ``max_failed_rounds``
     consecutive rounds in which every asked client failed or was rejected
-    (0: never).
+    (0: never). ``instruction`` (a :class:`~fedagg.flower.protocol.ClientInstruction`)
+    drives fedagg's own ClientApp (its data, model and training options).
+
+    ``scaffold`` (also SCAFFOLD-M: ``momentum`` < 1) and ``fedavg_m`` need fedagg's ClientApp:
+    it applies the correction in local training, keeps each client's control variate in its
+    node's ``Context.state`` and replies the control-variate delta and ``lr_steps`` in the
+    ``fedagg.rule-reply`` ArrayRecord; a reply without them (any other ClientApp) is rejected
+    with a reason that says so.
     """
     cls, preset = resolve(name)
     flower = {k: options.pop(k) for k in FlowerOptions.names() if k in options}
@@ -176,5 +185,5 @@ def strategy_for(
     return FedaggStrategy(
         rule if rule is not None else build, num_clients=num_clients, num_classes=num_classes, seed=seed,
         options=flower_options, connect_timeout=connect_timeout, max_update_norm=max_update_norm,
-        max_failed_rounds=max_failed_rounds,
+        max_failed_rounds=max_failed_rounds, instruction=instruction,
     )

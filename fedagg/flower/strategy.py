@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -73,6 +73,7 @@ from ..outcomes import FailureWatch
 from ..seeding import rng
 from . import chunk
 from .callbacks import RoundCallback
+from .client_state import RULE_SERVER, rule_extras
 from .codec import params_to_record, record_to_params
 from .metrics import aggregate_reply_metrics
 from .options import FlowerOptions
@@ -303,7 +304,8 @@ class FedaggStrategy(Strategy):
             if enc is None:  # one JSON encoding per distinct plan in a round, not one per client
                 if len(self._encoded) > 256:
                     self._encoded.clear()
-                enc = self._encoded[key] = self.instruction.for_client(server_round, plan, mu).encode()
+                terms = self.aggregator.client_terms() or None
+                enc = self._encoded[key] = self.instruction.for_client(server_round, plan, mu, terms).encode()
             out.update(enc)
         return out
 
@@ -333,13 +335,18 @@ class FedaggStrategy(Strategy):
         agg, opts = self.aggregator, self.options
         self._sent, self._round = {}, server_round
         msgs = []
+        srv = agg.server_arrays(self.params)  # a rule's arrays for every client (SCAFFOLD's c): one record
+        srv_rec = params_to_record(srv) if srv else None
         for cid in clients:
             params = agg.params_for(cid, self.params)
             rec = arrays if not agg.per_node_models else params_to_record(params)
             node = self.node_of[cid]
-            msgs.append(Message(RecordDict({opts.arrayrecord_key: rec,
-                                            opts.configrecord_key: self._config(config, server_round, cid, True)}),
-                                dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round)))
+            content = RecordDict({opts.arrayrecord_key: rec,
+                                  opts.configrecord_key: self._config(config, server_round, cid, True)})
+            if srv_rec is not None:
+                content[RULE_SERVER] = srv_rec
+            msgs.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
+                                group_id=str(server_round)))
             self._sent[node] = (cid, params)
         return msgs
 
@@ -538,6 +545,9 @@ class FedaggStrategy(Strategy):
                 self._check_echo(reply, cid)
                 u = decode_train_reply(reply, cid, sent, self.num_classes or 0, self.max_update_norm, needs_hist,
                                        weight_key=opts.weighted_by_key, arrays_key=opts.arrayrecord_key)
+                extras = rule_extras(reply)
+                if extras is not None:
+                    u = replace(u, extras=extras)
                 why = self.aggregator.update_problem(u)  # what the rule needs besides the contract (FedNova: steps)
                 if why:
                     raise InvalidUpdate(why)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import uuid
 from typing import Any, Iterable, Iterator, Mapping
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from ..flower.client_state import CLIENT_STATE
 from ..flower.protocol import NUM_PARTITIONS, PARTITION_ID
 from .calls import call_client
 
@@ -61,6 +62,9 @@ class SimulatedGrid(Grid):
     chunk_replies: bool = False
     _replies: dict[str, Message]  # message id -> its reply, until pulled
     _chunks: dict[str, tuple[list[Message], Message]]  # member message id -> (chunk, its reply)
+    # the virtual clients' states (rules with client state only; fedagg.runtime.state_store): each TRAIN
+    # message carries its client's state to whichever worker trains it, each reply brings the new one back
+    client_state: Any = None
 
     @property
     def node_ids(self) -> range:
@@ -76,6 +80,40 @@ class SimulatedGrid(Grid):
         """(client id -> node id, node id -> client id), without asking the nodes."""
         return (OffsetMap(0, self.num_nodes, NODE_ID_BASE),
                 OffsetMap(NODE_ID_BASE, self.num_nodes, -NODE_ID_BASE))
+
+    def attach_state(self, messages: Iterable[Message]) -> None:
+        """Put each TRAIN message's client state in it (an empty record: never asked before)."""
+        store = self.client_state
+        if store is None:
+            return
+        from ..flower.codec import params_to_record
+
+        for msg in messages:
+            if msg.metadata.message_type != MessageType.TRAIN:
+                continue
+            state = store.get(int(self.node_config(msg.metadata.dst_node_id)[PARTITION_ID]))
+            msg.content[CLIENT_STATE] = ArrayRecord() if state is None else params_to_record(state)
+
+    def take_state(self, reply: Message, sent: Iterable[Message]) -> None:
+        """Store the new states a reply to ``sent`` (one message, or a chunk's) brings back, and
+        take them out of it."""
+        store = self.client_state
+        if store is None or reply.has_error() or CLIENT_STATE not in reply.content.array_records:
+            return
+        from ..flower import chunk as wire
+        from ..flower.codec import record_to_params
+
+        pids = [int(self.node_config(m.metadata.dst_node_id)[PARTITION_ID]) for m in sent]
+        rec = reply.content.array_records[CLIENT_STATE]
+        del reply.content[CLIENT_STATE]
+        states = record_to_params(rec)
+        if not wire.is_chunk_reply(reply):
+            store.put(pids[0], states)
+            return
+        rows = record_to_params(reply.content.array_records[wire.METRICS])[PARTITION_ID]
+        for j, pid in enumerate(rows.tolist()):
+            if pid in pids:
+                store.put(int(pid), {k: v[j] for k, v in states.items()})
 
     def set_run(self, run: Any) -> None:
         self._run = run
@@ -133,6 +171,7 @@ class InProcessGrid(SimulatedGrid):
             mid = uuid.uuid4().hex
             msg.metadata.__dict__["_message_id"] = mid
             ids.append(mid)
+        self.attach_state(messages)
         rest = messages
         if self.vector is not None and self.vector.enabled:
             from .vectorised import chunk_message, plan_chunks
@@ -144,11 +183,13 @@ class InProcessGrid(SimulatedGrid):
             for chunk in chunks:
                 reply = call_client(self.client_app, chunk_message(chunk, self.node_config, self.vector.stacked),
                                     self._worker)
+                self.take_state(reply, chunk)
                 for m in chunk:
                     self._chunks[m.metadata.message_id] = (chunk, reply)
         for msg in rest:
-            self._replies[msg.metadata.message_id] = call_client(self.client_app, msg,
-                                                                 self.context(msg.metadata.dst_node_id))
+            reply = call_client(self.client_app, msg, self.context(msg.metadata.dst_node_id))
+            self.take_state(reply, [msg])
+            self._replies[msg.metadata.message_id] = reply
         return ids
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
@@ -168,5 +209,6 @@ def run_inprocess(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
     vector = chunk_settings(exp)
     set_task_identity()
     grid = InProcessGrid(for_dp_mode(exp.cfg.dp.mode), exp.cfg.num_clients, vector=vector)
+    grid.client_state = getattr(exp, "client_state", None)
     ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     server_app(grid, ctx)

@@ -399,6 +399,7 @@ class RayGrid(SimulatedGrid):
             self.node_config(msg.metadata.dst_node_id)  # an unknown node fails here
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
         ids = [m.metadata.message_id for m in messages]
+        self.attach_state(messages)
         if self.vector is not None and self.vector.enabled:
             from .vectorised import _plan, assign_chunks
 
@@ -427,6 +428,7 @@ class RayGrid(SimulatedGrid):
         try:
             replies = ray.get(ref)
             if cohort:  # one reply for the chunk
+                self.take_state(replies, msgs)
                 for m in msgs:
                     self._chunks[m.metadata.message_id] = (msgs, replies)
                 return
@@ -444,6 +446,7 @@ class RayGrid(SimulatedGrid):
         except Exception as e:  # noqa: BLE001 - a broken call fails its messages, not the run
             replies = [self._error_reply(m, f"{type(e).__name__}: {e}") for m in msgs]
         for m, r in zip(msgs, replies):
+            self.take_state(r, [m])
             self._replies[m.metadata.message_id] = r
 
     @staticmethod
@@ -504,5 +507,6 @@ def run_ray(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
                               "worker_nodes": [i["node_id"] for i in pool.info]}
     grid = RayGrid(pool, exp.cfg.num_clients, batch_size=rt.batch_size, max_retries=rt.max_retries, vector=vector,
                    dp_mode=exp.cfg.dp.mode)
+    grid.client_state = getattr(exp, "client_state", None)
     ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     server_app(grid, ctx)

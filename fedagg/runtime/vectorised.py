@@ -211,6 +211,8 @@ def split_reply(reply: Message, chunk: Sequence[Message]) -> list[Message]:
     the chunk's reply stands for: what a strategy that is not fedagg's receives, and
     what the ClientApp's single-client handler would have answered."""
     from ..flower import chunk as wire
+    from ..flower.client_state import RULE_REPLY
+    from ..flower.codec import params_to_record
     from ..flower.protocol import train_metrics, train_reply
 
     if reply.has_error():  # the handler failed as a whole: each client has its error
@@ -230,6 +232,8 @@ def split_reply(reply: Message, chunk: Sequence[Message]) -> list[Message]:
             t = d.trained(row)
             r = train_reply(by_id[mid], t.params, train_metrics(t.pid, t.num_examples, t.loss, t.accuracy, t.steps,
                                                                  t.label_hist))
+            if t.extras is not None:
+                r.content[RULE_REPLY] = params_to_record(t.extras)
             out[mid] = reply_from_node(r, by_id[mid])
     return [out.get(m.metadata.message_id) or _error(m, "the chunk reply has no outcome for this client")
             for m in chunk]

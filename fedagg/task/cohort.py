@@ -22,6 +22,9 @@ gradient at once. The result per client equals
   ``(mu/2)||w - w_start||^2`` to each client's loss (``w_start`` = that
   client's own starting parameters, so clients may start from different
   models, as gossip's nodes do);
+* SCAFFOLD's and FedAvg-M's terms (:mod:`fedagg.task.correction`) as train_local applies them:
+  the post-step ``p <- p - lr (c - c_i)`` after the SGD update, or the mixed direction
+  ``beta (g + c - c_i) + (1 - beta) g_server`` before weight decay and momentum -- per client;
 * the loss, accuracy and step count reported per client are train_local's.
 
 :func:`unsupported_reason` says why a model or option cannot be vectorised
@@ -45,6 +48,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..seeding import torch_generator
+from .correction import Correction
 from .train import TrainResult
 from .work import planned_steps
 
@@ -73,6 +77,7 @@ class Member:
     epochs: int = 1
     steps: int = 0
     work_fraction: float = 1.0
+    correction: Correction | None = None  # SCAFFOLD's / FedAvg-M's term (all members have one, or none)
 
 
 _UNSUPPORTED_LAYERS: tuple[tuple[type, str], ...] = (
@@ -197,6 +202,23 @@ def train_cohort(
     anchor = {n: p.clone() for n, p in P.items()} if proximal_mu > 0 else None
     # momentum buffers start at 0: momentum*0 + d == d exactly, torch's first-step buf = d
     bufs = {n: torch.zeros_like(p) for n, p in P.items()} if momentum != 0 else {}
+    corr = members[0].correction
+    if any((m.correction is None) != (corr is None) for m in members):
+        raise ValueError("a cohort's members either all have a correction term or none")
+    LCD: dict[str, torch.Tensor] = {}  # post-step: lr * (c - c_i), stacked
+    CD: dict[str, torch.Tensor] = {}  # mixing: c - c_i, stacked
+    G: dict[str, torch.Tensor] = {}  # mixing: the server's momentum, one for all
+    if corr is not None:
+        cs = [m.correction for m in members]
+        for n in corr.names:
+            if corr.c_diff is not None:
+                cd = torch.from_numpy(np.stack([c.c_diff[n] for c in cs])).to(dev)  # type: ignore[union-attr, index]
+                if corr.post_step:
+                    LCD[n] = cd * lr
+                else:
+                    CD[n] = cd
+            if corr.g is not None:
+                G[n] = torch.as_tensor(np.asarray(corr.g[n])).to(dev)
     idx_all, mask_all = _batches(members, totals, batch_size, seed, round, n_max)
     idx_all, mask_all = idx_all.to(dev), mask_all.to(dev)
     totals_np = np.asarray(totals)
@@ -225,6 +247,12 @@ def train_cohort(
         with torch.no_grad():
             for n, g in zip(names, grads):
                 p = ps[n].detach()
+                if n in CD or n in G:  # beta (grad + c - c_i) + (1 - beta) g_server, as train_local
+                    assert corr is not None
+                    if n in CD:
+                        g = g.add(CD[n] if full else CD[n][a])
+                    if n in G:
+                        g = g.mul(corr.beta).add(G[n], alpha=1.0 - corr.beta)
                 d = g.add(p, alpha=weight_decay) if weight_decay != 0 else g
                 if momentum != 0:
                     d = (bufs[n] if full else bufs[n][a]).mul(momentum).add_(d)
@@ -233,6 +261,8 @@ def train_cohort(
                     else:
                         bufs[n].index_copy_(0, a, d)
                 new_p = p.add(d, alpha=-lr)
+                if n in LCD:  # SCAFFOLD's post-step correction, as train_local
+                    new_p = new_p.sub(LCD[n] if full else LCD[n][a])
                 if full:
                     P[n] = new_p
                 else:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..seeding import torch_generator
+from .correction import Correction
 from .work import planned_steps
 
 OPTIMIZERS = ("sgd", "adam")
@@ -63,6 +64,7 @@ def train_local(
     round: int = 0,
     client: int = 0,
     device: str = "cpu",
+    correction: Correction | None = None,
 ) -> TrainResult:
     """Minibatch SGD (or Adam: ``optimizer="adam"``) on (x, y) at learning
     rate ``lr`` (the round's, see ``round_lr``).
@@ -72,7 +74,8 @@ def train_local(
     < 1 does only that share of the steps, at least one (a straggler's partial
     work, a client that drops out mid-round). The shuffling order comes
     from the named stream (seed, "shuffle", round, client). ``proximal_mu``
-    adds FedProx's (mu/2)||w - w_global||^2.
+    adds FedProx's (mu/2)||w - w_global||^2. ``correction``: SCAFFOLD's / FedAvg-M's term in
+    every step (:mod:`fedagg.task.correction`).
     """
     model.to(device).train()
     gen = torch_generator(seed, "shuffle", round, client)
@@ -82,6 +85,7 @@ def train_local(
     opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     loss_fn = nn.CrossEntropyLoss()
+    terms = _terms(model, correction, lr, device)
     total_steps = planned_steps(n, epochs=epochs, steps=steps, batch_size=batch_size, work_fraction=work_fraction)
     done, loss_sum, correct, seen = 0, 0.0, 0, 0
     while done < total_steps:
@@ -98,13 +102,53 @@ def train_local(
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
                 loss = loss + 0.5 * proximal_mu * prox
             loss.backward()
+            if terms is not None:
+                _apply_terms(terms, correction)  # type: ignore[arg-type]
             opt.step()
+            if terms is not None and correction is not None and correction.post_step:
+                with torch.no_grad():
+                    for p, lcd in terms:
+                        p.sub_(lcd)
             done += 1
             loss_sum += float(loss.detach()) * len(yb)
             correct += int((out.argmax(1) == yb).sum())
             seen += len(yb)
     model.to("cpu")
     return TrainResult(loss=loss_sum / max(seen, 1), accuracy=correct / max(seen, 1), steps=done)
+
+
+_Terms = list[tuple[nn.Parameter, torch.Tensor]]
+
+
+def _terms(model: nn.Module, corr: Correction | None, lr: float, device: str) -> list | None:  # type: ignore[type-arg]
+    """Per parameter the tensors the correction needs: (p, lr*(c - c_i)) in the post-step form,
+    (p, c - c_i or None, g or None) in the mixing form."""
+    if corr is None:
+        return None
+    named = dict(model.named_parameters())
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a)).to(device)
+
+    if corr.post_step:
+        assert corr.c_diff is not None
+        return [(named[n], t(corr.c_diff[n]) * lr) for n in corr.names]
+    return [(named[n], None if corr.c_diff is None else t(corr.c_diff[n]), None if corr.g is None else t(corr.g[n]))
+            for n in corr.names]
+
+
+def _apply_terms(terms: list, corr: Correction) -> None:  # type: ignore[type-arg]
+    """The mixing form: grad <- beta (grad + c - c_i) + (1 - beta) g, before the optimiser's step."""
+    if corr.post_step:
+        return
+    b = corr.beta
+    for p, cd, g in terms:
+        if p.grad is None:
+            continue
+        if cd is not None:
+            p.grad.add_(cd)
+        if g is not None:
+            p.grad.mul_(b).add_(g, alpha=1.0 - b)
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ rejection of bad input, and FedAvg as the sample-weighted mean."""
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -53,9 +54,16 @@ CASES = {
     "fedlaw_swa": {"server_epochs": 16, "batch_size": 16},  # 8 epochs per stage: epochs 6, 7 averaged
     "gossip": {"topology": "ring", "mix": "half_self"},
     "fednova": {"rho": 0.9, "server_momentum": 0.9, "disco": True},
+    "scaffold": {"momentum": 0.5},  # SCAFFOLD-M: both the control variate and the momentum are state
+    "fedavg_m": {"momentum": 0.5},
+    "feddyn": {"alpha": 0.1},
 }
-STATEFUL = {"fedavg", "fedau", "mifa", "fedvarp", "feddisco", "gossip", "fednova"}
-SUMS_TO_ONE = {"fedavg", "avg_participating", "fedvarp", "feddisco", "ida", "fedlaw", "fedlaw_swa", "fednova"}
+STATEFUL = {"fedavg", "fedau", "mifa", "fedvarp", "feddisco", "gossip", "fednova", "feddyn"}
+# SCAFFOLD's c reaches the model through the clients (what they are sent); FedAvg-M's g is each round's mean
+# direction anew (its momentum accumulates in the clients' steps), so a given round's updates fix it
+SENT_STATE = {"scaffold"}
+SUMS_TO_ONE = {"fedavg", "avg_participating", "fedvarp", "feddisco", "ida", "fedlaw", "fedlaw_swa", "fednova",
+               "scaffold", "fedavg_m", "feddyn"}
 PATTERN = [(1, 2), (0,), (0, 1, 3)]
 
 
@@ -75,6 +83,12 @@ def updates_for(agg, x, rnd, cids):
         p = {k: np.asarray(v) for k, v in p.items()}
         ups.append(upd(c, p, n=int(g.integers(5, 50)), hist=g.integers(1, 20, size=C), acc=float(g.uniform(0.3, 0.9)),
                        steps=int(g.integers(1, 30))))  # drawn last: the other rules' inputs are as they were
+        if agg.needs_fedagg_client:  # what fedagg's ClientApp replies for SCAFFOLD / FedAvg-M / FedDyn
+            e = rng(12, "test-extras", rnd, c)
+            extras = {"lr_steps": np.array([float(e.uniform(0.5, 3.0))])}
+            extras.update({"dc." + k: e.normal(scale=0.1, size=v.shape).astype(v.dtype)
+                           for k, v in p.items() if is_float(v) and not k.endswith(("running_mean", "running_var"))})
+            ups[-1] = replace(ups[-1], extras=extras)
     return ups
 
 
@@ -107,6 +121,12 @@ def test_state_dict_round_trip(name):
     if name in STATEFUL:  # the test can fail: without the state the result differs
         out_f, _ = run_round(fresh, x, rnd, cids, ups)
         assert any(not np.array_equal(out_a[k], out_f[k]) for k in out_a)
+    if name in SENT_STATE:
+        sa, sb = a.server_arrays(out_a), b.server_arrays(out_b)
+        assert sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa)
+        run_round(fresh, x, rnd, cids, ups)
+        sf = fresh.server_arrays(out_a)
+        assert any(not np.array_equal(sa[k], sf[k]) for k in sa)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
