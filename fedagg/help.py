@@ -67,7 +67,7 @@ def keys_text() -> str:
                  "server.deadline_mode: drop | partial)")
     lines.append("  (server.mode: sync | fedasync | fedbuff | fedfix -- asynchronous server updates on the virtual clock, "
                  "rounds = server updates; see docs/algorithms.md)")
-    lines.append("  (aggregator.disco: true puts FedDisco's weights on fedavg or fednova; docs/algorithms.md, section 10)")
+    lines.append("  (aggregator.disco: true puts FedDisco's weights on fedavg, fednova, scaffold, fedavg_m or feddyn; docs/algorithms.md, section 10)")
     lines.append("  resume=<run dir>              continue a run from its checkpoint, with its saved config")
     return "\n".join(lines) + "\n"
 

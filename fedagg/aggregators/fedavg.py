@@ -27,12 +27,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from .base import (
     AggregatorContext,
-    ClientUpdate,
-    RoundInfo,
     sorted_updates,
     weighted_average,
     weights_metrics,
@@ -71,15 +67,11 @@ class FedAvg(DiscoComposable):
         # only a FedProx term the aggregator itself sets: 0 must not override the client's train.proximal_mu
         return {"proximal_mu": self.proximal_mu} if self.proximal_mu > 0 else {}
 
-    def weights(self, updates: list[ClientUpdate], info: RoundInfo) -> np.ndarray:
-        n = np.array([u.num_examples for u in updates], dtype=np.float64)
-        return n / n.sum()
-
     def aggregate(self, global_params, updates, info):
         if not updates:
             return global_params, {"weights": []}
         updates = sorted_updates(updates)
-        w, extra = self.disco_adjust(updates, self.weights(updates, info))
+        w, extra = self.composed_weights(updates, info)
         avg = weighted_average(updates, w, global_params)
         return apply_server_step(self.opt, global_params, avg, info.round), {**weights_metrics(updates, w), **extra}
 

@@ -146,6 +146,19 @@ class DiscoComposable(Aggregator):
         self.disco_T = target_distribution(disco_target, C, disco_metric, "aggregator.disco_target")
         self.needs_label_hist = True  # type: ignore[misc]  # d_k needs each participant's histogram
 
+    def weights(self, updates: list[ClientUpdate], info: RoundInfo) -> np.ndarray:
+        """The rule's own weights without ``disco``: the size fractions n_k (a rule may override)."""
+        n = np.array([u.num_examples for u in updates], dtype=np.float64)
+        return n / n.sum()
+
+    def composed_weights(self, updates: list[ClientUpdate], info: RoundInfo) -> tuple[np.ndarray, Metrics]:
+        """(weights, extra metrics): :meth:`weights` without ``disco``; with it, FedDisco's
+        p_k from the size fractions n_k, as FedDisco's official code composes every base rule."""
+        if not self.disco:
+            return self.weights(updates, info), {}
+        n = np.array([u.num_examples for u in updates], dtype=np.float64)
+        return self.disco_adjust(updates, n / n.sum())
+
     def disco_adjust(self, updates: list[ClientUpdate], base: np.ndarray) -> tuple[np.ndarray, Metrics]:
         """(weights, extra metrics): ``base`` unchanged without ``disco``; else
         FedDisco's p_k (:func:`disco_adjusted`) with ``discrepancy`` and

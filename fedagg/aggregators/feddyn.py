@@ -36,7 +36,6 @@ from annotated_types import Gt
 
 from ..task.correction import LR_STEPS
 from .base import (
-    Aggregator,
     AggregatorContext,
     ClientUpdate,
     Params,
@@ -47,11 +46,12 @@ from .base import (
     weighted_sum,
     weights_metrics,
 )
+from .feddisco import DiscoComposable
 from .registry import register
 
 
 @register("feddyn")
-class FedDyn(Aggregator):
+class FedDyn(DiscoComposable):
     client_state = True
     needs_fedagg_client = True
 
@@ -80,7 +80,7 @@ class FedDyn(Aggregator):
         if not updates:
             return global_params, {"weights": []}
         updates = sorted_updates(updates)
-        w = self.weights(updates, info)
+        w, extra = self.composed_weights(updates, info)
         out = weighted_average(updates, w, global_params)
         ones = np.full(len(updates), 1.0 / self.ctx.num_clients)
         for name in names:
@@ -89,11 +89,12 @@ class FedDyn(Aggregator):
                             ).astype(x.dtype)
             out[name] = (out[name] + self.h[name]).astype(x.dtype)
         metrics = weights_metrics(updates, w)
+        metrics.update(extra)
         metrics["h_norm"] = float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in self.h.values())))
         return out, metrics
 
     def weights(self, updates: list[ClientUpdate], info: RoundInfo) -> np.ndarray:
-        """The model-averaging weights w_k (a composing rule, e.g. FedDisco's, overrides this)."""
+        """The model-averaging weights w_k without ``disco``."""
         if self.weighted:
             n = np.array([u.num_examples for u in updates], dtype=np.float64)
             return n / n.sum()

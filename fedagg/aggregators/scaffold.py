@@ -54,7 +54,6 @@ from annotated_types import Gt, Interval
 
 from ..task.correction import LR_STEPS, REPLY_DC, SERVER_C, SERVER_G
 from .base import (
-    Aggregator,
     AggregatorContext,
     ClientUpdate,
     Params,
@@ -65,11 +64,12 @@ from .base import (
     weighted_sum,
     weights_metrics,
 )
+from .feddisco import DiscoComposable
 from .registry import register
 
 
 @register("scaffold")
-class Scaffold(Aggregator):
+class Scaffold(DiscoComposable):
     """SCAFFOLD (``momentum`` = 1) or SCAFFOLD-M (``momentum`` = β < 1); see the module docstring."""
 
     client_state = True
@@ -145,7 +145,7 @@ class Scaffold(Aggregator):
         if not updates:
             return global_params, {"weights": []}
         updates = sorted_updates(updates)
-        w = self.weights(updates, info)
+        w, extra = self.composed_weights(updates, info)
         out = weighted_average(updates, w, global_params)  # buffers and integer tensors, as FedAvg
         ls = np.array([float(np.asarray(u.extras[LR_STEPS]).reshape(-1)[0]) for u in updates])  # type: ignore[index]
         for name in self._names(global_params):
@@ -164,12 +164,13 @@ class Scaffold(Aggregator):
                                   np.full(len(updates), scale))
                 self.c[name] = (self.c[name] + dc).astype(x.dtype)
         metrics = weights_metrics(updates, w)
+        metrics.update(extra)
         if self.uses_c:
             metrics["c_norm"] = float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in self.c.values())))
         return out, metrics
 
     def weights(self, updates: list[ClientUpdate], info: RoundInfo) -> np.ndarray:
-        """The model-averaging weights w_k (a composing rule, e.g. FedDisco's, overrides this)."""
+        """The model-averaging weights w_k without ``disco``."""
         if self.weighted:
             n = np.array([u.num_examples for u in updates], dtype=np.float64)
             return n / n.sum()

@@ -239,3 +239,30 @@ def test_cohort_applies_the_term_as_per_client_training(terms):
     for (params, _), k in zip(res, states):
         for name in glob:
             np.testing.assert_allclose(params[name], solo[k][name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule", ["scaffold", "feddyn"])
+def test_disco_weights_on_scaffold_and_feddyn_are_feddiscos_own(rule):
+    """FedDisco's scaffold_alg / feddyn_alg (MediaBrain-SJTU/FedDisco @ 48288a1, algorithms/scaffold.py,
+    algorithms/feddyn.py) with args.disco: the size fractions n_k become p_k = ReLU(n_k − a·d_k + b)/Σ, and the new
+    model averages the client models with p_k. fedagg's weights are those of aggregator=feddisco on the same
+    replies (held against disco.py in test_agg_fednova/test_agg_feddisco), and SCAFFOLD's model at η_g = 1 is
+    Σ p_k y_k; the control variate's update does not use the weights (c += (|S|/N) mean Δc)."""
+    hists = [[40, 0, 0], [60, 60, 0], [20, 20, 20]]
+    ns = [40, 120, 60]
+    x = {"w": np.array([1.0, 2.0, -1.0], dtype=np.float64)}
+    rng = np.random.default_rng(5)
+    ups = [ClientUpdate(i, {"w": rng.normal(size=3)}, ns[i], label_hist=np.array(hists[i]),
+                        extras={"dc.w": rng.normal(size=3), "lr_steps": np.array([0.5])}) for i in range(3)]
+    ref_w = build("feddisco", ctx(n=3, c=3)).apply(x, [ClientUpdate(u.client_id, u.params, u.num_examples,
+                                                                  label_hist=u.label_hist) for u in ups],
+                                                   info(1, 3, range(3)))[1]["weights"]
+    agg = build(rule, ctx(n=3, c=3), disco=True)
+    out, m = agg.apply(x, ups, info(1, 3, range(3)))
+    assert m["weights"] == pytest.approx(ref_w, rel=1e-12)
+    assert sorted(ref_w) != pytest.approx(sorted(np.array(ns) / sum(ns)))  # disco moved them
+    plain = build(rule, ctx(n=3, c=3)).apply(x, ups, info(1, 3, range(3)))[1]["weights"]
+    assert plain == pytest.approx([1 / 3] * 3)  # the paper's plain mean without disco
+    if rule == "scaffold":
+        np.testing.assert_allclose(out["w"], sum(w * u.params["w"] for w, u in zip(ref_w, ups)), rtol=1e-12)
+        np.testing.assert_allclose(agg.server_arrays(out)["c.w"], sum(u.extras["dc.w"] for u in ups) / 3, rtol=1e-12)
