@@ -39,6 +39,10 @@ class ModelSpec:
 
     def key(self) -> str:
         """A stable string for caching one built model per spec."""
+        return self._key
+
+    @functools.cached_property
+    def _key(self) -> str:  # once per spec object: a round's clients share a decoded instruction
         return json.dumps(asdict(self), sort_keys=True)
 
 
@@ -86,6 +90,14 @@ class ClientInstruction:
     device: str
     round: int = 0  # 0: not a training round (the id query, evaluation before training)
     plan: SimPlan = field(default_factory=SimPlan)
+
+    @functools.cached_property
+    def data_key(self) -> str:
+        """The data spec's cache key (:func:`fedagg.data.federated.spec_key`), computed once per
+        instruction object: the clients of a round share a few decoded instructions."""
+        from ..data.federated import spec_key
+
+        return spec_key(self.data)
 
     @property
     def num_clients(self) -> int:
