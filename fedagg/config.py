@@ -130,7 +130,7 @@ class RuntimeConfig:
     num_workers: Optional[int] = None  # ray: actors; null = cluster CPUs / num_cpus_per_client (<= num_clients)
     connect_timeout: float = 10.0  # ray: seconds to reach runtime.address before failing
     start_timeout: float = 300.0  # ray: seconds for the workers to start
-    batch_size: Any = 8  # ray: messages per actor call (int >= 1), or auto = one call per actor per round
+    batch_size: Any = 8  # ray: messages (a chunk: one) per actor call (int >= 1), or auto = one call per actor per round
     max_retries: int = 2  # ray: resend a lost worker's messages this many times
     vectorize: Any = "auto"  # inprocess/ray: train a round's clients as stacked models (torch.func.vmap): auto|true|false
     cohort_chunk: int = 10  # inprocess/ray: clients per stacked model, ordered by planned steps, then client id

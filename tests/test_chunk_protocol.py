@@ -272,3 +272,69 @@ def test_a_chunk_rows_metrics_are_its_per_client_replies_and_their_mean_is_flowe
         NUM_EXAMPLES)
     assert dict(from_chunk) == dict(from_replies) == dict(flower)
     assert from_chunk[LABEL_HIST] == flower[LABEL_HIST] and "partition-id" not in from_chunk
+
+
+@pytest.mark.parametrize("num_classes, needs_hist", [(2, None), (2, "feddisco"), (0, None), (0, "feddisco")])
+def test_the_vectorised_row_checks_reach_the_scalar_checks_verdict_on_every_row(monkeypatch, num_classes, needs_hist):
+    """chunk.updates tests the per-client metrics of a whole chunk at once and runs the scalar
+    checks only on rows that fail there: every row -- good, NaN loss, infinite accuracy, accuracy
+    1.5, no examples, a negative, an all-zero or a wrongly sized histogram -- gets the same verdict,
+    reason, update and metrics as with the scalar checks on every row."""
+    sent, outs = _trained(9, seed=5)
+    outs[1].loss = float("nan")
+    outs[2].accuracy = float("inf")
+    outs[3].accuracy = 1.5
+    outs[4].num_examples = 0
+    outs[5].label_hist = np.array([-2, 7])
+    outs[6].label_hist = np.array([0, 0])
+    ids = [f"m{j}" for j in range(9)]
+    req = Message(RecordDict(), dst_node_id=NODE_ID_BASE, message_type=chunk.MESSAGE_TYPE)
+    sent_of = {mid: (j, sent) for j, mid in enumerate(ids)}
+
+    def rows(reply):
+        out = chunk.updates(reply, sent_of, num_classes=num_classes, needs_hist=needs_hist)
+        return {m: (r.rejected, r.failed, r.pid, r.metrics, None if r.update is None else
+                    (r.update.client_id, r.update.num_examples, r.update.train_loss, r.update.train_accuracy,
+                     dict(r.update.metadata), None if r.update.label_hist is None else r.update.label_hist.tolist(),
+                     {k: v.tolist() for k, v in r.update.params.items()})) for m, r in out.items()}
+
+    reply = chunk.reply(req, ids, outs)
+    fast = rows(reply)
+    monkeypatch.setattr(chunk, "_plain_rows", lambda m, h, k, *a: np.zeros(k, dtype=bool))
+    assert fast == rows(reply)
+    accepted = sorted(m for m, r in fast.items() if r[0] is None)
+    if needs_hist and num_classes == 0:  # a rule that needs histograms, none read: every row refused
+        assert accepted == []
+    else:
+        assert accepted == ["m0", "m7", "m8"] if num_classes else ["m0", "m5", "m6", "m7", "m8"]
+    assert fast["m3"][0] == "train-accuracy=1.5 is outside [0, 1] (a fraction of the examples, not a percentage)"
+    wrong = [chunk.Trained(o.pid, o.params, o.num_examples, o.loss, o.accuracy, o.steps, np.array([1, 2, 3]))
+             for o in outs]  # every histogram over 3 classes
+    reply = chunk.reply(req, ids, wrong)
+    monkeypatch.undo()
+    fast = rows(reply)
+    monkeypatch.setattr(chunk, "_plain_rows", lambda m, h, k, *a: np.zeros(k, dtype=bool))
+    assert fast == rows(reply)
+    if num_classes:
+        assert fast["m0"][0] == "label_hist has shape (3,), expected (2,): one count per class"
+
+
+def test_configure_train_builds_one_config_record_per_distinct_instruction():
+    """Clients with the same plan share one ConfigRecord (as Flower's own strategies share one
+    among a round's messages); each message still carries its own client's plan."""
+    from fedagg.flower.instruction import ClientInstruction
+    from fedagg.server import make_strategy
+
+    n = 12
+    exp = build(compose("dataset=digits", "model=mlp", f"num_clients={n}", "heterogeneity=stragglers",
+                        "heterogeneity.rate=0.5", "seed=3"))
+    strategy = make_strategy(exp)
+    msgs = list(strategy.configure_train(1, params_to_record(exp.init_params(0)), ConfigRecord(),
+                                         InProcessGrid(fedagg_app, n)))
+    plans = {NODE_ID_BASE + c: SimPlan(**dict(exp.heterogeneity.plan(1, c))) for c in range(n)}
+    records = {id(m.content[CONFIG]): m.content[CONFIG] for m in msgs}
+    assert len(records) == len(set(plans.values())) < n  # one record per distinct plan, shared
+    for m in msgs:
+        instr = ClientInstruction.decode(m.content[CONFIG])
+        assert instr.plan == plans[m.metadata.dst_node_id] and instr.round == 1
+        assert m.content[CONFIG]["server-round"] == 1

@@ -261,3 +261,8 @@ def _cached(key: str) -> FederatedData:
 def get_federated_data(spec: Mapping[str, Any]) -> FederatedData:
     """Build (once per process) the federated dataset described by ``spec``."""
     return _cached(spec_key(spec))
+
+
+def federated_data(key: str) -> FederatedData:
+    """:func:`get_federated_data` of the spec whose :func:`spec_key` is ``key``."""
+    return _cached(key)

@@ -330,28 +330,60 @@ def updates(msg: Message, sent: Mapping[str, tuple[int, Params]], num_classes: i
             refused.setdefault(j, norm_problem(float(np.sqrt(sq[j])), max_update_norm))
     m = d.metrics
     hist = m.get(LABEL_HIST) if num_classes > 0 else None
+    fast = _plain_rows(m, hist, k, num_classes, needs_hist)
+    names = list(d.params)
+    pids, counts, steps = m[PARTITION_ID].tolist(), m[NUM_EXAMPLES].tolist(), m[STEPS].tolist()
+    losses, accs = m[TRAIN_LOSS].tolist(), m[TRAIN_ACCURACY].tolist()
+    hists = m[LABEL_HIST].tolist() if LABEL_HIST in m else None
     for mid, j in rows:
         cid = sent[mid][0]
         if j in refused:
             out[mid] = Row(rejected=refused[j])
             continue
-        loss, acc = float(m[TRAIN_LOSS][j]), float(m[TRAIN_ACCURACY][j])
-        u = ClientUpdate(cid, {name: v[j] for name, v in d.params.items()}, int(m[NUM_EXAMPLES][j]),
-                         None if hist is None else hist[j], loss, acc, {STEPS: int(m[STEPS][j])},
-                         None if d.extras is None else {k: v[j] for k, v in d.extras.items()})
-        try:
-            why = finite_problem(TRAIN_LOSS, loss) or finite_problem(TRAIN_ACCURACY, acc) or accuracy_problem(acc)
-            if why:
-                raise InvalidUpdate(why)
-            check_update(u, template, num_classes, needs_hist, params_checked=True)
-        except InvalidUpdate as e:
-            out[mid] = Row(rejected=str(e))
-            continue
-        pid = int(m[PARTITION_ID][j])
+        extras = None if d.extras is None else {k: v[j] for k, v in d.extras.items()}
+        if fast[j]:  # every per-client check at once passed (_plain_rows): no scalar pass
+            loss, acc, n, s = losses[j], accs[j], counts[j], steps[j]
+            u = ClientUpdate(cid, {name: d.params[name][j] for name in names}, n,
+                             None if hist is None else hist[j], loss, acc, {STEPS: s}, extras)
+        else:
+            loss, acc = float(m[TRAIN_LOSS][j]), float(m[TRAIN_ACCURACY][j])
+            u = ClientUpdate(cid, {name: v[j] for name, v in d.params.items()}, int(m[NUM_EXAMPLES][j]),
+                             None if hist is None else hist[j], loss, acc, {STEPS: int(m[STEPS][j])}, extras)
+            try:
+                why = finite_problem(TRAIN_LOSS, loss) or finite_problem(TRAIN_ACCURACY, acc) or accuracy_problem(acc)
+                if why:
+                    raise InvalidUpdate(why)
+                check_update(u, template, num_classes, needs_hist, params_checked=True)
+            except InvalidUpdate as e:
+                out[mid] = Row(rejected=str(e))
+                continue
+        pid = int(pids[j])
         metrics: dict[str, int | float | list[int]] = {PARTITION_ID: pid, NUM_EXAMPLES: u.num_examples,
                                                        TRAIN_LOSS: loss, TRAIN_ACCURACY: acc,
-                                                       STEPS: int(m[STEPS][j])}
-        if LABEL_HIST in m:
-            metrics[LABEL_HIST] = [int(c) for c in m[LABEL_HIST][j]]
+                                                       STEPS: int(steps[j])}
+        if hists is not None:
+            metrics[LABEL_HIST] = [int(c) for c in hists[j]]
         out[mid] = Row(update=u, pid=pid, metrics=metrics)
     return out
+
+
+def _plain_rows(m: Params, hist: np.ndarray | None, k: int, num_classes: int, needs_hist: str | None) -> np.ndarray:
+    """Per row of a chunk reply's metrics: True where every per-client check of
+    :func:`updates` passes (finite loss and accuracy, accuracy in [0, 1], a whole
+    positive example count, a well-formed label histogram or none needed), tested
+    on the metric arrays at once. A False row goes through the scalar checks,
+    which name its defect."""
+    ok = np.zeros(k, dtype=bool)
+    n, steps = m[NUM_EXAMPLES], m[STEPS]
+    if not (np.issubdtype(n.dtype, np.integer) and np.issubdtype(steps.dtype, np.integer)
+            and all(np.issubdtype(m[key].dtype, np.number) for key in (TRAIN_LOSS, TRAIN_ACCURACY, PARTITION_ID))
+            and np.issubdtype(m[PARTITION_ID].dtype, np.integer)):
+        return ok
+    loss, acc = m[TRAIN_LOSS].astype(np.float64), m[TRAIN_ACCURACY].astype(np.float64)
+    ok = np.isfinite(loss) & np.isfinite(acc) & (acc >= 0.0) & (acc <= 1.0) & (n >= 1)
+    if hist is None:
+        return ok & (needs_hist is None)
+    if hist.shape[1:] != (num_classes,) or not np.issubdtype(hist.dtype, np.number):
+        return np.zeros(k, dtype=bool)
+    h = hist.reshape(k, -1)
+    return ok & np.isfinite(h).all(1) & (h >= 0).all(1) & (h.sum(1) > 0)

@@ -43,7 +43,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import Mod
 
-from ..data.federated import ClientData, get_federated_data
+from ..data.federated import ClientData, federated_data
 from ..task import correction as corr_terms
 from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_reason
 from ..task.models import build_model
@@ -119,7 +119,7 @@ def _client_data(context: Context, instr: ClientInstruction, pid: int) -> tuple[
     of the spec's dataset; otherwise the shard ``partition-id``."""
     path = context.node_config.get(DATA_PATH)
     if not path:
-        fd = get_federated_data(instr.data)
+        fd = federated_data(instr.data_key)
         return fd.client(pid), fd.num_classes
     shape, k = instr.model.input_shape, instr.model.num_classes
     x, y = _load_npz(str(path))
@@ -164,14 +164,21 @@ class _Client:
     state: ArrayRecord | None = None  # the state the grid carried (None: the node's Context keeps it)
 
 
+_UNSTACKABLE: dict[tuple[str, str], str | None] = {}  # (model spec key, optimizer) -> unsupported_reason
+
+
 def _stackable(clients: Sequence[_Client]) -> str | None:
     """Why these clients cannot train as one stacked model (None: they can)."""
     first = clients[0].instr
-    model = _model(first.model)
-    reason = unsupported_reason(model, optimizer=first.train.optimizer, input_shape=first.model.input_shape)
+    key = (first.model.key(), first.train.optimizer)
+    if key not in _UNSTACKABLE:
+        _UNSTACKABLE[key] = unsupported_reason(_model(first.model), optimizer=first.train.optimizer,
+                                               input_shape=first.model.input_shape)
+    reason = _UNSTACKABLE[key]
     if reason is None:
         same = replace(first, plan=SimPlan())
-        if any(replace(c.instr, plan=SimPlan()) != same for c in clients[1:]):
+        others = {id(c.instr): c.instr for c in clients[1:] if c.instr is not first}  # shared decodings compared once
+        if any(replace(i, plan=SimPlan()) != same for i in others.values()):
             reason = "the chunk's clients have different training setups"
     return reason
 

@@ -39,6 +39,10 @@ class ModelSpec:
 
     def key(self) -> str:
         """A stable string for caching one built model per spec."""
+        return self._key
+
+    @functools.cached_property
+    def _key(self) -> str:  # once per spec object: a round's clients share a decoded instruction
         return json.dumps(asdict(self), sort_keys=True)
 
 
@@ -88,6 +92,14 @@ class ClientInstruction:
     plan: SimPlan = field(default_factory=SimPlan)
     # a rule's client-side term (fedagg.task.correction): {"rule": "scaffold", "beta": 1.0}; {}: none
     terms: Mapping[str, JSONValue] = field(default_factory=dict)
+
+    @functools.cached_property
+    def data_key(self) -> str:
+        """The data spec's cache key (:func:`fedagg.data.federated.spec_key`), computed once per
+        instruction object: the clients of a round share a few decoded instructions."""
+        from ..data.federated import spec_key
+
+        return spec_key(self.data)
 
     @property
     def num_clients(self) -> int:

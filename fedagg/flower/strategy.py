@@ -289,16 +289,29 @@ class FedaggStrategy(Strategy):
             self.params = record_to_params(arrays)
             self._arrays = arrays
 
-    def _config(self, config: ConfigRecord, server_round: int, cid: int, train: bool) -> ConfigRecord:
+    def _configs(self, config: ConfigRecord, server_round: int, train: bool) -> Callable[[int], ConfigRecord]:
+        """The config of each client this round (a function of the client id): one
+        ConfigRecord per distinct instruction, shared by the clients it is for, as
+        Flower's own strategies share one record among a round's messages."""
+        mu = self.aggregator.client_config().get("proximal_mu")
+        made: dict[SimPlan, ConfigRecord] = {}
+
+        def of(cid: int) -> ConfigRecord:
+            plan = SimPlan()
+            if train and self.instruction is not None and self.heterogeneity is not None:
+                plan = SimPlan(**dict(self.heterogeneity.plan(server_round, cid)))  # type: ignore[arg-type]
+            out = made.get(plan)
+            if out is None:
+                out = made[plan] = self._config(config, server_round, plan, mu)
+            return out
+
+        return of
+
+    def _config(self, config: ConfigRecord, server_round: int, plan: SimPlan, mu: float | None) -> ConfigRecord:
         out = ConfigRecord({**config, "server-round": server_round})
-        extra = self.aggregator.client_config()
-        mu = extra.get("proximal_mu")
         if mu is not None:
             out["proximal-mu"] = float(mu)  # Flower's FedProx key, for foreign ClientApps
         if self.instruction is not None:
-            plan = SimPlan()
-            if train and self.heterogeneity is not None:
-                plan = SimPlan(**dict(self.heterogeneity.plan(server_round, cid)))  # type: ignore[arg-type]
             key = (server_round, plan, mu)
             enc = self._encoded.get(key)
             if enc is None:  # one JSON encoding per distinct plan in a round, not one per client
@@ -337,12 +350,12 @@ class FedaggStrategy(Strategy):
         msgs = []
         srv = agg.server_arrays(self.params)  # a rule's arrays for every client (SCAFFOLD's c): one record
         srv_rec = params_to_record(srv) if srv else None
+        config_of = self._configs(config, server_round, True)
         for cid in clients:
             params = agg.params_for(cid, self.params)
             rec = arrays if not agg.per_node_models else params_to_record(params)
             node = self.node_of[cid]
-            content = RecordDict({opts.arrayrecord_key: rec,
-                                  opts.configrecord_key: self._config(config, server_round, cid, True)})
+            content = RecordDict({opts.arrayrecord_key: rec, opts.configrecord_key: config_of(cid)})
             if srv_rec is not None:
                 content[RULE_SERVER] = srv_rec
             msgs.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
@@ -382,10 +395,10 @@ class FedaggStrategy(Strategy):
         if k < len(clients):
             clients = sorted(rng(self.seed, "evaluate-sample", server_round).choice(clients, size=k, replace=False).tolist())
         msgs = []
+        config_of = self._configs(config, server_round, False)
         for cid in clients:
             rec = arrays if not agg.per_node_models else params_to_record(agg.params_for(cid, self.params))
-            msgs.append(Message(RecordDict({opts.arrayrecord_key: rec,
-                                            opts.configrecord_key: self._config(config, server_round, cid, False)}),
+            msgs.append(Message(RecordDict({opts.arrayrecord_key: rec, opts.configrecord_key: config_of(cid)}),
                                 dst_node_id=self.node_of[cid], message_type=MessageType.EVALUATE,
                                 group_id=str(server_round)))
         if self.log_rounds:

@@ -8,7 +8,9 @@ How it works (one round):
   ClientApp caches data by spec per process), so only messages cross
   processes;
 * ``push_messages`` groups each actor's messages into calls of
-  ``runtime.batch_size`` messages (``auto``: one call per actor per round)
+  ``runtime.batch_size`` messages (``auto``: one call per actor per round;
+  with ``runtime.vectorize`` a chunk of clients is one message, so the
+  default 8 sends each worker its round's chunks in one call)
   and submits them all at once; ``send_and_receive`` collects the replies with
   ``ray.wait`` as calls complete -- no polling sleeps;
 * ``flwr.app.Message`` pickles as is (metadata, content and error are plain
@@ -123,15 +125,15 @@ class ClientWorker:
         app = self.for_dp_mode(dp_mode)
         return [call_client(app, msg, self._context(msg, nc)) for msg, nc in batch]
 
-    def run_chunk(self, token: str, msg: Message, node_config: dict[str, Any]) -> Message:
-        """One chunk message (runtime.vectorize): the ClientApp's chunk handler answers it."""
+    def run_chunks(self, token: str, msgs: list[Message], node_config: dict[str, Any]) -> list[Message]:
+        """Chunk messages (runtime.vectorize), in order: the ClientApp's chunk handler answers each."""
         if token != self.token:
             self.token, self.contexts = token, {}
         ctx = self.contexts.get(-1)
         if ctx is None:
             ctx = self.contexts[-1] = Context(run_id=1, node_id=0, node_config=dict(node_config), state=RecordDict(),
                                               run_config={})
-        return call_client(self.app, msg, ctx)
+        return [call_client(self.app, msg, ctx) for msg in msgs]
 
 
 # --------------------------------------------------------------------------- the pool
@@ -368,7 +370,8 @@ class RayGrid(SimulatedGrid):
         self.batch_size = batch_size
         self.max_retries = int(max_retries)
         self.token = uuid.uuid4().hex
-        self._pending: dict[Any, tuple[int, list[Message], int, bool]] = {}  # ref -> (actor, msgs, attempt, cohort)
+        # ref -> (actor, its messages -- or, for chunk calls, its chunks --, attempt, cohort)
+        self._pending: dict[Any, tuple[int, list[Any], int, bool]] = {}
         self._replies: dict[str, Message] = {}
         self._chunks: dict[str, tuple[list[Message], Message]] = {}  # member message id -> (chunk, its reply)
         self._pushes = 0
@@ -381,12 +384,13 @@ class RayGrid(SimulatedGrid):
         return (node_id - NODE_ID_BASE) % self.num_workers
 
     # -- sending -----------------------------------------------------------------
-    def _submit(self, actor: int, msgs: list[Message], attempt: int, cohort: bool = False) -> None:
+    def _submit(self, actor: int, msgs: list[Any], attempt: int, cohort: bool = False) -> None:
+        """One actor call: ``msgs`` per-client messages, or (``cohort``) chunks of them, one chunk message each."""
         if cohort:
             from .vectorised import chunk_message
 
-            msg = chunk_message(msgs, self.node_config, self.vector.stacked)
-            ref = self.pool.actors[actor].run_chunk.remote(self.token, msg, dict(self.extra_node_config))
+            wire = [chunk_message(c, self.node_config, self.vector.stacked) for c in msgs]
+            ref = self.pool.actors[actor].run_chunks.remote(self.token, wire, dict(self.extra_node_config))
         else:
             batch = [(m, self.node_config(m.metadata.dst_node_id)) for m in msgs]
             ref = self.pool.actors[actor].run.remote(self.token, batch, self.dp_mode)
@@ -404,16 +408,20 @@ class RayGrid(SimulatedGrid):
             from .vectorised import _plan, assign_chunks
 
             chunks, work, messages = _plan(messages, self.node_config, self.vector.chunk, self.vector.stacked)
-            # whole chunks, the most work first to the least loaded worker: a chunk's numbers never depend on workers
-            for chunk, actor in zip(chunks, assign_chunks(work, self.num_workers)):
-                self._submit(actor, chunk, 0, cohort=True)
+            # whole chunks, the most work first to the least loaded worker: a chunk's numbers never depend on workers;
+            # runtime.batch_size chunk messages per actor call, as it groups per-client messages
+            assigned = assign_chunks(work, self.num_workers)
+            per_worker: dict[int, list[list[Message]]] = {}
+            for j in sorted(range(len(chunks)), key=lambda j: (-work[j], j)):  # each worker's most work first
+                per_worker.setdefault(assigned[j], []).append(chunks[j])
+            for actor, cs in sorted(per_worker.items()):
+                size = self._call_size(len(cs))
+                for s in range(0, len(cs), size):
+                    self._submit(actor, cs[s : s + size], 0, cohort=True)
         for msg in messages:
             per_actor.setdefault(self.actor_of(msg.metadata.dst_node_id), []).append(msg)
         for actor, msgs in per_actor.items():
-            if self.batch_size == "auto":
-                size = len(msgs)
-            else:
-                size = max(1, int(self.batch_size))
+            size = self._call_size(len(msgs))
             for s in range(0, len(msgs), size):
                 self._submit(actor, msgs[s : s + size], 0)
         self._pushes += 1
@@ -421,29 +429,41 @@ class RayGrid(SimulatedGrid):
             HOOKS["after_push"](self, self._pushes)
         return ids
 
+    def _call_size(self, n: int) -> int:
+        """Messages per actor call (runtime.batch_size; auto: all ``n`` of the actor's)."""
+        return n if self.batch_size == "auto" else max(1, int(self.batch_size))
+
     def _collect(self, ref: Any) -> None:
         import ray
 
         actor, msgs, attempt, cohort = self._pending.pop(ref)
         try:
             replies = ray.get(ref)
-            if cohort:  # one reply for the chunk
-                self.take_state(replies, msgs)
-                for m in msgs:
-                    self._chunks[m.metadata.message_id] = (msgs, replies)
+            if cohort:  # one reply per chunk
+                if len(replies) != len(msgs):
+                    raise RuntimeError(f"{len(replies)} replies for {len(msgs)} chunk messages")
+                for chunk, reply in zip(msgs, replies):
+                    self.take_state(reply, chunk)
+                    for m in chunk:
+                        self._chunks[m.metadata.message_id] = (chunk, reply)
                 return
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
                 ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError) as e:
             if attempt < self.max_retries:
                 other = (actor + 1 + attempt) % self.num_workers
+                n = sum(len(c) for c in msgs) if cohort else len(msgs)
                 log.warning("ray runtime: worker %d lost with %d message(s) in flight (%s); retrying on worker %d "
-                            "(attempt %d of %d)", actor, len(msgs), type(e).__name__, other, attempt + 1,
+                            "(attempt %d of %d)", actor, n, type(e).__name__, other, attempt + 1,
                             self.max_retries)
                 self._submit(other, msgs, attempt + 1, cohort)
                 return
+            if cohort:
+                msgs = [m for chunk in msgs for m in chunk]
             replies = [self._error_reply(m, f"worker lost after {attempt + 1} attempts: {type(e).__name__}: {e}")
                        for m in msgs]
         except Exception as e:  # noqa: BLE001 - a broken call fails its messages, not the run
+            if cohort:
+                msgs = [m for chunk in msgs for m in chunk]
             replies = [self._error_reply(m, f"{type(e).__name__}: {e}") for m in msgs]
         for m, r in zip(msgs, replies):
             self.take_state(r, [m])

@@ -134,13 +134,13 @@ def _key_of(raw: str) -> str | None:
 def planned_work(msg: Message, pid: int) -> int:
     """The minibatch steps client ``pid`` will take for ``msg``: 0 for an injected fault (its
     work is not kept) or when the shard size cannot be known here. A deterministic sort key."""
-    from ..data.federated import get_federated_data
+    from ..data.federated import federated_data
 
     try:
         instr = _instruction(msg)
         if instr.plan.fault is not None:
             return 0
-        return instr.work(get_federated_data(instr.data).train_size(pid)).steps
+        return instr.work(federated_data(instr.data_key).train_size(pid)).steps
     except Exception:  # noqa: BLE001 - the ClientApp path reports what is wrong with this message
         return 0
 
