@@ -188,6 +188,12 @@ def build(raw: Any) -> Experiment:
                           f"aggregator={cfg.aggregator['name']} sends and replies its own arrays too (control variates, "
                           "K*lr): use dp.mode=none with this aggregator")
     terms = exp.aggregator.client_terms()
+    if terms.get("rule") == "moon":
+        from .task.contrastive import REPRESENTED, has_representation
+
+        if not has_representation(exp.model()):
+            raise ConfigError(f"model={model_spec['name']}: aggregator=moon contrasts a model's representation, which "
+                              f"this model does not expose; use model={' or '.join(REPRESENTED)} (mlp: depth >= 2)")
     if terms and (terms.get("rule") == "fedavg_m" or float(terms.get("beta", 1.0)) < 1.0) and cfg.train.momentum > 0:
         # Cheng et al.'s local steps are plain SGD on the mixed direction; SGD momentum on top would count twice
         raise ConfigError(f"aggregator={cfg.aggregator['name']} with momentum={terms.get('beta')} mixes the server's "

@@ -210,6 +210,8 @@ def test_nonfinite_rows_finds_every_bad_row_and_costs_one_sum_when_clean():
     (["aggregator=scaffold", "dataset=digits", "model=mlp", "runtime.state_memory_mb=0.05", "runtime.state_spill=false"],
      ["runtime.state_memory_mb=0.05", "runtime.state_spill=true"]),
     (["aggregator=feddyn", "aggregator.alpha=0"], ["aggregator.alpha=0", "> 0"]),
+    (["aggregator=moon", "dataset=digits", "model=cnn1d"], ["model=cnn1d", "aggregator=moon", "model=mlp"]),
+    (["aggregator=moon", "aggregator.temperature=0"], ["aggregator.temperature=0", "> 0"]),
 ])
 def test_cli_says_it_in_one_line_with_exit_2(overrides, words, tmp_path):
     p = subprocess.run(fedagg_cmd() + [*overrides, "rounds=1", f"hydra.run.dir={tmp_path / 'run'}"],

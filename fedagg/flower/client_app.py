@@ -170,6 +170,8 @@ _UNSTACKABLE: dict[tuple[str, str], str | None] = {}  # (model spec key, optimiz
 def _stackable(clients: Sequence[_Client]) -> str | None:
     """Why these clients cannot train as one stacked model (None: they can)."""
     first = clients[0].instr
+    if (first.terms or {}).get("rule") == "moon":
+        return "MOON's contrastive term needs each client's own frozen global and previous models: trained per client"
     key = (first.model.key(), first.train.optimizer)
     if key not in _UNSTACKABLE:
         _UNSTACKABLE[key] = unsupported_reason(_model(first.model), optimizer=first.train.optimizer,

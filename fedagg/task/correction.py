@@ -25,6 +25,10 @@ dynamic regulariser ``-<∇L_k(θ_k^{t-1}), θ> + (α/2)||θ - x||²`` adds the 
 to every gradient (``c_diff`` here) and ``α`` to the weight decay (:attr:`Correction.extra_wd`),
 as FedDisco's ``algorithms/feddyn.py`` writes it (a linear penalty and the optimiser's weight
 decay); the client's state h_k (= -∇L_k(θ_k^{t-1})/α) becomes ``h_k + (y_k - x)``.
+
+MOON (``{"rule": "moon", "mu": μ, "temperature": τ}``) adds to the loss, not the gradients
+(:mod:`fedagg.task.contrastive`); its state is the client's previous local model (none before its
+first round) and becomes the model it trained.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 Params = dict[str, np.ndarray]
-RULES = ("scaffold", "fedavg_m", "feddyn")
+RULES = ("scaffold", "fedavg_m", "feddyn", "moon")
 SERVER_C = "c."  # server arrays: control variate c
 SERVER_G = "g."  # server arrays: momentum g
 REPLY_DC = "dc."  # reply: c_i+ - c_i
@@ -51,6 +55,8 @@ class Correction:
     c: Params | None  # the server's control variate (to compute c_i+)
     c_i: Params | None  # the client's control variate this round (FedDyn: its h_k)
     extra_wd: float = 0.0  # added to the optimiser's weight decay (FedDyn's alpha)
+    mu: float = 0.0  # MOON: the contrastive term's weight
+    temperature: float = 1.0  # MOON: tau
 
     @property
     def post_step(self) -> bool:
@@ -59,7 +65,12 @@ class Correction:
 
     @property
     def stateful(self) -> bool:
-        return self.rule in ("scaffold", "feddyn")
+        return self.rule in ("scaffold", "feddyn", "moon")
+
+    @property
+    def gradient_terms(self) -> bool:
+        """Whether the rule adds to the gradients (MOON adds to the loss instead)."""
+        return self.rule != "moon"
 
 
 def _pick(arrays: Mapping[str, np.ndarray], prefix: str, names: tuple[str, ...], what: str) -> Params:
@@ -87,6 +98,12 @@ def build(terms: Mapping[str, object], server: Mapping[str, np.ndarray], state: 
     rule = str(terms.get("rule"))
     if rule not in RULES:
         raise ValueError(f"instruction terms name rule {rule!r}; fedagg's ClientApp knows {', '.join(RULES)}")
+    if rule == "moon":  # c_i: the client's previous local model (None in its first round)
+        mu, tau = float(terms.get("mu", 0.0)), float(terms.get("temperature", 0.5))  # type: ignore[arg-type]
+        if not (mu >= 0 and tau > 0):
+            raise ValueError(f"instruction terms mu={mu} must be >= 0 and temperature={tau} > 0")
+        prev = _state(state, params, names) if state else None
+        return Correction(rule, 1.0, names, None, None, None, prev, mu=mu, temperature=tau)
     if rule == "feddyn":
         alpha = float(terms.get("alpha", 0.0))  # type: ignore[arg-type]
         if not alpha > 0:
@@ -114,6 +131,8 @@ def finish(corr: Correction, start: Mapping[str, np.ndarray], trained: Mapping[s
     extras: Params = {LR_STEPS: np.array([ls], dtype=np.float64)}
     if not corr.stateful:
         return None, extras
+    if corr.rule == "moon":  # the model this round trained is next round's previous model
+        return {n: np.asarray(trained[n]).copy() for n in corr.names}, extras
     if corr.rule == "feddyn":  # h_k + (y_k - x)
         assert corr.c_i is not None
         return {n: corr.c_i[n] + (np.asarray(trained[n]) - np.asarray(start[n])) for n in corr.names}, extras

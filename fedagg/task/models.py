@@ -124,9 +124,15 @@ class MLP(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
+        self.depth = depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def represent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the last hidden layer's activations, the logits) in one pass (MOON's representation)."""
+        z = self.net[:-1](x)
+        return z, self.net[-1](z)
 
 
 class CNN1D(nn.Module):
@@ -195,6 +201,11 @@ class SimpleCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
+
+    def represent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the penultimate layer's activations (fc 84), the logits) in one pass (MOON's representation)."""
+        z = self.classifier[:-1](self.features(x).flatten(1))
+        return z, self.classifier[-1](z)
 
 
 @register_model("cnn", fits=(IMAGE,), min_side=16)
@@ -270,6 +281,11 @@ class LeNet5(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
+
+    def represent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the penultimate layer's activations (fc 84), the logits) in one pass (MOON's representation)."""
+        z = self.classifier[:-1](self.features(x).flatten(1))
+        return z, self.classifier[-1](z)
 
 
 @register_model("lenet5", fits=(IMAGE,), min_side=8)

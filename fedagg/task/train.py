@@ -1,6 +1,7 @@
 """Local training and evaluation (torch only; no Flower)."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from ..seeding import torch_generator
+from .contrastive import contrastive_loss
 from .correction import Correction
 from .work import planned_steps
 
@@ -86,6 +88,7 @@ def train_local(
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     loss_fn = nn.CrossEntropyLoss()
     terms = _terms(model, correction, lr, device)
+    moon = _moon_models(model, correction, device)
     total_steps = planned_steps(n, epochs=epochs, steps=steps, batch_size=batch_size, work_fraction=work_fraction)
     done, loss_sum, correct, seen = 0, 0.0, 0, 0
     while done < total_steps:
@@ -96,8 +99,17 @@ def train_local(
             idx = perm[start : start + batch_size]
             xb, yb = xt[idx].to(device), yt[idx].to(device)
             opt.zero_grad(set_to_none=True)
-            out = model(xb)
-            loss = loss_fn(out, yb)
+            if moon is not None:
+                z, out = model.represent(xb)  # type: ignore[operator]
+                loss = loss_fn(out, yb)
+                with torch.no_grad():
+                    z_glob = moon[0].represent(xb)[0]  # type: ignore[operator]
+                    z_prev = None if moon[1] is None else moon[1].represent(xb)[0]  # type: ignore[operator]
+                assert correction is not None
+                loss = loss + correction.mu * contrastive_loss(z, z_glob, z_prev, correction.temperature)
+            else:
+                out = model(xb)
+                loss = loss_fn(out, yb)
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
                 loss = loss + 0.5 * proximal_mu * prox
@@ -120,10 +132,27 @@ def train_local(
 _Terms = list[tuple[nn.Parameter, torch.Tensor]]
 
 
+def _moon_models(model: nn.Module, corr: Correction | None, device: str) -> tuple[nn.Module, nn.Module | None] | None:
+    """MOON's frozen (global model, previous local model or None) -- None: no MOON term (or mu = 0)."""
+    if corr is None or corr.rule != "moon" or corr.mu == 0.0:
+        return None
+    glob = copy.deepcopy(model).eval()
+    for p in glob.parameters():
+        p.requires_grad_(False)
+    prev = None
+    if corr.c_i is not None:
+        prev = copy.deepcopy(glob)
+        with torch.no_grad():
+            named = dict(prev.named_parameters())
+            for n in corr.names:
+                named[n].copy_(torch.as_tensor(np.asarray(corr.c_i[n])))
+    return glob, prev
+
+
 def _terms(model: nn.Module, corr: Correction | None, lr: float, device: str) -> list | None:  # type: ignore[type-arg]
     """Per parameter the tensors the correction needs: (p, lr*(c - c_i)) in the post-step form,
     (p, c - c_i or None, g or None) in the mixing form."""
-    if corr is None:
+    if corr is None or not corr.gradient_terms:
         return None
     named = dict(model.named_parameters())
 

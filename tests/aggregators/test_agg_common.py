@@ -57,13 +57,14 @@ CASES = {
     "scaffold": {"momentum": 0.5},  # SCAFFOLD-M: both the control variate and the momentum are state
     "fedavg_m": {"momentum": 0.5},
     "feddyn": {"alpha": 0.1},
+    "moon": {"server_momentum": 0.9, "mu": 1.0},  # the server's state: FedAvg's (the clients keep theirs)
 }
-STATEFUL = {"fedavg", "fedau", "mifa", "fedvarp", "feddisco", "gossip", "fednova", "feddyn"}
+STATEFUL = {"fedavg", "fedau", "mifa", "fedvarp", "feddisco", "gossip", "fednova", "feddyn", "moon"}
 # SCAFFOLD's c reaches the model through the clients (what they are sent); FedAvg-M's g is each round's mean
 # direction anew (its momentum accumulates in the clients' steps), so a given round's updates fix it
 SENT_STATE = {"scaffold"}
 SUMS_TO_ONE = {"fedavg", "avg_participating", "fedvarp", "feddisco", "ida", "fedlaw", "fedlaw_swa", "fednova",
-               "scaffold", "fedavg_m", "feddyn"}
+               "scaffold", "fedavg_m", "feddyn", "moon"}
 PATTERN = [(1, 2), (0,), (0, 1, 3)]
 
 

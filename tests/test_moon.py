@@ -1,0 +1,185 @@
+"""MOON (fedagg/aggregators/moon.py, fedagg/task/contrastive.py): the contrastive term on fixed
+vectors against the official code's form; a first round (no previous model) is plain CE, bitwise;
+mu=0 equals FedAvg bit for bit; a run whose accuracy rises; stop + resume with the clients'
+previous models equals the uninterrupted run; the refusal; strategy_for("moon") with fedagg's
+ClientApp.
+
+Reference: QinbinLi/MOON @ 8fcba3c4efc9a47eb24687a91ba94cfb2005103f, ``main.py::train_net_fedcon``:
+``posi = cos(pro1, pro2)``; ``logits = posi.reshape(-1,1)``; for each previous net
+``logits = cat((logits, cos(pro1, pro3).reshape(-1,1)), dim=1)``; ``logits /= temperature``;
+``loss2 = mu * CrossEntropyLoss(logits, zeros)``; ``loss = CE(out, target) + loss2``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from fedagg_testing import SMALL, compose
+
+from fedagg.errors import ConfigError
+from fedagg.experiment import build, run
+from fedagg.task import correction as corr_terms
+from fedagg.task.contrastive import contrastive_loss
+from fedagg.task.models import build_model
+from fedagg.task.train import get_params, set_params, train_local
+
+MOON = [*SMALL, "aggregator=moon", "runtime=inprocess", "partition.alpha=0.3"]
+
+
+def _official_loss2(z, zg, zp, tau):
+    """train_net_fedcon's loss2 / mu, transcribed in numpy (one previous net)."""
+    def cos(a, b):
+        return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-8)
+    logits = np.stack([cos(z, zg), cos(z, zp)], axis=1) / tau
+    logp = logits[:, 0] - np.log(np.exp(logits).sum(1))
+    return float(-logp.mean())
+
+
+def test_contrastive_term_on_fixed_vectors():
+    # one row by hand: cos(z, zg) = 1/sqrt2, cos(z, zp) = 0, tau = 0.5 -> log(1 + exp(-sqrt2))
+    z, zg, zp = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 1.0]])
+    got = float(contrastive_loss(z, zg, zp, 0.5))
+    assert got == pytest.approx(math.log(1 + math.exp(-math.sqrt(2))), rel=1e-6)
+    assert got == pytest.approx(0.2176, abs=1e-4)
+    # a batch against the official form; the positive closer than the negative -> below log 2
+    r = np.random.default_rng(0)
+    z, zg, zp = (r.normal(size=(5, 7)).astype(np.float32) for _ in range(3))
+    for tau in (0.5, 0.1, 2.0):
+        got = float(contrastive_loss(*(torch.as_tensor(a) for a in (z, zg, zp)), tau))
+        assert got == pytest.approx(_official_loss2(z, zg, zp, tau), rel=1e-5)
+    assert float(contrastive_loss(torch.as_tensor(z), torch.as_tensor(z), torch.as_tensor(-z), 0.5)) < math.log(2)
+    # no previous model: the official logits are the positive alone, CE = 0
+    assert float(contrastive_loss(torch.as_tensor(z), torch.as_tensor(zg), None, 0.5)) == 0.0
+
+
+def _train(model, params, corr, x, y):
+    set_params(model, params)
+    train_local(model, x, y, epochs=1, batch_size=16, lr=0.1, momentum=0.9, seed=3, round=2, client=1,
+                correction=corr)
+    return get_params(model)
+
+
+def test_client_step_first_round_is_plain_ce_and_a_previous_model_changes_it():
+    r = np.random.default_rng(1)
+    x, y = r.normal(size=(48, 8)).astype(np.float32), r.integers(0, 3, size=48)
+    model = build_model("mlp", (8,), 3)
+    start = get_params(model)
+    names = tuple(n for n, _ in model.named_parameters())
+    terms = {"rule": "moon", "mu": 5.0, "temperature": 0.5}
+    plain = _train(model, start, None, x, y)
+    first = corr_terms.build(terms, {}, None, start, names)
+    assert first.c_i is None
+    got = _train(model, start, first, x, y)
+    assert all(np.array_equal(plain[k], got[k]) for k in plain)  # official round 1: loss2 = 0
+    state, extras = corr_terms.finish(first, start, got, 3, 0.1)
+    assert state is not None and all(np.array_equal(state[n], got[n]) for n in names) and "lr_steps" in extras
+    prev = {n: start[n] + r.normal(scale=0.3, size=start[n].shape).astype(np.float32) for n in names}
+    second = corr_terms.build(terms, {}, prev, start, names)
+    moved = _train(model, start, second, x, y)
+    assert any(not np.array_equal(plain[k], moved[k]) for k in plain)
+    # the same step by hand, the official loss (CE + mu * loss2) on a model and its frozen copies
+    torch.manual_seed(0)
+    ref = build_model("mlp", (8,), 3)
+    set_params(ref, start)
+    glob, old = build_model("mlp", (8,), 3), build_model("mlp", (8,), 3)
+    set_params(glob, start)
+    set_params(old, {**start, **prev})
+    from fedagg.seeding import torch_generator
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    perm = torch.randperm(48, generator=torch_generator(3, "shuffle", 2, 1))
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y, dtype=torch.long)
+    for s in range(0, 48, 16):
+        idx = perm[s:s + 16]
+        opt.zero_grad()
+        h = ref.net[:-1](xt[idx])
+        out = ref.net[-1](h)
+        with torch.no_grad():
+            pro2, pro3 = glob.net[:-1](xt[idx]), old.net[:-1](xt[idx])
+        cos = torch.nn.CosineSimilarity(dim=-1)
+        logits = torch.cat((cos(h, pro2).reshape(-1, 1), cos(h, pro3).reshape(-1, 1)), dim=1) / 0.5
+        loss = torch.nn.functional.cross_entropy(out, yt[idx]) + 5.0 * torch.nn.functional.cross_entropy(
+            logits, torch.zeros(16, dtype=torch.long))
+        loss.backward()
+        opt.step()
+    for k, v in get_params(ref).items():
+        np.testing.assert_allclose(moved[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+# --------------------------------------------------------------------------- runs
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("moon_runs")
+    out = {
+        "moon": run(compose(*MOON, "rounds=4", "checkpoint.every=1"), base / "moon"),
+        "mu0": run(compose(*MOON, "rounds=2", "aggregator.mu=0"), base / "mu0"),
+        "fedavg": run(compose(*SMALL, "aggregator=fedavg", "runtime=inprocess", "partition.alpha=0.3", "rounds=2",
+                              "runtime.vectorize=false"), base / "fedavg"),
+    }
+    run(compose(*MOON, "rounds=2", "checkpoint.every=1"), base / "stopped")
+    out["resumed"] = run(compose(*MOON, "rounds=4", "checkpoint.every=1", f"resume={base / 'stopped'}"),
+                         base / "resumed")
+    return base, out
+
+
+def _model(d):
+    return torch.load(d / "model.pt")
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_moon_learns(runs):
+    _, rows = runs
+    acc = [r["test_accuracy"] for r in rows["moon"]]
+    assert acc[-1] > acc[0] and acc[-1] > 0.6, acc
+    assert all(r["clients_replied"] == 6 and r["clients_rejected"] == 0 for r in rows["moon"])
+
+
+def test_mu_zero_is_fedavg_bit_for_bit_and_mu_one_is_not(runs):
+    base, rows = runs
+    assert _same(_model(base / "mu0"), _model(base / "fedavg"))
+    assert [r["test_accuracy"] for r in rows["mu0"]] == [r["test_accuracy"] for r in rows["fedavg"]]
+    assert rows["moon"][1]["test_loss"] != rows["mu0"][1]["test_loss"]  # round 2 has previous models
+
+
+def test_stop_and_resume_with_previous_models_equals_the_uninterrupted_run(runs):
+    base, rows = runs
+    assert [r["round"] for r in rows["resumed"]] == [1, 2, 3, 4]
+    assert _same(_model(base / "moon"), _model(base / "resumed"))
+    assert [r["test_accuracy"] for r in rows["moon"]] == [r["test_accuracy"] for r in rows["resumed"]]
+
+
+def test_models_without_a_representation_are_refused_before_training():
+    with pytest.raises(ConfigError, match="model=cnn1d.*model=mlp or cnn or lenet5"):
+        build(compose(*MOON, "model=cnn1d"))
+    with pytest.raises(ConfigError, match="model=mlp"):
+        build(compose(*MOON, "model.depth=1"))
+
+
+def test_strategy_for_moon_keeps_previous_models_in_each_nodes_context_as_the_store_does():
+    import foreign_flower_app  # noqa: F401 - the tests' path is set up by conftest
+
+    from fedagg.flower import client_app, strategy_for
+    from fedagg.flower.client_state import CLIENT_STATE
+    from fedagg.flower.codec import params_to_record
+    from fedagg.runtime.inprocess import InProcessGrid, set_task_identity
+    from fedagg.runtime.state_store import ClientStateStore
+
+    exp = build(compose(*MOON, "rounds=2"))
+    init = params_to_record(exp.init_params(0))
+    out = []
+    for store in (None, ClientStateStore(2**30, None)):
+        set_task_identity()
+        grid = InProcessGrid(client_app.app, 6)
+        grid.client_state = store
+        s = strategy_for("moon", num_clients=6, num_classes=exp.fd.num_classes, instruction=exp.instruction)
+        res = s.start(grid=grid, initial_arrays=init, num_rounds=2)
+        assert s.last_record.replied == list(range(6)) and not s.last_record.rejected
+        kept = [CLIENT_STATE in grid.context(1000 + i).state.array_records for i in range(6)]
+        assert kept == [store is None] * 6
+        out.append(res.arrays)
+    for k in out[0]:
+        assert out[0][k].numpy().tobytes() == out[1][k].numpy().tobytes(), k
