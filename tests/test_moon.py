@@ -183,3 +183,14 @@ def test_strategy_for_moon_keeps_previous_models_in_each_nodes_context_as_the_st
         out.append(res.arrays)
     for k in out[0]:
         assert out[0][k].numpy().tobytes() == out[1][k].numpy().tobytes(), k
+
+
+def test_vectorised_cohorts_fall_back_to_per_client_training(tmp_path, caplog, monkeypatch):
+    from fedagg.task import cohort
+
+    monkeypatch.setattr(cohort, "_LOGGED", set())  # logged once per process: an earlier run may have said it
+    with pytest.raises(ConfigError, match="runtime.vectorize=true.*MOON"):
+        run(compose(*MOON, "rounds=1", "runtime.vectorize=true"), tmp_path / "true")
+    with caplog.at_level("INFO", logger="fedagg"):
+        run(compose(*MOON, "rounds=1", "runtime.vectorize=auto"), tmp_path / "auto")
+    assert "MOON's contrastive term" in caplog.text

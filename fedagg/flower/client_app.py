@@ -46,6 +46,7 @@ from flwr.clientapp.typing import Mod
 from ..data.federated import ClientData, federated_data
 from ..task import correction as corr_terms
 from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_reason
+from ..task.contrastive import UNSTACKED
 from ..task.models import build_model
 from ..task.train import evaluate as evaluate_model
 from ..task.train import get_params, round_lr, set_params, train_local
@@ -171,7 +172,7 @@ def _stackable(clients: Sequence[_Client]) -> str | None:
     """Why these clients cannot train as one stacked model (None: they can)."""
     first = clients[0].instr
     if (first.terms or {}).get("rule") == "moon":
-        return "MOON's contrastive term needs each client's own frozen global and previous models: trained per client"
+        return UNSTACKED
     key = (first.model.key(), first.train.optimizer)
     if key not in _UNSTACKABLE:
         _UNSTACKABLE[key] = unsupported_reason(_model(first.model), optimizer=first.train.optimizer,

@@ -38,6 +38,7 @@ from ..dp import CLIENT_MODES
 from ..errors import ConfigError
 from ..flower.protocol import CONFIG, DATA_PATH, INSTRUCTION, PARTITION_ID, ClientInstruction
 from ..task.cohort import log_fallback_once, slower_reason, unsupported_reason
+from ..task.contrastive import UNSTACKED
 from .calls import ERROR_CODE_CLIENT_EXCEPTION, reply_from_node
 
 if TYPE_CHECKING:
@@ -80,6 +81,9 @@ def check_supported(exp: Any, settings: VectorSettings) -> str | None:
     optimizer = exp.cfg.train.optimizer
     model = exp.model()
     reason = unsupported_reason(model, optimizer=optimizer, input_shape=tuple(exp.model_spec["input_shape"]))
+    agg = getattr(exp, "aggregator", None)
+    if reason is None and agg is not None and agg.client_terms().get("rule") == "moon":
+        reason = UNSTACKED
     if reason and settings.mode == "true":
         raise ConfigError(f"runtime.vectorize=true but this setup cannot be vectorised: {reason}; "
                           "use runtime.vectorize=auto (falls back to per-client training) or false")

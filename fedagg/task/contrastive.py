@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 REPRESENTED = ("mlp", "cnn", "lenet5")  # built-in models with ``represent`` (mlp: depth >= 2)
+UNSTACKED = ("MOON's contrastive term needs each client's own frozen global and previous models: "
+             "trained per client")  # why a MOON round's clients are not vectorised
 
 
 def has_representation(model: nn.Module) -> bool:
