@@ -67,7 +67,9 @@ def keys_text() -> str:
                  "server.deadline_mode: drop | partial)")
     lines.append("  (server.mode: sync | fedasync | fedbuff | fedfix -- asynchronous server updates on the virtual clock, "
                  "rounds = server updates; see docs/algorithms.md)")
-    lines.append("  (aggregator.disco: true puts FedDisco's weights on fedavg, fednova, scaffold, fedavg_m or feddyn; docs/algorithms.md, section 10)")
+    lines.append("  (aggregator.disco: true puts FedDisco's weights on fedavg, fednova, scaffold, fedavg_m, feddyn or moon; docs/algorithms.md, section 10)")
+    lines.append("  (aggregator moon, MOON: options aggregator.mu (1) and aggregator.temperature (0.5); models mlp, cnn, lenet5; "
+                 "docs/algorithms.md, section 13)")
     lines.append("  resume=<run dir>              continue a run from its checkpoint, with its saved config")
     return "\n".join(lines) + "\n"
 
