@@ -194,3 +194,33 @@ def test_vectorised_cohorts_fall_back_to_per_client_training(tmp_path, caplog, m
     with caplog.at_level("INFO", logger="fedagg"):
         run(compose(*MOON, "rounds=1", "runtime.vectorize=auto"), tmp_path / "auto")
     assert "MOON's contrastive term" in caplog.text
+
+
+@pytest.mark.parametrize("name, shape", [("mlp", (8,)), ("cnn", (1, 16, 16)), ("lenet5", (1, 8, 8))])
+def test_represent_gives_the_forward_logits_and_the_last_hidden_layer(name, shape):
+    from fedagg.task.contrastive import has_representation
+
+    m = build_model(name, shape, 3)
+    x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(0))
+    z, logits = m.represent(x)
+    assert has_representation(m) and torch.equal(logits, m(x))
+    assert z.shape == (4, 100 if name == "mlp" else 84)
+    assert not has_representation(build_model("cnn1d", (8,), 3))
+
+
+def test_moon_with_disco_weights_is_fedavg_with_disco_weights():
+    from fedagg.aggregators import build as build_agg
+    from fedagg.aggregators.base import AggregatorContext, ClientUpdate, RoundInfo
+
+    r = np.random.default_rng(2)
+    x = {"w": r.normal(size=(4, 3)).astype(np.float32), "b": np.zeros(3, np.float32)}
+    ups = [ClientUpdate(c, {k: v + r.normal(scale=0.1, size=v.shape).astype(np.float32) for k, v in x.items()},
+                        int(r.integers(5, 40)), label_hist=r.integers(0, 9, size=3),
+                        extras={"lr_steps": np.array([1.0])}) for c in range(3)]
+    info = RoundInfo(round=1, num_clients=3, asked=(0, 1, 2), replied=(0, 1, 2))
+    outs = []
+    for name in ("moon", "fedavg"):
+        a = build_agg(name, AggregatorContext(num_clients=3, num_classes=3), disco=True)
+        outs.append(a.apply(x, ups, info))
+    assert all(np.array_equal(outs[0][0][k], outs[1][0][k]) for k in x)
+    assert outs[0][1]["weights"] == outs[1][1]["weights"]
