@@ -147,7 +147,9 @@ def strategy_for(
     it applies the correction in local training, keeps each client's control variate in its
     node's ``Context.state`` and replies the control-variate delta and ``lr_steps`` in the
     ``fedagg.rule-reply`` ArrayRecord; a reply without them (any other ClientApp) is rejected
-    with a reason that says so.
+    with a reason that says so. ``feddyn`` (its regulariser, h_k) and ``moon`` (its model-contrastive
+    loss; the state is the client's previous local model, and the model must define
+    ``represent``) need it the same way, and reply ``lr_steps``.
     """
     cls, preset = resolve(name)
     flower = {k: options.pop(k) for k in FlowerOptions.names() if k in options}
