@@ -20,11 +20,11 @@ PRESET = Path(CONF_DIR) / "experiment" / "compare_drift.yaml"
 
 def test_compare_drift_grid_and_setting():
     params = yaml.safe_load(PRESET.read_text())["hydra"]["sweeper"]["params"]
-    assert params == {"partition": "labeldir01,label2", "aggregator": "fedavg,fedprox,fednova,scaffold,feddyn",
+    assert params == {"partition": "labeldir01,label2", "aggregator": "fedavg,fedprox,fednova,scaffold,feddyn,moon",
                       "aggregator.disco": "false,true", "seed": "0,1,2,3,4"}
     for part, agg, disco in (("labeldir01", "fedavg", "false"), ("label2", "fednova", "true"),
                              ("label2", "fedprox", "true"), ("labeldir01", "scaffold", "true"),
-                             ("label2", "feddyn", "true")):
+                             ("label2", "feddyn", "true"), ("labeldir01", "moon", "false")):
         cfg = load(compose("+experiment=compare_drift", f"partition={part}", f"aggregator={agg}",
                            f"aggregator.disco={disco}"))
         assert (cfg.dataset["name"], cfg.model["name"], cfg.num_clients, cfg.heterogeneity["name"]) == \
