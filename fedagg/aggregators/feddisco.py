@@ -146,8 +146,13 @@ class DiscoComposable(Aggregator):
         self.disco_T = target_distribution(disco_target, C, disco_metric, "aggregator.disco_target")
         self.needs_label_hist = True  # type: ignore[misc]  # d_k needs each participant's histogram
 
+    weighted = True  # the rule's own weights: size fractions n_k; False: the plain mean (SCAFFOLD's, FedDyn's papers)
+
     def weights(self, updates: list[ClientUpdate], info: RoundInfo) -> np.ndarray:
-        """The rule's own weights without ``disco``: the size fractions n_k (a rule may override)."""
+        """The rule's own weights without ``disco``: the size fractions n_k, or with
+        ``weighted`` false the plain mean 1/|S|."""
+        if not self.weighted:
+            return np.full(len(updates), 1.0 / len(updates))
         n = np.array([u.num_examples for u in updates], dtype=np.float64)
         return n / n.sum()
 

@@ -39,7 +39,6 @@ from .base import (
     AggregatorContext,
     ClientUpdate,
     Params,
-    RoundInfo,
     is_learnable,
     sorted_updates,
     weighted_average,
@@ -92,13 +91,6 @@ class FedDyn(DiscoComposable):
         metrics.update(extra)
         metrics["h_norm"] = float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in self.h.values())))
         return out, metrics
-
-    def weights(self, updates: list[ClientUpdate], info: RoundInfo) -> np.ndarray:
-        """The model-averaging weights w_k without ``disco``."""
-        if self.weighted:
-            n = np.array([u.num_examples for u in updates], dtype=np.float64)
-            return n / n.sum()
-        return np.full(len(updates), 1.0 / len(updates))
 
     def state_dict(self):
         return {"h": {k: v.copy() for k, v in self.h.items()}}

@@ -57,7 +57,6 @@ from .base import (
     AggregatorContext,
     ClientUpdate,
     Params,
-    RoundInfo,
     is_learnable,
     sorted_updates,
     weighted_average,
@@ -168,13 +167,6 @@ class Scaffold(DiscoComposable):
         if self.uses_c:
             metrics["c_norm"] = float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in self.c.values())))
         return out, metrics
-
-    def weights(self, updates: list[ClientUpdate], info: RoundInfo) -> np.ndarray:
-        """The model-averaging weights w_k without ``disco``."""
-        if self.weighted:
-            n = np.array([u.num_examples for u in updates], dtype=np.float64)
-            return n / n.sum()
-        return np.full(len(updates), 1.0 / len(updates))
 
     def state_dict(self):
         return {"c": {k: v.copy() for k, v in self.c.items()}, "g": {k: v.copy() for k, v in self.g.items()}}
