@@ -204,7 +204,9 @@ def test_bench_sweep_covers_every_builtin_rule_and_each_runs(standins, tmp_path)
 
     sweep = yaml.safe_load((Path(CONF_DIR) / "experiment" / "bench_cifar10.yaml").read_text())["hydra"]["sweeper"]
     rules = sweep["params"]["aggregator"].split(",")
-    assert sorted(rules) == sorted(p.stem for p in (Path(CONF_DIR) / "aggregator").glob("*.yaml"))
+    plain_sgd_only = {"scaffold_m", "fedavg_m"}  # they refuse the preset's SGD momentum 0.9 (its header says so)
+    assert sorted(rules) == sorted(p.stem for p in (Path(CONF_DIR) / "aggregator").glob("*.yaml")
+                                   if p.stem not in plain_sgd_only)
     for rule in rules:
         cfg = compose("+experiment=bench_cifar10", f"aggregator={rule}", f"dataset.path={standins['cifar10']}",
                       "num_clients=6", "rounds=1", "runtime=inprocess", "device=cpu", "train.epochs=1",
