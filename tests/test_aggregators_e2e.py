@@ -31,6 +31,8 @@ EXTRA = {
     "fedavg_m": ["train.momentum=0"],
     # FedNova needs different step counts to differ from FedAvg; FedDisco's weights on top
     "fednova": ["heterogeneity=epochs", "heterogeneity.max=3", "aggregator.disco=true"],
+    # MOON contrasts a representation, which cnn1d does not expose
+    "moon": ["model=mlp"],
 }
 
 
