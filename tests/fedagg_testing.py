@@ -44,3 +44,29 @@ def silent_peer() -> Iterator[str]:
     finally:
         filler.close()
         listener.close()
+
+
+def run_in_node_contexts_and_in_the_store(rule: str, exp, rounds: int, clients: int = 6) -> None:
+    """``strategy_for(rule)`` driving fedagg's ClientApp twice: on a grid that keeps no store (each
+    node's Context.state holds the client's state, as on a SuperNode) and with the driver's store
+    (no Context holds it). Every client replies in every round, and the two final models are bitwise equal."""
+    from fedagg.flower import client_app, strategy_for
+    from fedagg.flower.client_state import CLIENT_STATE
+    from fedagg.flower.codec import params_to_record
+    from fedagg.runtime.inprocess import InProcessGrid, set_task_identity
+    from fedagg.runtime.state_store import ClientStateStore
+
+    init = params_to_record(exp.init_params(0))
+    out = []
+    for store in (None, ClientStateStore(2**30, None)):
+        set_task_identity()
+        grid = InProcessGrid(client_app.app, clients)
+        grid.client_state = store
+        s = strategy_for(rule, num_clients=clients, num_classes=exp.fd.num_classes, instruction=exp.instruction)
+        res = s.start(grid=grid, initial_arrays=init, num_rounds=rounds)
+        assert s.last_record.replied == list(range(clients)) and not s.last_record.rejected
+        kept = [CLIENT_STATE in grid.context(1000 + i).state.array_records for i in range(clients)]
+        assert kept == [store is None] * clients
+        out.append(res.arrays)
+    for k in out[0]:
+        assert out[0][k].numpy().tobytes() == out[1][k].numpy().tobytes(), k

@@ -146,27 +146,9 @@ def test_strategy_for_scaffold_keeps_state_in_each_nodes_context_as_the_store_do
     state lives in each node's Context.state (a SuperNode's own); with the driver's store the
     run is the same, bitwise."""
     import foreign_flower_app  # noqa: F401 - the tests' path is set up by conftest
+    from fedagg_testing import run_in_node_contexts_and_in_the_store
 
-    from fedagg.flower import client_app, strategy_for
-    from fedagg.flower.client_state import CLIENT_STATE
-    from fedagg.flower.codec import params_to_record
-    from fedagg.runtime.inprocess import InProcessGrid, set_task_identity
-
-    exp = build(compose(*STATEFUL, "rounds=3"))
-    init = params_to_record(exp.init_params(0))
-    out = []
-    for store in (None, ClientStateStore(2**30, None)):
-        set_task_identity()
-        grid = InProcessGrid(client_app.app, 6)
-        grid.client_state = store
-        s = strategy_for("scaffold", num_clients=6, num_classes=exp.fd.num_classes, instruction=exp.instruction)
-        res = s.start(grid=grid, initial_arrays=init, num_rounds=3)
-        assert s.last_record.replied == list(range(6)) and not s.last_record.rejected
-        kept = [CLIENT_STATE in grid.context(1000 + i).state.array_records for i in range(6)]
-        assert kept == [store is None] * 6
-        out.append(res.arrays)
-    for k in out[0]:
-        assert out[0][k].numpy().tobytes() == out[1][k].numpy().tobytes(), k
+    run_in_node_contexts_and_in_the_store("scaffold", build(compose(*STATEFUL, "rounds=3")), rounds=3)
 
 
 def test_strategy_for_scaffold_refuses_replies_without_the_control_variate_delta():

@@ -161,29 +161,9 @@ def test_models_without_a_representation_are_refused_before_training():
 
 def test_strategy_for_moon_keeps_previous_models_in_each_nodes_context_as_the_store_does():
     import foreign_flower_app  # noqa: F401 - the tests' path is set up by conftest
+    from fedagg_testing import run_in_node_contexts_and_in_the_store
 
-    from fedagg.flower import client_app, strategy_for
-    from fedagg.flower.client_state import CLIENT_STATE
-    from fedagg.flower.codec import params_to_record
-    from fedagg.runtime.inprocess import InProcessGrid, set_task_identity
-    from fedagg.runtime.state_store import ClientStateStore
-
-    exp = build(compose(*MOON, "rounds=2"))
-    init = params_to_record(exp.init_params(0))
-    out = []
-    for store in (None, ClientStateStore(2**30, None)):
-        set_task_identity()
-        grid = InProcessGrid(client_app.app, 6)
-        grid.client_state = store
-        s = strategy_for("moon", num_clients=6, num_classes=exp.fd.num_classes, instruction=exp.instruction)
-        res = s.start(grid=grid, initial_arrays=init, num_rounds=2)
-        assert s.last_record.replied == list(range(6)) and not s.last_record.rejected
-        kept = [CLIENT_STATE in grid.context(1000 + i).state.array_records for i in range(6)]
-        assert kept == [store is None] * 6
-        out.append(res.arrays)
-    for k in out[0]:
-        assert out[0][k].numpy().tobytes() == out[1][k].numpy().tobytes(), k
-
+    run_in_node_contexts_and_in_the_store("moon", build(compose(*MOON, "rounds=2")), rounds=2)
 
 def test_vectorised_cohorts_fall_back_to_per_client_training(tmp_path, caplog, monkeypatch):
     from fedagg.task import cohort

@@ -105,6 +105,8 @@ def test_the_suite_refuses_traffic_beyond_loopback():
 
     import pytest
 
+    # without the guard the calls below would send: check it is installed before making them
+    assert all(getattr(socket.socket, n).__qualname__.startswith("_guard.") for n in ("connect", "sendto"))
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         with pytest.raises(OSError, match="127.0.0.0/8"):
