@@ -81,13 +81,18 @@ def make_async_loop(exp: Experiment, strategy: FedaggStrategy) -> AsyncLoop:
 
 
 def write_devices(exp: Experiment, out: Path) -> None:
-    """devices.csv: every client's drawn device (at round 1), in the trace format (device_profile=trace)."""
+    """devices.csv: every client's drawn device in the trace format (device_profile=trace), so the run can be
+    replayed and checked by hand; a trace whose devices change over rounds is written whole, with its ``round``
+    column (a row holds from its round until the client's next row)."""
     assert exp.clock is not None
     profile = exp.clock.profile
-    lines = ["client," + ",".join(dev.FIELDS)]
-    for c in range(exp.cfg.num_clients):
-        d = profile.device(1, c).as_dict()
-        lines.append(f"{c}," + ",".join(repr(float(d[f])) for f in dev.FIELDS))
+    changes = [profile.change_rounds(c) for c in range(exp.cfg.num_clients)]
+    per_round = any(len(rs) > 1 for rs in changes)
+    lines = ["client," + ",".join(dev.FIELDS) + (",round" if per_round else "")]
+    for c, rs in enumerate(changes):
+        for r in rs:
+            d = profile.device(r, c).as_dict()
+            lines.append(f"{c}," + ",".join(repr(float(d[f])) for f in dev.FIELDS) + (f",{r}" if per_round else ""))
     (out / "devices.csv").write_text("\n".join(lines) + "\n")
 
 

@@ -91,6 +91,26 @@ def test_a_deadline_drops_exactly_the_clients_past_it(tmp_path, trace):
     assert [r["sim_time_s"] for r in rows] == pytest.approx([deadline, 2 * deadline], rel=1e-12)
 
 
+def test_devices_csv_replays_a_per_round_trace_whole(tmp_path):
+    """A trace whose devices change over rounds is written back whole (with its round column), and reading
+    devices.csv as a trace gives every client's device in every round; a drawn profile writes one row each."""
+    from fedagg.env.devices import TraceDevices
+
+    trace = tmp_path / "t.csv"
+    trace.write_text("client,compute_s_per_step,up_mbps,down_mbps,latency_s,round\n" + "".join(
+        f"{n},{0.001 * (n + 1)},1,1,0.01,1\n" for n in range(6)) + "2,0.05,0.5,2,0.2,2\n4,inf,1,1,0.01,2\n")
+    run(compose(*BASE, "device_profile=trace", f"device_profile.path={trace}"), tmp_path / "run")
+    written = tmp_path / "run" / "devices.csv"
+    assert written.read_text().splitlines()[0].endswith(",round") and len(written.read_text().splitlines()) == 9
+    a, b = TraceDevices(6, 0, path=str(trace)), TraceDevices(6, 0, path=str(written))
+    assert [[b.device(r, c) for c in range(6)] for r in (1, 2, 3)] == \
+        [[a.device(r, c) for c in range(6)] for r in (1, 2, 3)]
+    assert a.device(2, 2) != a.device(1, 2)
+    run(compose(*BASE, "device_profile=lognormal"), tmp_path / "drawn")
+    lines = (tmp_path / "drawn" / "devices.csv").read_text().splitlines()
+    assert lines[0] == "client,compute_s_per_step,up_mbps,down_mbps,latency_s" and len(lines) == 7
+
+
 @pytest.mark.slow
 def test_partial_mode_trains_exactly_the_steps_that_fit(tmp_path, trace):
     exp = build(compose(*BASE, "device_profile=trace", trace, "server.deadline_s=1.5",

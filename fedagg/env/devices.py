@@ -135,6 +135,10 @@ class DeviceProfile:
     def _device(self, round: int, client: int) -> Device:
         raise NotImplementedError
 
+    def change_rounds(self, client: int) -> list[int]:
+        """The rounds at which client ``client``'s device (re)starts; a drawn profile's device never changes."""
+        return [1]
+
     def _slowdown(self, client: int) -> float:
         if self.label_hist is None:
             raise ValueError("device_profile.slow_labels needs the clients' label histograms; none were given")
@@ -358,4 +362,7 @@ class TraceDevices(DeviceProfile):
     def _device(self, round: int, client: int) -> Device:
         rs, ds = self.rows[client]
         return ds[bisect.bisect_right(rs, round) - 1]
+
+    def change_rounds(self, client: int) -> list[int]:
+        return list(self.rows[int(client)][0])
 
