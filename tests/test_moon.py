@@ -12,6 +12,7 @@ Reference: QinbinLi/MOON @ 8fcba3c4efc9a47eb24687a91ba94cfb2005103f, ``main.py::
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -231,7 +232,7 @@ def test_the_contrastive_term_uses_the_projection_z_not_h_worked_example():
     l3 = 0 -> logits (0, 0): CE = log 2.
     With z: sim(z, z_glob) = 1, sim(z, z_prev) = 1/sqrt2: l_con = log(1 + exp((1/sqrt2 - 1)/0.5)) = 0.44254 (total 1.13569).
     With h (the loss without the head): sim(h, h_glob) = sim(h, h_prev) = 1: l_con = log 2 = 0.69315 (total 1.38629)."""
-    model = build_model("mlp", (2,), 2, hidden=2, projection_dim=2)
+    model: Any = build_model("mlp", (2,), 2, hidden=2, projection_dim=2)
     _lin(model.net[1], [[1, 0], [0, 1]], [0, 0])
     head = model.net[3]
     _lin(head.l1, [[1, 0], [0, 1]], [0, 0])
