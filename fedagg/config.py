@@ -449,6 +449,12 @@ def _not_an_option(group: str, builder: str, key: str, value: str, params: Seque
                                f"{', '.join(able)} with aggregator.disco=true")
         return ConfigError(f"aggregator.{key}={value}: aggregator '{builder}' cannot take FedDisco's weights; "
                            f"the rules that can: {', '.join(able)} (or aggregator=feddisco)")
+    if group == "model" and key == "projection_dim":  # MOON's head needs a representation to project
+        from .task.contrastive import REPRESENTED
+
+        return ConfigError(f"model.projection_dim={value}: model '{builder}' takes no projection head (the models "
+                           f"that expose a representation do: {', '.join(REPRESENTED)}); use "
+                           f"model={' or '.join(REPRESENTED)} (mlp: depth >= 2), or drop model.projection_dim")
     m = near(key, params)
     hint = f" (did you mean {group}.{m}?)" if m else ""
     return ConfigError(f"{group}.{key}={value} is not an option of {group} '{builder}'{hint}; "

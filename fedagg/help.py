@@ -69,6 +69,7 @@ def keys_text() -> str:
                  "rounds = server updates; see docs/algorithms.md)")
     lines.append("  (aggregator.disco: true puts FedDisco's weights on fedavg, fednova, scaffold, fedavg_m, feddyn or moon; docs/algorithms.md, section 10)")
     lines.append("  (aggregator moon, MOON: options aggregator.mu (1) and aggregator.temperature (0.5); models mlp, cnn, lenet5; "
+                 "model.projection_dim (0: none) > 0 gives those models MOON's projection head, for any rule; "
                  "docs/algorithms.md, section 13)")
     lines.append("  resume=<run dir>              continue a run from its checkpoint, with its saved config")
     return "\n".join(lines) + "\n"

@@ -212,6 +212,8 @@ def test_nonfinite_rows_finds_every_bad_row_and_costs_one_sum_when_clean():
     (["aggregator=feddyn", "aggregator.alpha=0"], ["aggregator.alpha=0", "> 0"]),
     (["aggregator=moon", "dataset=digits", "model=cnn1d"], ["model=cnn1d", "aggregator=moon", "model=mlp"]),
     (["aggregator=moon", "aggregator.temperature=0"], ["aggregator.temperature=0", "> 0"]),
+    (["dataset=digits", "model=cnn1d", "model.projection_dim=8"],
+     ["model.projection_dim=8", "'cnn1d' takes no projection head", "model=mlp or cnn or lenet5"]),
 ])
 def test_cli_says_it_in_one_line_with_exit_2(overrides, words, tmp_path):
     p = subprocess.run(fedagg_cmd() + [*overrides, "rounds=1", f"hydra.run.dir={tmp_path / 'run'}"],

@@ -2,6 +2,8 @@
 unchanged initialisation of the original models."""
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -85,3 +87,65 @@ def test_original_models_initialise_exactly_as_before():
         b = direct()
         sa, sb = a.state_dict(), b.state_dict()
         assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa), name
+
+
+# --------------------------------------------------------------------------- MOON's projection head
+def _todays(name: str, shape: tuple[int, ...], classes: int) -> Any:
+    """The models mlp, cnn and lenet5 as they were before ``projection_dim`` existed, written out in plain torch
+    (same modules in the same order: same parameter names and, from one seed, the same initial values)."""
+    nn = torch.nn
+    m: Any = nn.Module()
+    if name == "mlp":
+        m.net = nn.Sequential(nn.Flatten(), nn.Linear(shape[0], 100), nn.ReLU(), nn.Linear(100, classes))
+        m.forward = m.net.forward
+        return m
+    act, pool = (nn.ReLU, nn.MaxPool2d) if name == "cnn" else (nn.Tanh, nn.AvgPool2d)
+    pad = [M.PadTo(32)] if name == "lenet5" else []
+    m.features = nn.Sequential(*pad, nn.Conv2d(shape[0], 6, 5), act(), pool(2), nn.Conv2d(6, 16, 5), act(), pool(2))
+    flat = m.features(torch.zeros(1, *shape)).numel()
+    m.classifier = nn.Sequential(nn.Linear(flat, 120), act(), nn.Linear(120, 84), act(), nn.Linear(84, classes))
+    m.forward = lambda x: m.classifier(m.features(x).flatten(1))
+    return m
+
+
+HEADED = [("mlp", (8,), 100), ("cnn", (1, 16, 16), 84), ("lenet5", (1, 8, 8), 84)]
+
+
+@pytest.mark.parametrize("name, shape, width", HEADED)
+def test_projection_dim_zero_is_todays_model_bit_for_bit(name, shape, width):
+    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(1))
+    for opts in ({}, {"projection_dim": 0}):
+        torch.manual_seed(7)
+        got: Any = M.build_model(name, shape, 3, **opts)
+        torch.manual_seed(7)
+        ref = _todays(name, shape, 3)
+        sg, sr = got.state_dict(), ref.state_dict()
+        assert list(sg) == list(sr) and all(torch.equal(sg[k], sr[k]) for k in sg), name
+        assert torch.equal(got(x), ref(x))
+        h, logits = got.represent(x)
+        assert h.shape == (5, width) and torch.equal(logits, ref(x))
+
+
+@pytest.mark.parametrize("name, shape, width", HEADED)
+def test_projection_head_has_model_fedcons_shapes_and_gives_z(name, shape, width):
+    """QinbinLi/MOON @ 8fcba3c ``model.py::ModelFedCon``: l1 = Linear(num_ftrs, num_ftrs), l2 =
+    Linear(num_ftrs, out_dim), l3 = Linear(out_dim, n_classes), in place of the base model's last layer;
+    forward gives (h, x = l2(relu(l1(h))), y = l3(x)) and MOON contrasts x."""
+    P, C = 16, 3
+    plain: Any = M.build_model(name, shape, C)
+    headed: Any = M.build_model(name, shape, C, projection_dim=P)
+    shapes = {n: tuple(p.shape) for n, p in headed.named_parameters()}
+    before = {n: tuple(p.shape) for n, p in plain.named_parameters()}
+    last = list(before)[-2].rsplit(".", 1)[0]  # the plain model's final linear layer, now the head
+    assert {n: s for n, s in shapes.items() if not n.startswith(last + ".")} == \
+        {n: s for n, s in before.items() if not n.startswith(last + ".")}
+    assert {n[len(last) + 1:]: s for n, s in shapes.items() if n.startswith(last + ".")} == {
+        "l1.weight": (width, width), "l1.bias": (width,), "l2.weight": (P, width), "l2.bias": (P,),
+        "l3.weight": (C, P), "l3.bias": (C,)}
+    x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(2))
+    z, logits = headed.represent(x)
+    head: Any = headed.get_submodule(last)
+    h = (headed.net[:-1](x) if name == "mlp" else headed.classifier[:-1](headed.features(x).flatten(1)))
+    assert h.shape == (4, width) and z.shape == (4, P)
+    assert torch.equal(z, head.l2(torch.relu(head.l1(h)))) and torch.equal(logits, head.l3(z))
+    assert torch.equal(logits, headed(x))

@@ -12,6 +12,7 @@ Reference: QinbinLi/MOON @ 8fcba3c4efc9a47eb24687a91ba94cfb2005103f, ``main.py::
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from fedagg.task.models import build_model
 from fedagg.task.train import get_params, set_params, train_local
 
 MOON = [*SMALL, "aggregator=moon", "runtime=inprocess", "partition.alpha=0.3"]
+HEAD = ["model.projection_dim=32"]  # MOON's projection head on the mlp (100 -> 100 -> ReLU -> 32 = z -> 10)
 
 
 def _official_loss2(z, zg, zp, tau):
@@ -120,6 +122,14 @@ def runs(tmp_path_factory):
     run(compose(*MOON, "rounds=2", "checkpoint.every=1"), base / "stopped")
     out["resumed"] = run(compose(*MOON, "rounds=4", "checkpoint.every=1", f"resume={base / 'stopped'}"),
                          base / "resumed")
+    # with MOON's projection head (model.projection_dim): a run, stop + resume, and mu=0 against FedAvg on that net
+    out["head"] = run(compose(*MOON, *HEAD, "rounds=4", "checkpoint.every=1"), base / "head")
+    run(compose(*MOON, *HEAD, "rounds=2", "checkpoint.every=1"), base / "head_stopped")
+    out["head_resumed"] = run(compose(*MOON, *HEAD, "rounds=4", "checkpoint.every=1",
+                                      f"resume={base / 'head_stopped'}"), base / "head_resumed")
+    out["head_mu0"] = run(compose(*MOON, *HEAD, "rounds=2", "aggregator.mu=0"), base / "head_mu0")
+    out["head_fedavg"] = run(compose(*SMALL, *HEAD, "aggregator=fedavg", "runtime=inprocess", "partition.alpha=0.3",
+                                     "rounds=2", "runtime.vectorize=false"), base / "head_fedavg")
     return base, out
 
 
@@ -204,3 +214,88 @@ def test_moon_with_disco_weights_is_fedavg_with_disco_weights():
         outs.append(a.apply(x, ups, info))
     assert all(np.array_equal(outs[0][0][k], outs[1][0][k]) for k in x)
     assert outs[0][1]["weights"] == outs[1][1]["weights"]
+
+
+# --------------------------------------------------------------------------- MOON's projection head
+def _lin(layer, w, b):
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(w, dtype=torch.float32))
+        layer.bias.copy_(torch.tensor(b, dtype=torch.float32))
+
+
+def test_the_contrastive_term_uses_the_projection_z_not_h_worked_example():
+    """One step of train_local on one example, mu = 1, tau = 0.5; the reported loss is the loss at the
+    starting parameters, CE + mu * l_con. mlp 2 -> 2 (ReLU) -> head l1 2x2 -> ReLU -> l2 2x2 = z -> l3 2x2.
+    x = (1, 0): h = relu(I x) = (1, 0) for the model, the global and the previous model alike (same body);
+    l1 = I: relu(l1 h) = (1, 0); z = l2 (1, 0) = the first column of l2.
+    Model = global: l2 = [[1, 0], [1, 1]] -> z = z_glob = (1, 1); previous: l2 = [[0, 1], [1, 0]] -> z_prev = (0, 1).
+    l3 = 0 -> logits (0, 0): CE = log 2.
+    With z: sim(z, z_glob) = 1, sim(z, z_prev) = 1/sqrt2: l_con = log(1 + exp((1/sqrt2 - 1)/0.5)) = 0.44254 (total 1.13569).
+    With h (the loss without the head): sim(h, h_glob) = sim(h, h_prev) = 1: l_con = log 2 = 0.69315 (total 1.38629)."""
+    model: Any = build_model("mlp", (2,), 2, hidden=2, projection_dim=2)
+    _lin(model.net[1], [[1, 0], [0, 1]], [0, 0])
+    head = model.net[3]
+    _lin(head.l1, [[1, 0], [0, 1]], [0, 0])
+    _lin(head.l2, [[1, 0], [1, 1]], [0, 0])
+    _lin(head.l3, [[0, 0], [0, 0]], [0, 0])
+    start = get_params(model)
+    names = tuple(n for n, _ in model.named_parameters())
+    prev = {**start, "net.3.l2.weight": np.array([[0, 1], [1, 0]], np.float32)}
+    corr = corr_terms.build({"rule": "moon", "mu": 1.0, "temperature": 0.5}, {}, prev, start, names)
+    x, y = np.array([[1.0, 0.0]], np.float32), np.array([0])
+    res = train_local(model, x, y, steps=1, batch_size=1, lr=0.1, correction=corr)
+    with_z = math.log(2) + math.log(1 + math.exp((1 / math.sqrt(2) - 1) / 0.5))
+    with_h = math.log(2) + math.log(2)
+    assert res.steps == 1 and with_z == pytest.approx(1.13569, abs=1e-5)
+    assert res.loss == pytest.approx(with_z, rel=1e-6) and abs(res.loss - with_h) > 0.2
+
+
+def test_moon_with_a_projection_head_learns_and_resumes_bit_for_bit(runs):
+    base, rows = runs
+    acc = [r["test_accuracy"] for r in rows["head"]]
+    assert acc[-1] > acc[0] and acc[-1] > 0.6, acc
+    assert all(r["clients_replied"] == 6 and r["clients_rejected"] == 0 for r in rows["head"])
+    sd = _model(base / "head")
+    assert tuple(sd["net.3.l2.weight"].shape) == (32, 100) and tuple(sd["net.3.l3.weight"].shape) == (10, 32)
+    assert [r["round"] for r in rows["head_resumed"]] == [1, 2, 3, 4]
+    assert _same(sd, _model(base / "head_resumed"))
+    assert [r["test_accuracy"] for r in rows["head"]] == [r["test_accuracy"] for r in rows["head_resumed"]]
+    # mu = 0 on the headed net is FedAvg on the headed net (the like-for-like comparison MOON's code makes)
+    assert _same(_model(base / "head_mu0"), _model(base / "head_fedavg"))
+    assert rows["head"][1]["test_loss"] != rows["head_mu0"][1]["test_loss"]
+
+
+def test_resume_with_another_projection_dim_is_refused(runs):
+    base, _ = runs  # the model's parameter names differ: the checkpoint's config says so before anything runs
+    with pytest.raises(ConfigError, match="model.projection_dim: 32 in the checkpoint, 16 now"):
+        build(compose(*MOON, "model.projection_dim=16", "rounds=4", f"resume={base / 'head_stopped'}"))
+
+
+def test_strategy_for_moon_with_a_projection_head():
+    import foreign_flower_app  # noqa: F401 - the tests' path is set up by conftest
+    from fedagg_testing import run_in_node_contexts_and_in_the_store
+
+    exp = build(compose(*MOON, *HEAD, "rounds=2"))
+    assert "net.3.l2.weight" in exp.init_params(0)
+    run_in_node_contexts_and_in_the_store("moon", exp, rounds=2)
+
+
+def test_fedavg_on_a_headed_net_vectorised_equals_per_client(tmp_path):
+    rows = {v: run(compose(*SMALL, *HEAD, "aggregator=fedavg", "runtime=inprocess", "rounds=2",
+                           f"runtime.vectorize={v}"), tmp_path / v) for v in ("true", "false")}
+    a, b = _model(tmp_path / "true"), _model(tmp_path / "false")
+    assert a.keys() == b.keys() and "net.3.l1.weight" in a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert len(rows["true"]) == 2
+
+
+def test_projection_dim_refusals():
+    with pytest.raises(ConfigError, match=r"model.projection_dim=8: model 'cnn1d' takes no projection head.*"
+                                          r"use model=mlp or cnn or lenet5"):
+        build(compose(*MOON, "model=cnn1d", "+model.projection_dim=8"))
+    with pytest.raises(ConfigError, match=r"model.projection_dim=8: model mlp with model.depth=1 .*"
+                                          r"set model.depth>=2 or model.projection_dim=0"):
+        build(compose(*SMALL, "runtime=inprocess", "model.depth=1", "model.projection_dim=8"))
+    with pytest.raises(ConfigError, match=r"model.projection_dim=-1 .*>= 0"):
+        build(compose(*SMALL, "runtime=inprocess", "model.projection_dim=-1"))

@@ -10,7 +10,10 @@ per-client state store). Official code: QinbinLi/MOON ``main.py`` @ 8fcba3c (``-
 
 Where fedagg differs from the official code (docs/algorithms.md, section 13):
 
-* no projection head: the representation is the model's last hidden layer (``represent``);
+* by default no projection head (as FedDisco's code, which every ``compare_drift`` rule follows): the
+  representation is the model's last hidden layer (``represent``); ``model.projection_dim`` = P > 0 puts
+  the official ``ModelFedCon`` head on the model (h -> d x d -> ReLU -> d x P = z -> P x classes) and
+  MOON contrasts z (:class:`fedagg.task.models.ProjectionHead`);
 * a client's first round has no previous model, so no negative and the term is 0 -- the official
   code's round 1 (empty model pool); the official code later contrasts a client not yet
   sampled with its randomly initialised net, fedagg with nothing (its first round);

@@ -11,8 +11,10 @@ over the logits [sim(z, z_glob), sim(z, z_prev)] / tau with label 0. A client wi
 model (its first round) has no negative: the official code's logits are then the positive alone,
 whose cross-entropy is 0 -- the round is plain CE.
 
-The representation is a model's ``represent(x) -> (z, logits)``: the last hidden layer
-(:data:`REPRESENTED`); fedagg adds no projection head (docs/algorithms.md, section 13).
+The representation is a model's ``represent(x) -> (z, logits)`` (:data:`REPRESENTED`): the last hidden
+layer by default (no projection head, as FedDisco's code), or, with ``model.projection_dim`` = P > 0, the
+output of MOON's projection head (as MOON's code, ``ModelFedCon``; :class:`fedagg.task.models.ProjectionHead`)
+-- docs/algorithms.md, section 13.
 """
 from __future__ import annotations
 

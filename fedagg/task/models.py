@@ -5,13 +5,13 @@ it fits, so a model that cannot read a dataset is refused before training.
 =========  ===========  =============================================================================
 name       fits         what it is
 =========  ===========  =============================================================================
-mlp        vector/image fully connected, flattens its input (``hidden``, ``depth``)
+mlp        vector/image fully connected, flattens its input (``hidden``, ``depth``, ``projection_dim``)
 cnn1d      vector       1-D CNN for MNIST-1D-like signals (``channels``, ``batch_norm``)
 cnn        image        the "simple-cnn" of NIID-Bench / FedDisco: conv6-conv16 (5x5, max-pool)
-                        -fc120-fc84; 16x4x4 features at 28x28, 16x5x5 at 32x32
+                        -fc120-fc84; 16x4x4 features at 28x28, 16x5x5 at 32x32 (``projection_dim``)
 cnn_fedau  image        FedAU's CNN: conv32-conv32 (3x3, same padding, max-pool), FC ``hidden``
                         (CIFAR-10: 256, 64; SVHN / Fashion-MNIST: 128), Kaiming init, zero biases
-lenet5     image        LeCun et al. 1998: conv6-avgpool-conv16-avgpool-fc120-fc84, tanh
+lenet5     image        LeCun et al. 1998: conv6-avgpool-conv16-avgpool-fc120-fc84, tanh (``projection_dim``)
 resnet18   image        ResNet-18 for 32x32 (3x3 stem, stride 1, no max-pool), ``norm=batch|group``
 resnet20   image        ResNet-20 of He et al. 2016 for CIFAR (FedLAW's CIFAR-100 model), 16-32-64
 vgg11      image        VGG-11 (config "A") for 32x32, classifier 512-512-C, ``batch_norm`` option
@@ -25,6 +25,14 @@ a larger one is pooled adaptively. The ResNets and VGG are written in plain
 torch, block for block as torchvision's ``BasicBlock``/``ResNet``: the
 torchvision wheel paired with torch 2.13 ships CUDA kernels that do not load
 next to a CPU-only torch, so fedagg does not import it.
+
+``mlp`` (depth >= 2), ``cnn`` and ``lenet5`` expose a representation, ``represent(x) -> (z, logits)``
+(MOON's, :mod:`fedagg.task.contrastive`): by default the last hidden layer h, the input of the final
+linear layer. ``projection_dim`` = P > 0 replaces that final layer by MOON's projection head and
+classifier, as MOON's code (QinbinLi/MOON ``model.py::ModelFedCon``): h -> Linear(d, d) -> ReLU ->
+Linear(d, P) = z -> Linear(P, classes) = the logits (:class:`ProjectionHead`); z is then the
+representation. ``projection_dim=0`` (the default) is the model without a head, bit for bit (the
+same parameters, names and initial values).
 """
 from __future__ import annotations
 
@@ -34,7 +42,7 @@ from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from annotated_types import Gt
+from annotated_types import Ge, Gt
 from torch import nn
 
 from ..registry import Registry
@@ -57,6 +65,8 @@ class ModelEntry:
 
 # a layer width, depth or count: fedagg.config refuses a value < 1 when it loads the config, before any model is built
 Size = Annotated[int, Gt(0)]
+# MOON's projection head: its output width P (0: no head); refused when < 0 as the config is loaded
+ProjectionDim = Annotated[int, Ge(0)]
 
 _MODELS: Registry[ModelEntry] = Registry("model.name")
 available = _MODELS.available
@@ -113,16 +123,57 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **opt
     return builder(name)(shape, int(num_classes), **options)
 
 
+# --------------------------------------------------------------------------- MOON's projection head
+class ProjectionHead(nn.Module):
+    """MOON's projection head and classifier in place of a model's final linear layer, as
+    ``ModelFedCon`` (QinbinLi/MOON ``model.py`` @ 8fcba3c, ``--use_project_head 1``): the features h
+    (width d) -> ``l1`` Linear(d, d) -> ReLU -> ``l2`` Linear(d, P) = z, the projection MOON
+    contrasts -> ``l3`` Linear(P, classes) = the logits."""
+
+    def __init__(self, width: int, projection_dim: int, num_classes: int):
+        super().__init__()
+        self.l1 = nn.Linear(width, width)
+        self.l2 = nn.Linear(width, projection_dim)
+        self.l3 = nn.Linear(projection_dim, num_classes)
+
+    def project(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, the logits) of the features h."""
+        z = self.l2(F.relu(self.l1(h)))
+        return z, self.l3(z)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.project(h)[1]
+
+
+def _final_layer(width: int, num_classes: int, projection_dim: int) -> nn.Module:
+    """The classifier on the last hidden layer: one linear layer, or MOON's head (``projection_dim`` > 0)."""
+    if projection_dim > 0:
+        return ProjectionHead(width, int(projection_dim), num_classes)
+    return nn.Linear(width, num_classes)
+
+
+def _represent(h: torch.Tensor, final: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(MOON's representation, the logits) from the last hidden layer h: the head's z, or h without one."""
+    if isinstance(final, ProjectionHead):
+        return final.project(h)
+    return h, final(h)
+
+
 # --------------------------------------------------------------------------- vectors
 class MLP(nn.Module):
-    def __init__(self, in_features: int, num_classes: int, hidden: int = 100, depth: int = 2):
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 100, depth: int = 2,
+                 projection_dim: int = 0):
         super().__init__()
+        if projection_dim > 0 and depth < 2:
+            raise ValueError(f"model.projection_dim={projection_dim}: model mlp with model.depth={depth} has no "
+                             "hidden layer to put MOON's projection head on; set model.depth>=2 or "
+                             "model.projection_dim=0")
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for _ in range(depth - 1):
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
-        layers.append(nn.Linear(width, num_classes))
+        layers.append(_final_layer(width, num_classes, projection_dim))
         self.net = nn.Sequential(*layers)
         self.depth = depth
 
@@ -130,9 +181,9 @@ class MLP(nn.Module):
         return self.net(x)
 
     def represent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the last hidden layer's activations, the logits) in one pass (MOON's representation)."""
-        z = self.net[:-1](x)
-        return z, self.net[-1](z)
+        """(the last hidden layer's activations -- or their projection, with a head --, the logits) in one pass
+        (MOON's representation)."""
+        return _represent(self.net[:-1](x), self.net[-1])
 
 
 class CNN1D(nn.Module):
@@ -165,8 +216,9 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 @register_model("mlp", fits=(VECTOR, IMAGE))
-def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: Size = 100, depth: Size = 2) -> nn.Module:
-    return MLP(_numel(input_shape), num_classes, hidden=hidden, depth=depth)
+def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: Size = 100, depth: Size = 2,
+        projection_dim: ProjectionDim = 0) -> nn.Module:
+    return MLP(_numel(input_shape), num_classes, hidden=hidden, depth=depth, projection_dim=projection_dim)
 
 
 @register_model("cnn1d", fits=(VECTOR,))
@@ -185,9 +237,10 @@ def _flat_size(features: nn.Module, input_shape: tuple[int, ...]) -> int:
 class SimpleCNN(nn.Module):
     """conv(C→6, 5) → ReLU → maxpool 2 → conv(6→16, 5) → ReLU → maxpool 2 →
     fc 120 → ReLU → fc 84 → ReLU → fc K (NIID-Bench's SimpleCNN / SimpleCNNMNIST,
-    the "simple-cnn" FedDisco trains on CIFAR-10 and Fashion-MNIST)."""
+    the "simple-cnn" FedDisco trains on CIFAR-10 and Fashion-MNIST); ``projection_dim`` > 0: fc K is
+    MOON's :class:`ProjectionHead` on the 84 units."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int):
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, projection_dim: int = 0):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(input_shape[0], 6, 5), nn.ReLU(), nn.MaxPool2d(2),
@@ -196,21 +249,21 @@ class SimpleCNN(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(_flat_size(self.features, input_shape), 120), nn.ReLU(),
             nn.Linear(120, 84), nn.ReLU(),
-            nn.Linear(84, num_classes),
+            _final_layer(84, num_classes, projection_dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
 
     def represent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the penultimate layer's activations (fc 84), the logits) in one pass (MOON's representation)."""
-        z = self.classifier[:-1](self.features(x).flatten(1))
-        return z, self.classifier[-1](z)
+        """(the penultimate layer's activations (fc 84) -- or their projection, with a head --, the logits) in one
+        pass (MOON's representation)."""
+        return _represent(self.classifier[:-1](self.features(x).flatten(1)), self.classifier[-1])
 
 
 @register_model("cnn", fits=(IMAGE,), min_side=16)
-def cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    return SimpleCNN(input_shape, num_classes)
+def cnn(input_shape: tuple[int, ...], num_classes: int, projection_dim: ProjectionDim = 0) -> nn.Module:
+    return SimpleCNN(input_shape, num_classes, projection_dim)
 
 
 class FedAUCNN(nn.Module):
@@ -264,9 +317,10 @@ class PadTo(nn.Module):
 
 class LeNet5(nn.Module):
     """LeNet-5 (LeCun et al., 1998) on 32x32: conv(C→6, 5) → tanh → avgpool 2 →
-    conv(6→16, 5) → tanh → avgpool 2 → fc 120 → tanh → fc 84 → tanh → fc K."""
+    conv(6→16, 5) → tanh → avgpool 2 → fc 120 → tanh → fc 84 → tanh → fc K; ``projection_dim`` > 0:
+    fc K is MOON's :class:`ProjectionHead` on the 84 units."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int):
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, projection_dim: int = 0):
         super().__init__()
         self.features = nn.Sequential(
             PadTo(32),
@@ -276,21 +330,21 @@ class LeNet5(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(_flat_size(self.features, input_shape), 120), nn.Tanh(),
             nn.Linear(120, 84), nn.Tanh(),
-            nn.Linear(84, num_classes),
+            _final_layer(84, num_classes, projection_dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
 
     def represent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the penultimate layer's activations (fc 84), the logits) in one pass (MOON's representation)."""
-        z = self.classifier[:-1](self.features(x).flatten(1))
-        return z, self.classifier[-1](z)
+        """(the penultimate layer's activations (fc 84) -- or their projection, with a head --, the logits) in one
+        pass (MOON's representation)."""
+        return _represent(self.classifier[:-1](self.features(x).flatten(1)), self.classifier[-1])
 
 
 @register_model("lenet5", fits=(IMAGE,), min_side=8)
-def lenet5(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    return LeNet5(input_shape, num_classes)
+def lenet5(input_shape: tuple[int, ...], num_classes: int, projection_dim: ProjectionDim = 0) -> nn.Module:
+    return LeNet5(input_shape, num_classes, projection_dim)
 
 
 # --------------------------------------------------------------------------- ResNets and VGG
