@@ -461,3 +461,36 @@ def test_real_time_update_applies_arrivals_with_the_shared_step():
 def _take(books, now):
     st, dispatched = books.take(now)
     return st, [p.log() for p in dispatched]
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["server.mode=fedasync", "device_profile=lognormal"],
+     ["device_profile='lognormal'", "real time", "virtual clock is simulation-only", "device_profile=none"]),
+    (["server.mode=fedbuff", "checkpoint.every=1"], ["checkpoint.every=1", "cannot be resumed"]),
+    (["server.mode=fedbuff", "aggregator=feddisco", "checkpoint.every=0", "resume=somewhere"],
+     ["resume='somewhere'", "start a new run"]),
+    (["server.mode=fedasync", "aggregator=feddisco"], ["aggregator=feddisco does not run with server.mode=fedasync"]),
+    (["server.mode=fedbuff", "participation=bernoulli"], ["participation='bernoulli'", "participation=full"]),
+    (["server.mode=fedfix"], ["server.window_s=None", "real seconds in a deployment"]),
+])
+def test_deployment_async_settings_are_refused_before_training(overrides, words):
+    """In a deployment (fedagg.deploy_app) the asynchronous modes need no device profile -- they run on real
+    time -- and refuse one; the rules' and modes' own refusals stay."""
+    from fedagg.deploy_app import compose_config
+
+    with pytest.raises(ConfigError) as e:
+        compose_config(["dataset=digits", "model=mlp", "num_clients=3", *overrides])
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_deployment_runs_async_modes_without_a_virtual_clock():
+    from fedagg.deploy_app import compose_config
+
+    cfg = compose_config("dataset=digits model=mlp num_clients=3 server.mode=fedasync")
+    assert cfg.server.mode == "fedasync" and cfg.device_profile["name"] == "none"
+    assert cfg.server.round_timeout == 300.0  # a deployment never waits forever for a job
+    from fedagg.config import compose as load_composed
+
+    with pytest.raises(ConfigError, match="virtual clock"):  # the same keys in simulation need a device profile
+        load_composed(["dataset=digits", "model=mlp", "num_clients=3", "server.mode=fedasync", "runtime=inprocess"])
