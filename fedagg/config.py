@@ -731,7 +731,8 @@ def check_async(cfg: Config, clock: bool, deployment: bool = False) -> None:
     _need(not cfg.eval.every, "eval.every", cfg.eval.every, f"client-side evaluation is per round; with {mode} "
           "set eval.every=0 (the server model is scored after every update)")
     _need(cfg.runtime.name != "flower", "runtime", cfg.runtime.name, f"{mode} runs in simulation "
-          "(runtime=ray|inprocess); deployment on a SuperLink is not implemented")
+          "(runtime=ray|inprocess) or on a real SuperLink (fedagg.deploy_app, on real time), not in Flower's "
+          "simulation engine")
 
 
 # --------------------------------------------------------------------------- load
