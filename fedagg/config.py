@@ -62,11 +62,11 @@ class ServerConfig:
     # the virtual clock's round deadline (needs a device_profile): simulated seconds, null = wait for the last client
     deadline_s: Optional[float] = None
     deadline_mode: str = "drop"  # drop: clients past the deadline miss the round | partial: they send the steps that fit
-    # sync: rounds | fedasync, fedbuff, fedfix: asynchronous server updates on the virtual clock (docs/algorithms.md)
+    # sync: rounds | fedasync, fedbuff, fedfix: asynchronous server updates on the virtual clock (a deployment: real time; docs/algorithms.md)
     mode: str = "sync"
     concurrency: Optional[int] = None  # async modes: clients in flight at once (1..num_clients); null: min(10, num_clients)
     buffer_size: Optional[int] = None  # fedbuff: K updates per server step (1..num_clients); null: ceil(concurrency / 2)
-    window_s: Optional[float] = None  # fedfix: the fixed simulated window between server updates, seconds (> 0)
+    window_s: Optional[float] = None  # fedfix: the fixed window between server updates, seconds (> 0; simulated, real in a deployment)
     alpha: float = 0.6  # fedasync: the mixing weight alpha in (0, 1]
     staleness: str = "polynomial"  # fedasync, fedbuff: polynomial (tau+1)^-a | hinge | constant
     staleness_a: float = 0.5  # polynomial exponent a (0.5: FedBuff's 1/sqrt(1+tau)); hinge slope a
@@ -597,7 +597,7 @@ def check_runtime(rt: RuntimeConfig) -> None:
               "this machine has no CUDA GPU; set runtime.num_gpus_per_client=0")
 
 
-def check_values(cfg: Config) -> None:
+def check_values(cfg: Config, deployment: bool = False) -> None:
     """Group options whose range is known without data: noise, heterogeneity,
     files named by a path option, the device."""
     from .data.federated import NoiseSpec
@@ -612,7 +612,7 @@ def check_values(cfg: Config) -> None:
         build_heterogeneity(cfg.heterogeneity["name"], cfg.num_clients, cfg.seed, **options(cfg.heterogeneity))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    check_devices(cfg)
+    check_devices(cfg, deployment)
     from .report.loggers import check_logger
 
     check_logger(cfg.logger)
@@ -634,7 +634,7 @@ def check_values(cfg: Config) -> None:
         _need(torch.cuda.is_available(), "device", cfg.device, "CUDA is not available on this machine; use cpu or auto")
 
 
-def check_devices(cfg: Config) -> None:
+def check_devices(cfg: Config, deployment: bool = False) -> None:
     """The device profile (a trace file is read and checked here) and the round deadline."""
     from .env.clock import DEADLINE_MODES
     from .env.devices import build_device_profile
@@ -651,7 +651,7 @@ def check_devices(cfg: Config) -> None:
         raise ConfigError(str(e)) from None
     _need(s.deadline_s is None or profile.enabled, "server.deadline_s", s.deadline_s,
           "a deadline needs a device model: pick device_profile=lognormal|tiers|uniform|trace, or set it to null")
-    check_async(cfg, profile.enabled)
+    check_async(cfg, profile.enabled, deployment)
 
 
 # the rules the asynchronous modes run (per mode), and why the others are refused
@@ -683,8 +683,9 @@ def async_sizes(cfg: Config) -> tuple[int, int]:
     return c, (c + 1) // 2 if s.buffer_size is None else s.buffer_size
 
 
-def check_async(cfg: Config, clock: bool) -> None:
-    """``server.mode`` and its keys; the asynchronous modes' refusals (docs/algorithms.md)."""
+def check_async(cfg: Config, clock: bool, deployment: bool = False) -> None:
+    """``server.mode`` and its keys; the asynchronous modes' refusals (docs/algorithms.md). ``deployment``:
+    the run is on a SuperLink (fedagg.deploy_app), where the asynchronous modes run on real time."""
     from .aggregators.asynchronous import STALENESS
     from .env.events import MODES
 
@@ -699,14 +700,23 @@ def check_async(cfg: Config, clock: bool) -> None:
     _need(1 <= buffer_size <= n, "server.buffer_size", buffer_size,
           f"it must be an integer in 1..num_clients ({n}): the updates per fedbuff server step")
     _need(s.mode != "fedfix" or (s.window_s is not None and _finite(s.window_s) and s.window_s > 0), "server.window_s", s.window_s,
-          "server.mode=fedfix needs a window > 0 simulated seconds (e.g. server.window_s=5)")
+          "server.mode=fedfix needs a window > 0 seconds (simulated; real seconds in a deployment), e.g. "
+          "server.window_s=5")
     _need(_finite(s.alpha) and 0 < s.alpha <= 1, "server.alpha", s.alpha, "it must be in (0, 1]")
     _need(s.staleness in STALENESS, "server.staleness", s.staleness, f"valid choices: {', '.join(STALENESS)}")
     _need(_finite(s.staleness_a) and s.staleness_a >= 0, "server.staleness_a", s.staleness_a, "it must be >= 0")
     _need(_finite(s.staleness_b) and s.staleness_b >= 0, "server.staleness_b", s.staleness_b, "it must be >= 0")
     mode = f"server.mode={s.mode}"
-    _need(clock, "server.mode", s.mode, "the asynchronous modes run on the virtual clock: pick "
-          "device_profile=lognormal|tiers|uniform|trace")
+    if deployment:  # real SuperNodes, real time (fedagg.flower.realtime_loop)
+        _need(not clock, "device_profile", cfg.device_profile.get("name"), f"in a deployment {mode} runs on real "
+              "time, in the order the replies arrive (the virtual clock is simulation-only): use device_profile=none")
+        _need(not cfg.checkpoint.every, "checkpoint.every", cfg.checkpoint.every, f"{mode} in a deployment keeps "
+              "no checkpoint (the jobs in flight on the SuperNodes cannot be resumed): set checkpoint.every=0")
+        _need(not cfg.resume, "resume", cfg.resume, f"{mode} in a deployment cannot be resumed (the jobs in "
+              "flight on the SuperNodes are lost); start a new run")
+    else:
+        _need(clock, "server.mode", s.mode, "the asynchronous modes run on the virtual clock: pick "
+              "device_profile=lognormal|tiers|uniform|trace")
     name = str(cfg.aggregator.get("name"))
     if target_of(cfg.aggregator) or name not in ASYNC_RULES[s.mode]:
         why = ASYNC_MODE_REFUSED.get((name, s.mode)) or ASYNC_REFUSED.get(
@@ -727,7 +737,8 @@ def check_async(cfg: Config, clock: bool) -> None:
     _need(not cfg.eval.every, "eval.every", cfg.eval.every, f"client-side evaluation is per round; with {mode} "
           "set eval.every=0 (the server model is scored after every update)")
     _need(cfg.runtime.name != "flower", "runtime", cfg.runtime.name, f"{mode} runs in simulation "
-          "(runtime=ray|inprocess); deployment on a SuperLink is not implemented")
+          "(runtime=ray|inprocess) or on a real SuperLink (fedagg.deploy_app, on real time), not in Flower's "
+          "simulation engine")
 
 
 # --------------------------------------------------------------------------- load
@@ -771,7 +782,7 @@ def to_config(cfg: Any) -> Config:
     return obj
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, deployment: bool = False) -> None:
     """Every check that needs no data: fixed sections, then each group's
     builder options, then group values whose range is known."""
     check_fixed(cfg)
@@ -779,7 +790,7 @@ def validate(cfg: Config) -> None:
         if group != "noise":  # noise has no builder: its keys are checked by NoiseSpec below
             check_group(group, getattr(cfg, group))
     check_rule_training(cfg)
-    check_values(cfg)
+    check_values(cfg, deployment)
 
 
 def check_rule_training(cfg: Config) -> None:
@@ -796,14 +807,15 @@ def check_rule_training(cfg: Config) -> None:
           f"{rule} normalises by plain (momentum) SGD's step count, without a FedProx term; set train.proximal_mu=0")
 
 
-def load(cfg: Any) -> Config:
-    """The one step from a composed config to the typed, checked :class:`Config`."""
+def load(cfg: Any, deployment: bool = False) -> Config:
+    """The one step from a composed config to the typed, checked :class:`Config` (``deployment``: for the
+    SuperLink app, :mod:`fedagg.deploy_app`)."""
     obj = to_config(cfg)
-    validate(obj)
+    validate(obj, deployment)
     return obj
 
 
-def compose(overrides: Sequence[str] = (), config_dir: str | None = None) -> Config:
+def compose(overrides: Sequence[str] = (), config_dir: str | None = None, deployment: bool = False) -> Config:
     """Compose conf/config.yaml with Hydra overrides and :func:`load` it
     (for ServerApps and scripts that run without the CLI)."""
     from hydra import compose as hcompose
@@ -819,7 +831,7 @@ def compose(overrides: Sequence[str] = (), config_dir: str | None = None) -> Con
         raise ConfigError(one_line(e)) from None
     finally:
         GlobalHydra.instance().clear()
-    return load(raw)
+    return load(raw, deployment)
 
 
 def one_line(e: BaseException) -> str:

@@ -19,6 +19,14 @@ apply. A deployment must never wait forever for a vanished SuperNode, so
 ``server.round_timeout: null`` becomes ``DEFAULT_ROUND_TIMEOUT`` seconds.
 The client-side ``dp.mode`` values are refused: the FAB's ClientApp is the
 plain ``app``, without Flower's clipping mods.
+
+The asynchronous modes (``server.mode=fedasync|fedbuff|fedfix``) run on real
+time here, not on the virtual clock: ``server.concurrency`` jobs in flight
+with ``grid.push_messages`` / ``grid.pull_messages``, each reply applied in
+the order it arrives, ``sim_time_s`` = real seconds since the first dispatch
+(:mod:`fedagg.flower.realtime_loop`; the config refuses a ``device_profile``,
+``checkpoint.every`` and ``resume`` with them). A SuperNode is one client
+(its ``partition-id``), so ``num_clients`` is the number of SuperNodes.
 """
 from __future__ import annotations
 
@@ -60,7 +68,7 @@ def compose_config(overrides: str | list[str]) -> Any:
     from .config import compose
 
     ov = shlex.split(overrides) if isinstance(overrides, str) else list(overrides)
-    cfg = compose([*ov, "runtime=inprocess"], config_dir=str(conf_dir()))
+    cfg = compose([*ov, "runtime=inprocess"], config_dir=str(conf_dir()), deployment=True)
     from .dp import CLIENT_MODES
     from .errors import ConfigError
 
@@ -97,9 +105,9 @@ def main(grid: Grid, context: Context) -> None:
     log.info("fedagg ServerApp: overrides=%r out-dir=%s", overrides, out)
     try:
         cfg = compose_config(overrides)
-        exp = build(cfg)
+        exp = build(cfg, deployment=True)
         write_config(exp.cfg, out)
-        rows = run_server(grid, exp, out)
+        rows = run_server(grid, exp, out, real_time=True)
         if exp.outcome is not None:  # no update accepted for server.max_failed_rounds rounds, or in any round
             raise exp.outcome
     except Exception as e:

@@ -108,12 +108,13 @@ def data_spec(cfg: Config) -> dict[str, Any]:
     return spec
 
 
-def build(raw: Any) -> Experiment:
+def build(raw: Any, deployment: bool = False) -> Experiment:
     """Load and check the config, then build every component. A builder's
     refusal (a value only checkable with the data, e.g. ``partition=natural``
     on a dataset without natural clients) is a ConfigError too, raised here,
-    before any runtime starts."""
-    cfg = load(raw)
+    before any runtime starts. ``deployment``: checked for the SuperLink app
+    (:mod:`fedagg.deploy_app`; the asynchronous modes on real time)."""
+    cfg = load(raw, deployment)
     with _refusals_of("dataset"):  # missing / malformed data, bad partition options: one line, exit 2
         fd = get_federated_data(data_spec(cfg))
     model_target = target_of(cfg.model)

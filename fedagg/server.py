@@ -35,6 +35,7 @@ from .flower.async_loop import AsyncLoop
 from .flower.callbacks import RoundCallback
 from .flower.codec import params_to_record, record_to_params
 from .flower.options import FlowerOptions
+from .flower.realtime_loop import RealTimeLoop
 from .flower.strategy import FedaggStrategy
 from .outcomes import RunGuard, early_round_warning
 from .report.loggers import make_logger
@@ -65,19 +66,36 @@ def make_strategy(exp: Experiment) -> FedaggStrategy:
 
 def make_async_loop(exp: Experiment, strategy: FedaggStrategy) -> AsyncLoop:
     """``server.mode`` = fedasync | fedbuff | fedfix: the schedule on the experiment's clock and the server step."""
-    from .aggregators.fedau import FedAU
-    from .aggregators.fedavg import FedAvg
-    from .aggregators.feddisco import FedDisco
     from .config import async_sizes
 
     cfg, s = exp.cfg, exp.cfg.server
-    assert exp.clock is not None and isinstance(exp.aggregator, (FedAvg, FedDisco, FedAU))  # check_async: the rest
+    assert exp.clock is not None  # check_async: the simulation's asynchronous modes need the virtual clock
     concurrency, buffer_size = async_sizes(cfg)
     schedule = Schedule(s.mode, exp.clock, cfg.num_clients, cfg.seed, concurrency, buffer_size, s.window_s)
+    return AsyncLoop(strategy, schedule, _async_step(exp))
+
+
+def make_realtime_loop(exp: Experiment, strategy: FedaggStrategy) -> RealTimeLoop:
+    """The asynchronous modes in a deployment: the same server step, on real time in arrival order."""
+    from .config import async_sizes
+    from .env.realtime import RealTimeSchedule
+
+    cfg, s = exp.cfg, exp.cfg.server
+    concurrency, buffer_size = async_sizes(cfg)
+    schedule = RealTimeSchedule(s.mode, cfg.num_clients, cfg.seed, concurrency, buffer_size, s.window_s)
+    return RealTimeLoop(strategy, schedule, _async_step(exp), stall_s=s.connect_timeout)
+
+
+def _async_step(exp: Experiment) -> AsyncServerStep:
+    from .aggregators.fedau import FedAU
+    from .aggregators.fedavg import FedAvg
+    from .aggregators.feddisco import FedDisco
+
+    cfg, s = exp.cfg, exp.cfg.server
+    assert isinstance(exp.aggregator, (FedAvg, FedDisco, FedAU))  # config.check_async refused the rest
     sizes = np.array([exp.fd.train_size(c) for c in range(cfg.num_clients)], dtype=np.float64)
-    step = AsyncServerStep(s.mode, exp.aggregator, alpha=s.alpha, staleness=s.staleness, staleness_a=s.staleness_a,
+    return AsyncServerStep(s.mode, exp.aggregator, alpha=s.alpha, staleness=s.staleness, staleness_a=s.staleness_a,
                            staleness_b=s.staleness_b, window_s=s.window_s, data_share=sizes / sizes.sum())
-    return AsyncLoop(strategy, schedule, step)
 
 
 def write_devices(exp: Experiment, out: Path) -> None:
@@ -96,8 +114,10 @@ def write_devices(exp: Experiment, out: Path) -> None:
     (out / "devices.csv").write_text("\n".join(lines) + "\n")
 
 
-def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[str, Any]]:
-    """Connect, run all rounds, write results; returns the metrics rows."""
+def run_server(grid: Grid, exp: Experiment, out_dir: str | Path, *, real_time: bool = False) -> list[dict[str, Any]]:
+    """Connect, run all rounds, write results; returns the metrics rows. ``real_time`` (the deployment
+    app): the asynchronous modes run on real time, in the order the replies arrive (RealTimeLoop), not on
+    the virtual clock."""
     from . import checkpoint as ckpt
 
     cfg, out = exp.cfg, Path(out_dir)
@@ -115,7 +135,7 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path) -> list[dict[st
     strategy.params = exp.init_params(0)
     asynchronous = cfg.server.mode != "sync"
     if asynchronous:
-        exp.async_loop = make_async_loop(exp, strategy)
+        exp.async_loop = make_realtime_loop(exp, strategy) if real_time else make_async_loop(exp, strategy)
     start = 1
     if exp.resume_state is not None:
         start = ckpt.restore(exp.resume_state, exp, strategy, recorder) + 1

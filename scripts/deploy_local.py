@@ -13,6 +13,10 @@ one or more runs with ``flwr run``, wait for each to finish, stop everything.
   gets an ECDSA P-384 key pair; its public key is registered with
   ``flwr supernode register`` before the node starts with
   ``--auth-supernode-private-key``. Unregistered nodes are refused.
+- ``--slowdown I=SECONDS``: SuperNode I's ClientApp sleeps SECONDS before each
+  train reply (node config ``slowdown-s``): a deliberately slow node, for
+  tests and benchmarks of the asynchronous modes (``server.mode=fedasync``,
+  which run on real time in a deployment).
 - ``--superlink HOST:PORT``: use a SuperLink that is already running (for
   example on another machine) instead of starting one; with TLS pass its CA
   via ``--ca-cert``.
@@ -492,10 +496,13 @@ class Cluster:
     def stop_run(self, run_id: int) -> None:
         self.cli("stop", str(run_id), "fedagg", timeout=60)
 
-    def up(self, supernodes: int, timeout: float = 60.0, node_ports: list[int] | None = None) -> None:
+    def up(self, supernodes: int, timeout: float = 60.0, node_ports: list[int] | None = None,
+           slowdown: dict[int, float] | None = None) -> None:
         """Start the SuperLink (unless given) and ``supernodes`` SuperNodes, each
         listening on its own port (``node_ports``, else ones reserved here all
-        at once); a process that dies on start raises SetupError."""
+        at once); a process that dies on start raises SetupError.
+        ``slowdown``: SuperNode index -> seconds its ClientApp sleeps before
+        each train reply (node config ``slowdown-s``; a test/benchmark knob)."""
         self._prepare_certs()
         ports = node_ports if node_ports is not None else self.ports.take_many(supernodes)
         if self.superlink is None:
@@ -503,8 +510,9 @@ class Cluster:
         self._write_cli_config()
         self.wait_ready(timeout)
         for i in range(supernodes):
-            self.start_supernode(f"supernode{i}", f"partition-id={i} num-partitions={supernodes}", port=ports[i],
-                                 fixed_port=node_ports is not None)
+            extra = f" slowdown-s={float(slowdown[i])}" if slowdown and i in slowdown else ""
+            self.start_supernode(f"supernode{i}", f"partition-id={i} num-partitions={supernodes}{extra}",
+                                 port=ports[i], fixed_port=node_ports is not None)
 
     # -- runs ----------------------------------------------------------------
     def submit(self, overrides: str, out_dir: Path) -> int:
@@ -624,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, help="SuperLink port (default: a free one)")
     ap.add_argument("--supernode-ports", metavar="P1,P2,...",
                     help="Runtime API ports of the SuperNodes started here, one each (default: free ones)")
+    ap.add_argument("--slowdown", action="append", default=[], metavar="I=SECONDS",
+                    help="SuperNode I sleeps SECONDS before each train reply (node config slowdown-s: a "
+                         "deliberately slow node, for tests and benchmarks of server.mode=fedasync|fedbuff|fedfix)")
     ap.add_argument("--workdir", help="logs, FLWR_HOMEs, keys (default: a temp dir)")
     ap.add_argument("--run-timeout", type=float, default=900.0, help="seconds per run")
     ap.add_argument("--startup-timeout", type=float, default=60.0,
@@ -641,6 +652,15 @@ def main(argv: list[str] | None = None) -> int:
         if len(node_ports) != a.supernodes or len(set(node_ports)) != len(node_ports):
             ap.error(f"--supernode-ports {a.supernode_ports}: give {a.supernodes} distinct port numbers, "
                      "comma-separated")
+    slowdown: dict[int, float] = {}
+    for item in a.slowdown:
+        try:
+            i, secs = item.split("=", 1)
+            slowdown[int(i)] = float(secs)
+        except ValueError:
+            ap.error(f"--slowdown {item}: give I=SECONDS, e.g. --slowdown 2=3")
+        if not 0 <= int(i) < a.supernodes or not slowdown[int(i)] >= 0:
+            ap.error(f"--slowdown {item}: I must be in 0..{a.supernodes - 1} and SECONDS >= 0")
     if a.certs is not None and not Path(a.certs).is_dir():
         print(f"error: --certs: directory not found: {a.certs}", file=sys.stderr)
         return 2
@@ -657,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster = Cluster(workdir, tls=a.tls or a.auth or bool(a.ca_cert), auth=a.auth,
                           certs=Path(a.certs) if a.certs else None, ca_cert=Path(a.ca_cert) if a.ca_cert else None,
                           port=a.port, superlink=a.superlink, start_timeout=a.startup_timeout)
-        cluster.up(a.supernodes, timeout=a.startup_timeout, node_ports=node_ports)
+        cluster.up(a.supernodes, timeout=a.startup_timeout, node_ports=node_ports, slowdown=slowdown)
         for k, ov in enumerate(runs, 1):
             cluster.check_nodes(f"before run {k} was submitted")
             res = cluster.run(ov, out if len(runs) == 1 else out / f"run{k}", timeout=a.run_timeout)

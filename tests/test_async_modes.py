@@ -358,3 +358,139 @@ def test_cli_refuses_an_async_rule_it_cannot_run_in_one_line_exit_2(tmp_path):
     assert p.returncode == 2 and "Traceback" not in out and len(out.splitlines()) == 1, out[-2000:]
     assert out.startswith("config error: aggregator=gossip does not run with server.mode=fedbuff"), out
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- real time (deployment): the shared bookkeeping
+def replay_on_real_time(mode: str, n: int, **kw) -> list[tuple[int, float, list[tuple[int, int]]]]:
+    """The deployment's schedule (fedagg.env.realtime) fed FixedClock's arrivals in the order they happen:
+    the caller observes time and arrivals, the schedule only keeps the books."""
+    from fedagg.env.realtime import RealTimeSchedule
+
+    s = RealTimeSchedule(mode, 3, seed=0, concurrency=3, **kw)
+    out, now = [], 0.0
+    while len(out) < n:
+        for c in s.pick(range(3)):
+            s.dispatch(c, now)
+        def first():
+            return min(s.in_flight.values(), key=lambda p: (p.dispatch_s + DURATION[p.client], p.client, p.seq),
+                       default=None)
+
+        nxt = first()
+        if nxt is not None and s.belongs(nxt.dispatch_s + DURATION[nxt.client]):
+            now = nxt.dispatch_s + DURATION[nxt.client]
+            s.arrive(nxt.seq, now, steps=3)
+        else:
+            b = s.boundary()
+            now = b if b is not None else now  # fedfix: the window closes before the next arrival
+        nxt = first()
+        if s.due(now) and not (nxt is not None and s.belongs(nxt.dispatch_s + DURATION[nxt.client])):
+            st, _ = s.take(now)
+            out.append((st.version, st.time_s, [(j.client, st.staleness(j)) for j in st.applied]))
+    return out
+
+
+@pytest.mark.parametrize("mode, kw", [("fedasync", {}), ("fedbuff", {"buffer_size": 2}), ("fedfix", {"window_s": 2.0}),
+                                      ("fedfix", {"window_s": 0.4})])
+def test_real_time_books_match_the_virtual_clock_for_the_same_arrivals(mode, kw):
+    """Fed the arrivals in the virtual clock's order, the real-time schedule makes the same updates (versions,
+    times, the jobs applied in order, their staleness) as the simulation's Schedule (the by-hand tests above)."""
+    assert replay_on_real_time(mode, 6, **kw) == schedule(mode, 6, **kw)
+
+
+def test_real_time_dispatch_timeout_and_buffer():
+    from fedagg.env.realtime import RealTimeSchedule
+
+    s = RealTimeSchedule("fedbuff", 4, seed=3, concurrency=2, buffer_size=2)
+    first = s.pick([0, 1, 2])  # client 3 is not connected
+    assert len(first) == 2 and set(first) <= {0, 1, 2}
+    jobs = [s.dispatch(c, 0.0) for c in first]
+    assert s.pick([0, 1, 2, 3]) == []  # concurrency 2: no free slot
+    assert s.expired(9.9, 10.0) == [] and s.expired(10.0, 10.0) == [j.seq for j in jobs]
+    assert s.expired(1e9, None) == []
+    s.arrive(jobs[0].seq, 1.5, steps=7)  # a reply
+    assert not s.due(1.5)
+    again = s.pick([0, 1, 2, 3])  # one slot free; the arrived client was sent this version: not again
+    assert len(again) == 1 and again[0] not in first
+    s.dispatch(again[0], 1.5)
+    s.arrive(jobs[1].seq, 10.0)  # its timeout: arrives as failed, counts in the buffer
+    assert s.due(10.0)
+    st, dispatched = s.take(10.0)
+    assert st.version == 1 and [j.client for j in st.applied] == first and [j.steps for j in st.applied] == [7, 0]
+    assert [j.duration_s for j in st.applied] == [1.5, 10.0]
+    assert [p.client for p in dispatched] == [*first, again[0]]
+    assert set(s.idle([0, 1, 2, 3])) == {0, 1, 2, 3} - {again[0]}  # a new version: every idle client again
+    st2_job = s.in_flight[next(iter(s.in_flight))]
+    assert st2_job.version == 0  # sent before the update: stale by one when the next update applies it
+    s.arrive(st2_job.seq, 11.0)
+    s.dispatch(first[0], 11.0)
+    s.arrive(s.dispatches - 1, 12.0)
+    st, _ = s.take(12.0)
+    assert [(j.client, st.staleness(j)) for j in st.applied] == [(again[0], 1), (first[0], 0)]
+
+
+def test_real_time_update_applies_arrivals_with_the_shared_step():
+    """One fedasync update of the deployment's loop goes through AsyncUpdates.apply (the simulation's code):
+    x_1 = (1 - a) x_0 + a θ with a = alpha * (tau + 1)^-0.5, and the logged staleness and weight."""
+    from fedagg.env.realtime import RealTimeSchedule
+    from fedagg.flower.async_loop import AsyncUpdates, Trained
+    from fedagg.flower.strategy import FedaggStrategy
+
+    strategy = FedaggStrategy(rule())
+    strategy.params = {"w": np.array([1.0, 0.0], np.float32)}
+    step = AsyncServerStep("fedasync", strategy.aggregator, alpha=0.6)
+    books = RealTimeSchedule("fedasync", 3, seed=0, concurrency=2)
+    loop = AsyncUpdates(strategy, step, "fedasync", 2)
+    slow, fast = books.dispatch(2, 0.0), books.dispatch(0, 0.0)
+    sent = dict(strategy.params)
+    loop.trained[fast.seq] = Trained(upd(0, 10, [3.0, 2.0]), sent)
+    books.arrive(fast.seq, 1.0)
+    rec = loop.apply(*_take(books, 1.0))
+    np.testing.assert_allclose(strategy.params["w"], [0.4 * 1 + 0.6 * 3, 0.6 * 2], rtol=1e-6)
+    loop.trained[slow.seq] = Trained(upd(2, 10, [0.0, 0.0]), sent)
+    books.arrive(slow.seq, 3.0)
+    rec = loop.apply(*_take(books, 3.0))
+    a = 0.6 / math.sqrt(2)  # tau = 2 - 1 - 0 = 1
+    np.testing.assert_allclose(strategy.params["w"], [(1 - a) * 2.2, (1 - a) * 1.2], rtol=1e-6)
+    m = rec.agg_metrics
+    assert m["model_version"] == 2 and m["sim_time_s"] == 3.0 and m["staleness_max"] == 1
+    (applied,) = m["async"]["applied"]
+    assert applied["client"] == 2 and applied["staleness"] == 1 and applied["weight"] == pytest.approx(a)
+    assert applied["dispatch_s"] == 0.0 and applied["arrival_s"] == 3.0
+
+
+def _take(books, now):
+    st, dispatched = books.take(now)
+    return st, [p.log() for p in dispatched]
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["server.mode=fedasync", "device_profile=lognormal"],
+     ["device_profile='lognormal'", "real time", "virtual clock is simulation-only", "device_profile=none"]),
+    (["server.mode=fedbuff", "checkpoint.every=1"], ["checkpoint.every=1", "cannot be resumed"]),
+    (["server.mode=fedbuff", "aggregator=feddisco", "checkpoint.every=0", "resume=somewhere"],
+     ["resume='somewhere'", "start a new run"]),
+    (["server.mode=fedasync", "aggregator=feddisco"], ["aggregator=feddisco does not run with server.mode=fedasync"]),
+    (["server.mode=fedbuff", "participation=bernoulli"], ["participation='bernoulli'", "participation=full"]),
+    (["server.mode=fedfix"], ["server.window_s=None", "real seconds in a deployment"]),
+])
+def test_deployment_async_settings_are_refused_before_training(overrides, words):
+    """In a deployment (fedagg.deploy_app) the asynchronous modes need no device profile -- they run on real
+    time -- and refuse one; the rules' and modes' own refusals stay."""
+    from fedagg.deploy_app import compose_config
+
+    with pytest.raises(ConfigError) as e:
+        compose_config(["dataset=digits", "model=mlp", "num_clients=3", *overrides])
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_deployment_runs_async_modes_without_a_virtual_clock():
+    from fedagg.deploy_app import compose_config
+
+    cfg = compose_config("dataset=digits model=mlp num_clients=3 server.mode=fedasync")
+    assert cfg.server.mode == "fedasync" and cfg.device_profile["name"] == "none"
+    assert cfg.server.round_timeout == 300.0  # a deployment never waits forever for a job
+    from fedagg.config import compose as load_composed
+
+    with pytest.raises(ConfigError, match="virtual clock"):  # the same keys in simulation need a device profile
+        load_composed(["dataset=digits", "model=mlp", "num_clients=3", "server.mode=fedasync", "runtime=inprocess"])

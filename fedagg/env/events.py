@@ -88,19 +88,24 @@ class Step:
         return self.version - 1 - job.version
 
 
+def check_sizes(mode: str, num_clients: int, concurrency: int, buffer_size: int, window_s: float | None) -> None:
+    """The keys of an asynchronous mode (this schedule's and the real-time one's, :mod:`fedagg.env.realtime`)."""
+    if mode not in ASYNC_MODES:
+        raise ValueError(f"server.mode='{mode}' is not an asynchronous mode ({', '.join(ASYNC_MODES)})")
+    if concurrency < 1 or concurrency > num_clients:
+        raise ValueError(f"server.concurrency={concurrency} must be in 1..num_clients ({num_clients})")
+    if mode == "fedbuff" and not 1 <= buffer_size <= num_clients:
+        raise ValueError(f"server.buffer_size={buffer_size} must be in 1..num_clients ({num_clients})")
+    if mode == "fedfix" and not (window_s is not None and window_s > 0):
+        raise ValueError(f"server.window_s={window_s} must be > 0 seconds with server.mode=fedfix")
+
+
 class Schedule:
     """The event loop's state: simulated time, the version, the jobs in flight and the buffer."""
 
     def __init__(self, mode: str, clock: Timing, num_clients: int, seed: int, concurrency: int,
                  buffer_size: int = 1, window_s: float | None = None) -> None:
-        if mode not in ASYNC_MODES:
-            raise ValueError(f"server.mode='{mode}' is not an asynchronous mode ({', '.join(ASYNC_MODES)})")
-        if concurrency < 1 or concurrency > num_clients:
-            raise ValueError(f"server.concurrency={concurrency} must be in 1..num_clients ({num_clients})")
-        if mode == "fedbuff" and not 1 <= buffer_size <= num_clients:
-            raise ValueError(f"server.buffer_size={buffer_size} must be in 1..num_clients ({num_clients})")
-        if mode == "fedfix" and not (window_s is not None and window_s > 0):
-            raise ValueError(f"server.window_s={window_s} must be > 0 simulated seconds with server.mode=fedfix")
+        check_sizes(mode, num_clients, concurrency, buffer_size, window_s)
         self.mode, self.clock, self.num_clients, self.seed = mode, clock, int(num_clients), int(seed)
         self.concurrency, self.buffer_size, self.window_s = int(concurrency), int(buffer_size), window_s
         self.now = 0.0

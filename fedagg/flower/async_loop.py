@@ -1,5 +1,9 @@
 """The server loop of the asynchronous modes (``server.mode`` = fedasync | fedbuff | fedfix).
 
+This module is the simulation's loop (:class:`AsyncLoop`, on the virtual clock) and what it shares with the
+deployment's real-time loop (:class:`AsyncUpdates`: applying one server update, and the loop of updates with
+the round callbacks; the real-time loop is :mod:`fedagg.flower.realtime_loop`).
+
 Each pass of :meth:`AsyncLoop.start` is one server update (``rounds`` counts them):
 
 1. :meth:`Schedule.advance <fedagg.env.events.Schedule.advance>` runs the virtual clock's events up to the next
@@ -32,7 +36,7 @@ from flwr.serverapp.strategy import Result
 
 from ..aggregators.asynchronous import Applied, AsyncServerStep
 from ..aggregators.base import ClientUpdate, Params, RoundInfo
-from ..env.events import Job, Schedule
+from ..env.events import Job, Schedule, Step
 from .callbacks import RoundCallback
 from .codec import params_to_record
 from .strategy import FedaggStrategy, RoundRecord, train_loss_of
@@ -52,27 +56,22 @@ class Trained:
     rejected: str | None = None
 
 
-class AsyncLoop:
-    def __init__(self, strategy: FedaggStrategy, schedule: Schedule, step: AsyncServerStep) -> None:
-        self.strategy, self.schedule, self.step = strategy, schedule, step
+class AsyncUpdates:
+    """What both asynchronous loops share: one server update from the jobs a :class:`Step` applies (their
+    results in :attr:`trained`, by job number) and the loop of updates with the callbacks. The subclass says
+    when the next update happens and which jobs it applies (:meth:`update`): :class:`AsyncLoop` on the
+    virtual clock, :class:`~fedagg.flower.realtime_loop.RealTimeLoop` on real time in a deployment."""
+
+    clock_name = "virtual clock"
+
+    def __init__(self, strategy: FedaggStrategy, step: AsyncServerStep, mode: str, concurrency: int) -> None:
+        self.strategy, self.step, self.mode, self.concurrency = strategy, step, mode, int(concurrency)
         self.trained: dict[int, Trained] = {}  # job seq -> its result
 
-    # -- one server update ---------------------------------------------------------------
-    def _train(self, version: int, jobs: Sequence[Job], grid: Grid, timeout: float | None) -> None:
+    def apply(self, st: Step, dispatched: Sequence[Mapping[str, Any]]) -> RoundRecord:
+        """The server update ``st`` (version ``st.version``, the jobs ``st.applied`` in the order applied) by
+        :class:`AsyncServerStep`; ``dispatched``: the jobs sent since the previous update (logged)."""
         s = self.strategy
-        sent = s.params
-        msgs = s.train_messages(version, [j.client for j in jobs], params_to_record(sent), ConfigRecord())
-        replies = list(grid.send_and_receive(msgs, timeout=timeout))
-        updates, _, failed, rejected = s.collect(version, replies)
-        got = {u.client_id: u for u in updates}
-        for j in jobs:
-            self.trained[j.seq] = Trained(got.get(j.client), sent, failed.get(j.client), rejected.get(j.client))
-
-    def update(self, grid: Grid, timeout: float | None) -> RoundRecord:
-        sched, s = self.schedule, self.strategy
-        st = sched.advance()
-        if st.dispatched:
-            self._train(st.version, st.dispatched, grid, timeout)
         items: list[Applied] = []
         jobs: list[Job] = []
         failed: dict[int, str] = {}
@@ -94,13 +93,19 @@ class AsyncLoop:
                    for j, it, wk in zip(jobs, items, w)]
         tau = [it.staleness for it in items]
         metrics: dict[str, Any] = {
-            "model_version": st.version, "sim_time_s": st.time_s, "clients_dispatched": len(st.dispatched),
+            "model_version": st.version, "sim_time_s": st.time_s, "clients_dispatched": len(dispatched),
             "staleness_mean": float(np.mean(tau)) if tau else None, "staleness_max": max(tau) if tau else None,
-            "async": {"mode": sched.mode, "time_s": st.time_s, "applied": applied,
-                      "dispatched": [j.log() for j in st.dispatched]},
+            "async": {"mode": self.mode, "time_s": st.time_s, "applied": applied, "dispatched": list(dispatched)},
         }
         return RoundRecord(st.version, asked, [j.client for j in jobs], failed, rejected,
                            train_loss_of([it.update for it in items]), metrics)
+
+    def update(self, grid: Grid, timeout: float | None) -> RoundRecord:
+        """Wait for (or run the events up to) the next server update and apply it."""
+        raise NotImplementedError
+
+    def finish(self, grid: Grid) -> None:
+        """After the last update (the real-time loop: say what is still in flight)."""
 
     # -- the loop ---------------------------------------------------------------------
     def start(self, grid: Grid, *, num_rounds: int, timeout: float | None, evaluate_fn: EvaluateFn | None,
@@ -112,7 +117,8 @@ class AsyncLoop:
         if hasattr(grid, "chunk_replies"):  # fedagg's grids: a chunk's reply read as it is
             grid.chunk_replies = True
         s.summary()
-        log.info("asynchronous server: mode=%s, %d clients in flight", self.schedule.mode, self.schedule.concurrency)
+        log.info("asynchronous server (%s): mode=%s, %d clients in flight", self.clock_name, self.mode,
+                 self.concurrency)
         for cb in callbacks:
             cb.on_train_begin(s, start_round=start_round, num_rounds=num_rounds)
         for rnd in range(start_round, num_rounds + 1):
@@ -131,9 +137,35 @@ class AsyncLoop:
             if any([cb.after_round(record, s) for cb in callbacks]):
                 log.info("update %d: a callback stopped training", rnd)
                 break
+        self.finish(grid)
         for cb in callbacks:
             cb.on_train_end(s, result)
         return result
+
+
+class AsyncLoop(AsyncUpdates):
+    """The asynchronous modes in simulation: the order of events is the virtual clock's (module docstring)."""
+
+    def __init__(self, strategy: FedaggStrategy, schedule: Schedule, step: AsyncServerStep) -> None:
+        super().__init__(strategy, step, schedule.mode, schedule.concurrency)
+        self.schedule = schedule
+
+    # -- one server update ---------------------------------------------------------------
+    def _train(self, version: int, jobs: Sequence[Job], grid: Grid, timeout: float | None) -> None:
+        s = self.strategy
+        sent = s.params
+        msgs = s.train_messages(version, [j.client for j in jobs], params_to_record(sent), ConfigRecord())
+        replies = list(grid.send_and_receive(msgs, timeout=timeout))
+        updates, _, failed, rejected = s.collect(version, replies)
+        got = {u.client_id: u for u in updates}
+        for j in jobs:
+            self.trained[j.seq] = Trained(got.get(j.client), sent, failed.get(j.client), rejected.get(j.client))
+
+    def update(self, grid: Grid, timeout: float | None) -> RoundRecord:
+        st = self.schedule.advance()
+        if st.dispatched:
+            self._train(st.version, st.dispatched, grid, timeout)
+        return self.apply(st, [j.log() for j in st.dispatched])
 
     # -- checkpoint -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

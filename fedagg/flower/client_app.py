@@ -8,7 +8,12 @@ round and the simulation's plan for this client in this round (epochs,
 partial work, injected faults). The partition id comes from the node config
 (``partition-id``), as in Flower simulation and ``flower-supernode
 --node-config``; ``data-path`` in the node config replaces the shard by a
-local file.
+local file. ``slowdown-s`` in the node config (``flower-supernode
+--node-config "partition-id=2 slowdown-s=3"``) makes the ``train`` handler
+sleep that many seconds after training, before it replies: a knob for tests
+and benchmarks of the asynchronous modes in a deployment (a deliberately
+slow node), never a model of a device (that is the simulation's
+``device_profile``).
 
 Handlers: ``query`` (the client's id, example count and label histogram),
 ``train`` (local training; replies ``arrays`` and ``metrics`` with
@@ -32,6 +37,7 @@ config; not around the other handlers, whose messages carry no clipping norm).
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -63,6 +69,7 @@ from .protocol import (
     METRICS,
     NUM_EXAMPLES,
     PARTITION_ID,
+    SLOWDOWN,
     ClientInstruction,
     ModelSpec,
     SimPlan,
@@ -316,7 +323,19 @@ def train(msg: Message, context: Context) -> Message:
             reply.content[CLIENT_STATE] = params_to_record(out.state)
         else:  # a SuperNode keeps its own, in its Context
             keep_in_context(context, out.state)
+    _slow_down(context)
     return reply
+
+
+def _slow_down(context: Context) -> None:
+    """``slowdown-s`` in the node config: sleep that long before replying (a deliberately slow node)."""
+    raw = context.node_config.get(SLOWDOWN)
+    if raw is None:
+        return
+    secs = float(raw)
+    if not (secs >= 0 and np.isfinite(secs)):
+        raise ValueError(f"node config {SLOWDOWN}={raw!r}: give a number of seconds >= 0")
+    time.sleep(secs)
 
 
 def train_chunk(msg: Message, context: Context) -> Message:

@@ -45,6 +45,7 @@ PROXIMAL_MU = "proximal-mu"
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 DATA_PATH = "data-path"
+SLOWDOWN = "slowdown-s"  # node config: seconds the node's train handler sleeps before replying (tests, benchmarks)
 # -- reply metrics
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"

@@ -363,6 +363,10 @@ class FedaggStrategy(Strategy):
             self._sent[node] = (cid, params)
         return msgs
 
+    def sent_jobs(self) -> dict[int, tuple[int, Params]]:
+        """What the last :meth:`train_messages` sent: node id -> (client id, model sent)."""
+        return dict(self._sent)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         rec = self._aggregate(server_round, list(replies))
         self.last_record = rec
@@ -517,10 +521,16 @@ class FedaggStrategy(Strategy):
             [u.num_examples for u in updates], opts.weighted_by_key)
         return RoundRecord(rnd, asked, list(info.replied), failed, rejected, train_loss_of(updates), agg_metrics)
 
-    def collect(self, rnd: int, replies: list[Message]) -> tuple[
-            list[ClientUpdate], list[tuple[RecordDict | None, Mapping[str, Any]]], dict[int, str], dict[int, str]]:
+    def collect(self, rnd: int, replies: list[Message], jobs: Mapping[int, tuple[int, Params]] | None = None
+                ) -> tuple[list[ClientUpdate], list[tuple[RecordDict | None, Mapping[str, Any]]], dict[int, str],
+                           dict[int, str]]:
         """The round's replies checked at the boundary: the valid updates sorted by client id (with each one's
-        reply content and metrics), and the clients that failed or were rejected, with why."""
+        reply content and metrics), and the clients that failed or were rejected, with why. ``jobs``: the
+        messages these replies answer (node id -> (client id, model sent), from :meth:`sent_jobs` after the
+        ``train_messages`` that made them; the real-time asynchronous loop collects one job at a time);
+        default: the last ``train_messages``'."""
+        if jobs is not None:
+            self._sent, self._round = dict(jobs), rnd
         chunks = [m for m in replies if chunk.is_chunk_reply(m)]
         by_node = self._replies_by_node(rnd, [m for m in replies if not chunk.is_chunk_reply(m)])
         self._learn_ids(by_node)
