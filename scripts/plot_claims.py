@@ -4,7 +4,7 @@
 
     python scripts/plot_claims.py [--runs experiments/runs] [--out experiments/figures] [claim ...]
 
-claims: fedau fedau_hetero feddisco fedlaw ida gossip (default: every one whose sweep folder ``<runs>/claim_<name>``
+claims: fedau fedau_hetero feddisco fedlaw ida gossip fedfix (default: every one whose sweep folder ``<runs>/claim_<name>``
 exists). Curves are the mean over seeds with a ±1 sample-std band (ddof=1, as fedagg-report); each accuracy
 figure has a zoomed panel on the last 40 % of the rounds, where the full-range curves overlap (its y-range
 fits the mean curves within 0.15 of the best; one far below them is whole in the full panel). Nothing is
@@ -249,7 +249,57 @@ def fedau_hetero(runs, out: Path) -> None:
     fedau(runs, out, "claim_fedau_hetero")
 
 
-CLAIMS = {"fedau": fedau, "fedau_hetero": fedau_hetero, "feddisco": feddisco, "fedlaw": fedlaw, "ida": ida, "gossip": gossip}
+def arm(cfg: dict) -> str:
+    """claim_fedfix's arm of a run: the server mode, and sync's deadline."""
+    s = cfg["server"]
+    if s["mode"] == "sync":
+        return "sync FedAvg" if s.get("deadline_s") is None else f"sync FedAvg, deadline {s['deadline_s']:g} s"
+    return {"fedasync": "FedAsync", "fedbuff": f"FedBuff (K={s.get('buffer_size')})",
+            "fedfix": f"FedFix (window {s.get('window_s'):g} s)"}.get(s["mode"], s["mode"])
+
+
+def at_times(df: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
+    """Test accuracy of the last model scored at or before each simulated time of ``grid`` (NaN before the
+    first row): the step function fedagg-report --at-time and report_accuracy_time.png read."""
+    t = df["sim_time_s"].to_numpy(dtype=float)
+    a = df["test_accuracy"].to_numpy(dtype=float)
+    k = np.searchsorted(t, grid + 1e-9, side="right") - 1
+    return np.where(k >= 0, a[np.maximum(k, 0)], np.nan)
+
+
+def fedfix(runs, out: Path) -> None:
+    """Accuracy against simulated time per arm (mean ± std over seeds up to the earliest end among all runs),
+    a zoom on the last 40 % of that horizon, and every seed of FedAsync and FedFix on its own."""
+    g = group(runs, arm)
+    horizon = min(float(d["sim_time_s"].max()) for dfs in g.values() for d in dfs)
+    grid = np.linspace(0.0, horizon, 600)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.9))
+    for i, lab in enumerate(sorted(g)):
+        y = np.stack([at_times(d, grid) for d in g[lab]])
+        with np.errstate(all="ignore"):
+            m = np.nanmean(y, axis=0)
+            sd = np.nanstd(y, axis=0, ddof=1) if len(y) > 1 else np.zeros(grid.size)
+        for ax, keep in ((axes[0], grid >= 0), (axes[1], grid >= ZOOM * horizon)):
+            (line,) = ax.plot(grid[keep], m[keep], color=f"C{i}", lw=1.3, label=f"{lab} (n={len(y)})")
+            ax.fill_between(grid[keep], (m - sd)[keep], (m + sd)[keep], color=line.get_color(), alpha=0.15, lw=0)
+        if lab.startswith(("FedAsync", "FedFix")):
+            for j, row in enumerate(y):
+                axes[2].plot(grid, row, color=f"C{i}", lw=0.8, alpha=0.8, label=lab if j == 0 else None)
+    axes[0].set_title("test accuracy against simulated time (mean ± std over seeds)", fontsize=9)
+    axes[0].legend(fontsize=7, loc="lower right")
+    zoomed(axes[1], "same")
+    axes[1].set_title(f"zoom: the last {100 - int(ZOOM * 100)}% of the {horizon:.0f} s", fontsize=9)
+    axes[2].set_title("FedAsync and FedFix, every seed", fontsize=9)
+    axes[2].legend(fontsize=7, loc="lower right")
+    for ax in axes:
+        ax.set_xlabel("simulated seconds")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy")
+    save(fig, out / "claim_fedfix_accuracy_time.png")
+
+
+CLAIMS = {"fedau": fedau, "fedau_hetero": fedau_hetero, "feddisco": feddisco, "fedlaw": fedlaw, "ida": ida, "gossip": gossip,
+          "fedfix": fedfix}
 
 
 def main() -> None:

@@ -232,3 +232,44 @@ def test_report_on_an_async_run_folder_changes_none_of_its_files(real_sweep):
     new = {str(k) for k in set(after) - set(before)}
     assert new == {"runs.csv", "summary.csv", "summary.md", "report_accuracy.png", "report_accuracy_time.png",
                    "report_participation.png", "report_staleness.png"}  # (async weights are in async.applied)
+
+
+def test_accuracy_at_fixed_simulated_times_and_its_pairs(tmp_path, capsys):
+    """--at-time T: the last row at or before T (the model the server held at T); empty before the first row
+    and for a run that stopped before T; paired over the seeds where both runs cover T. The arms differ in
+    ``rounds`` (an update budget) and still pair by seed."""
+    root = tmp_path / "at"
+    # sync: rows at 2, 4, 6 s; fedasync: rows every 0.5 s up to 3 s (stops before 4 s)
+    for seed, bump in ((0, 0.0), (1, 0.1)):
+        clock_run(root / f"sync_{seed}", "sync", seed, [2, 4, 6], [0.3 + bump, 0.5 + bump, 0.7 + bump])
+        clock_run(root / f"async_{seed}", "fedasync", seed, [0.5, 1, 1.5, 2, 2.5, 3],
+                  [0.2, 0.4, 0.45, 0.6 - bump, 0.62, 0.64])
+    for name, n in (("sync_0", 3), ("sync_1", 3), ("async_0", 6), ("async_1", 6)):  # different budgets
+        cfg = yaml.safe_load((root / name / "config.yaml").read_text())
+        (root / name / "config.yaml").write_text(yaml.safe_dump({**cfg, "rounds": n}))
+    assert main([str(root), "--at-time", "1.9", "--at-time", "2", "--at-time", "4", "--no-plots",
+                 "--paired-against", "fedavg@server.mode=sync"]) == 0
+    out = capsys.readouterr().out
+    runs = pd.read_csv(root / "runs.csv").set_index("run")
+    assert pd.isna(runs.loc["sync_0", "acc_at_1.9s"])  # nothing scored before 2 s
+    assert runs.loc["sync_0", "acc_at_2s"] == 0.3 and runs.loc["sync_1", "acc_at_4s"] == pytest.approx(0.6)
+    assert runs.loc["async_0", "acc_at_1.9s"] == 0.45 and runs.loc["async_1", "acc_at_2s"] == pytest.approx(0.5)
+    assert pd.isna(runs.loc["async_0", "acc_at_4s"])  # stopped at 3 s: 4 s is not covered
+    s = pd.read_csv(root / "summary.csv").set_index("server.mode").loc["fedasync"]
+    assert s["paired_n"] == 2  # rounds 6 vs 3: a method key, the runs pair by seed
+    assert (s["paired_at_2s_n"], s["paired_at_2s_mean"]) == (2, pytest.approx(((0.6 - 0.3) + (0.5 - 0.4)) / 2))
+    assert s["paired_at_1.9s_n"] == 0 and s["paired_at_4s_n"] == 0
+    assert s["acc_at_1.9s_n"] == 2 and s["acc_at_1.9s_mean"] == pytest.approx(0.45)
+    assert "| acc at 2 s | Δ acc at 2 s vs fedavg@server.mode=sync [95% CI] |" in out
+    assert "+0.2000 [+0.1000, +0.3000] (n=2 of 2 pairs)" in out
+    assert "— (0 of 2 pairs both cover 4 s)" in out and "— (0/2)" in out
+    assert main([str(root), "--at-time", "0", "--no-plots"]) == 2
+    assert capsys.readouterr().err.strip() == "fedagg-report: --at-time 0 must be > 0 simulated seconds"
+
+
+def test_at_time_needs_runs_on_the_clock(tmp_path, capsys):
+    root = tmp_path / "noclock"
+    clock_run(root / "a_0", "sync", 0, None, [0.2, 0.7])
+    assert main([str(root), "--at-time", "5", "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--at-time 5: no run has sim_time_s" in err and "\n" not in err

@@ -1,4 +1,4 @@
-"""``fedagg-report <sweep folder> [--last-k 5] [--target 0.6] [--paired-against RULE] [--out DIR]``
+"""``fedagg-report <sweep folder> [--last-k 5] [--target 0.6] [--at-time T ...] [--paired-against RULE] [--out DIR]``
 
 Reads every run folder under a sweep (any depth; a run is a folder with
 config.yaml, or with status.json for a job that failed before writing its
@@ -9,8 +9,11 @@ config) and writes into ``--out`` (default: the sweep folder):
   first reaches ``--target`` (empty if never) and, for runs on the virtual
   clock (a device profile: metrics.csv has ``sim_time_s``), that round's
   simulated seconds ``time_to_target_s`` (empty if never, or without the
-  clock), and for rules with one model per node (gossip) the final mean-node
-  and worst-node accuracy;
+  clock), with each ``--at-time T`` the test accuracy at simulated time T
+  (``acc_at_<T>s``: the last row with ``sim_time_s`` <= T, the model the
+  server held then; empty when nothing was scored by T or the run stopped
+  before T), and for rules with one model per node (gossip) the final
+  mean-node and worst-node accuracy;
 * ``summary.csv`` / ``summary.md``: one row per group of runs that differ
   only in the seed: n completed, failed, mean ± sample std (ddof=1) over
   seeds; the Markdown table is printed to stdout too. summary.md also states
@@ -18,16 +21,22 @@ config) and writes into ``--out`` (default: the sweep folder):
   really averages (k, or fewer when fewer rounds ran); with ``--target``,
   rounds and simulated seconds to it as mean ± std over the runs that
   reached it, with "reached / runs" (for seconds: / runs on the clock);
+  with ``--at-time T``, the accuracy at T as mean ± std over the runs that
+  cover T, with "covered / runs";
 * with ``--paired-against RULE`` (an ``aggregator.name``): for every other
   group, the mean over seeds of (final accuracy − RULE's final accuracy),
   pairing the runs with the same seed and the same settings outside
-  ``aggregator.*``, ``train.*`` and ``server.*`` (so the same data,
+  ``aggregator.*``, ``train.*``, ``server.*`` and ``rounds`` (so the same data,
   partition, participation, devices and initial model), with a paired
   bootstrap 95 % confidence interval (percentiles of the mean of
   ``--bootstrap`` resamples of the seed pairs, drawn from the named stream
   ``(--bootstrap-seed, "report-bootstrap")``); with ``--target`` also the
   paired differences of rounds and of simulated seconds to the target, over
-  the pairs where both runs reached it ("n=2 of 5 pairs"). When the rule is
+  the pairs where both runs reached it ("n=2 of 5 pairs"), and with
+  ``--at-time T`` the paired differences of the accuracy at T over the pairs
+  where both runs cover T. ``rounds`` pairs like a method key: in the
+  asynchronous modes it is an update budget, and arms with different budgets
+  still run on the same data. When the rule is
   not swept (sync against asynchronous FedAvg), name the reference group:
   ``--paired-against fedavg@server.mode=sync``;
 * ``report_accuracy.png`` (test accuracy vs round, mean ± std band per
@@ -60,6 +69,7 @@ import json
 import math
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +79,12 @@ PLOTS = {"accuracy": "report_accuracy.png", "accuracy_time": "report_accuracy_ti
          "participation": "report_participation.png", "weights": "report_weights.png",
          "staleness": "report_staleness.png"}  # never a name a run writes (a run's own plot is accuracy.png)
 NODE_COLS = ("node_accuracy_mean", "node_accuracy_worst")  # written for per-node rules (gossip)
+EPS_S = 1e-9  # simulated-time comparisons allow the clock's rounding
+
+
+def at_time_col(t: float) -> str:
+    """runs.csv's column of ``--at-time t``: ``acc_at_30s``, ``acc_at_2.5s``."""
+    return f"acc_at_{t:g}s"
 
 
 class ReportError(Exception):
@@ -168,7 +184,19 @@ def load_rounds(run: Path) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- tables
-def run_stats(df: Any, last_k: int, target: float | None) -> dict[str, Any]:
+def accuracy_at(df: Any, t: float) -> float | None:
+    """Test accuracy at simulated time ``t``: the last row with ``sim_time_s`` <= t (the model the server
+    held at t); None when the run has no clock, scored nothing by t, or stopped before t."""
+    if SIM_TIME not in df.columns:
+        return None
+    times = df[SIM_TIME].astype(float)
+    if not len(times) or not times.max() >= t - EPS_S:
+        return None
+    before = df[times <= t + EPS_S]
+    return float(before[ACC].iloc[-1]) if len(before) else None
+
+
+def run_stats(df: Any, last_k: int, target: float | None, at_times: tuple[float, ...] = ()) -> dict[str, Any]:
     acc = df[ACC].astype(float)
     k = max(1, min(int(last_k), len(acc)))
     first_hit: int | None = None
@@ -187,7 +215,8 @@ def run_stats(df: Any, last_k: int, target: float | None) -> dict[str, Any]:
         "final_accuracy": float(acc.iloc[-k:].mean()),
         "best_accuracy": float(acc.max()),
         "rounds_to_target": first_hit,
-        **times,  # runs on the virtual clock: simulated seconds at that round (its metrics.csv sim_time_s)
+        **times,
+        **{at_time_col(t): accuracy_at(df, t) for t in at_times},  # runs on the virtual clock: simulated seconds at that round (its metrics.csv sim_time_s)
         # rules with one model per node (gossip): the nodes' own accuracy, mean and worst node
         **{f"final_{c}": float(df[c].astype(float).iloc[-k:].mean()) for c in NODE_COLS if c in df.columns},
     }
@@ -250,7 +279,7 @@ def _label(keys: list[str], vals: tuple, short: list[dict[Any, str]] | None = No
     return ", ".join(t if k.endswith(".name") else f"{k}={t}" for k, t in zip(keys, texts))
 
 
-def build_tables(root: Path, last_k: int = 5, target: float | None = None):
+def build_tables(root: Path, last_k: int = 5, target: float | None = None, at_times: tuple[float, ...] = ()):
     """(runs DataFrame, summary DataFrame, group keys, curves per run, run folders)."""
     import pandas as pd
 
@@ -282,16 +311,17 @@ def build_tables(root: Path, last_k: int = 5, target: float | None = None):
         row["seed"] = cfg.get("seed")
         row["status"] = status
         row["error"] = error
-        stats = run_stats(df, last_k, target) if (df is not None and status == "completed") else {
+        stats = run_stats(df, last_k, target, at_times) if (df is not None and status == "completed") else {
             "rounds_done": int(df["round"].max()) if df is not None else 0, "final_k": None,
-            "final_accuracy": None, "best_accuracy": None, "rounds_to_target": None}
+            "final_accuracy": None, "best_accuracy": None, "rounds_to_target": None,
+            **{at_time_col(t): None for t in at_times}}
         row.update(stats)
         rows.append(row)
     runs_df = pd.DataFrame(rows)
     if target is not None and any(m is not None and SIM_TIME in m.columns for m in metrics):
         runs_df["time_to_target_s"] = runs_df.get("time_to_target_s")  # NaN for runs without the clock
     for c in ("final_accuracy", "best_accuracy", "rounds_to_target", "time_to_target_s",
-              *(f"final_{c}" for c in NODE_COLS)):
+              *(f"final_{c}" for c in NODE_COLS), *(at_time_col(t) for t in at_times)):
         if c in runs_df.columns:
             runs_df[c] = pd.to_numeric(runs_df[c], errors="coerce")
     if target is not None:
@@ -324,6 +354,12 @@ def build_tables(root: Path, last_k: int = 5, target: float | None = None):
                 s["with_sim_time"] = int(done["run"].map(lambda r: _has_sim_time(curves_by_name.get(r))).sum())
                 s["time_to_target_s_mean"] = float(th.mean()) if len(th) else float("nan")
                 s["time_to_target_s_std"] = float(th.std(ddof=1)) if len(th) > 1 else float("nan")
+        for t in at_times:  # accuracy at simulated time t, over the runs that cover t
+            col = at_time_col(t)
+            at = done[col].dropna()
+            s[f"{col}_n"] = len(at)
+            s[f"{col}_mean"] = float(at.mean()) if len(at) else float("nan")
+            s[f"{col}_std"] = float(at.std(ddof=1)) if len(at) > 1 else float("nan")
         summary.append(s)
     summary_df = pd.DataFrame(summary)
     curves = {run: df for run, df in zip(runs, metrics)}
@@ -362,9 +398,21 @@ RULE_KEY = "aggregator.name"
 # (FedAU's preset gives each rule its own train.lr) and the server's schedule (server.mode sync | fedasync |
 # fedbuff | fedfix, its deadline, concurrency, buffer, window, staleness weights); runs pair when everything
 # else and the seed agree
+# keys of the method, not of the data: runs that differ in them still pair. ``rounds`` is the server-update
+# budget (in the asynchronous modes an update is a different amount of work: arms get different budgets)
 METHOD_KEYS = ("aggregator.", "train.", "server.")
+BUDGET_KEY = "rounds"
+
+
+def is_method_key(key: str) -> bool:
+    return key.startswith(METHOD_KEYS) or key == BUDGET_KEY
 # time-based columns paired with --target: (runs.csv column, its name in summary.csv's paired_* columns)
 TARGET_COLS = (("rounds_to_target", "rounds"), ("time_to_target_s", "time"))
+
+
+def at_time_cols(columns: Any) -> list[tuple[str, str]]:
+    """The ``--at-time`` columns among ``columns``, paired like TARGET_COLS: (acc_at_30s, at_30s)."""
+    return [(c, c[len("acc_"):]) for c in columns if c.startswith("acc_at_") and c.endswith("s")]
 
 
 def reference_spec(ref: str) -> tuple[str, dict[str, str]]:
@@ -423,7 +471,7 @@ def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int
     """For each group (tuple of its group-key values as str) that is not
     ``ref``: n pairs, mean of (final acc − ref's final acc) over seeds and its
     paired bootstrap 95 % CI. Runs pair when they share the seed and every
-    group key outside ``aggregator.*``, ``train.*`` and ``server.*`` (same
+    group key outside ``aggregator.*``, ``train.*``, ``server.*`` and ``rounds`` (same
     data, partition, participation, devices, initial model); only completed
     runs pair. With ``--target`` (a ``rounds_to_target`` / ``time_to_target_s``
     column), the same for rounds and simulated seconds to the target, over the
@@ -446,7 +494,7 @@ def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int
     if unswept:
         raise ReportError(f"--paired-against {ref}: {', '.join(unswept)} is not a swept key "
                           f"(swept: {', '.join(group_keys)})")
-    match_keys = [k for k in group_keys if not k.startswith(METHOD_KEYS)]
+    match_keys = [k for k in group_keys if not is_method_key(k)]
     done = runs_df[runs_df["status"] == "completed"]
     refs = done[[is_reference(r, ref, fixed_rule) for _, r in done.iterrows()]] if len(done) else done
     ref_groups = refs.groupby(group_keys, dropna=False, sort=False).ngroups
@@ -454,7 +502,7 @@ def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int
     if ref_groups > per_setting:
         raise ReportError(
             f"--paired-against {ref}: several groups of {ref} share the same data settings (they differ in "
-            f"{', '.join(k for k in group_keys if k.startswith(METHOD_KEYS) and k != RULE_KEY and k not in conds)}; "
+            f"{', '.join(k for k in group_keys if is_method_key(k) and k != RULE_KEY and k not in conds)}; "
             "name one with RULE@key=value); "
             "report them in separate sweeps")
 
@@ -482,7 +530,7 @@ def paired_against(runs_df: Any, group_keys: list[str], ref: str, resamples: int
                 d = [node_acc(r, c) - node_acc(q, c) for r, q in pairs]
                 lo, hi = paired_bootstrap_ci(d, resamples, seed)
                 res.update({f"paired_{c}_mean": float(np.mean(d)), f"paired_{c}_low": lo, f"paired_{c}_high": hi})
-        for col, name in TARGET_COLS:  # to the target: only the pairs where both runs reached it
+        for col, name in (*TARGET_COLS, *at_time_cols(runs_df.columns)):  # only the pairs where both have it
             if col not in runs_df.columns:
                 continue
             both = [(float(r[col]), float(q[col])) for r, q in pairs if not (pd_isna(r[col]) or pd_isna(q[col]))]
@@ -500,14 +548,14 @@ def pd_isna(v: Any) -> bool:
     return bool(pd.isna(v))
 
 
-def _fmt_target_diff(p: dict[str, Any], name: str, digits: int) -> str:
+def _fmt_target_diff(p: dict[str, Any], name: str, digits: int, both: str = "reached") -> str:
     """Δ rounds / seconds to the target: ``+1.50 [+0.00, +3.00] (n=2 of 3 pairs)``, n = pairs where both
-    runs reached it."""
+    runs reached it (``both``: what both runs of a counted pair did, e.g. "cover 30 s")."""
     total, n = p.get("paired_n"), p.get(f"paired_{name}_n")
     if total is None or pd_isna(total) or int(total) == 0:
         return "— (no pairs)"
     if n is None or pd_isna(n) or int(n) == 0:
-        return f"— (0 of {int(total)} pairs both reached)"
+        return f"— (0 of {int(total)} pairs both {both})"
     mean, lo, hi = p[f"paired_{name}_mean"], p[f"paired_{name}_low"], p[f"paired_{name}_high"]
     return f"{mean:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] (n={int(n)} of {int(total)} pairs)"
 
@@ -535,7 +583,7 @@ def _k_label(ks: Any, last_k: int) -> str:
 
 def summary_markdown(summary_df: Any, group_keys: list[str], last_k: int, target: float | None,
                      k_label: str | None = None, paired_ref: str | None = None,
-                     fixed_rule: str | None = None) -> str:
+                     fixed_rule: str | None = None, at_times: tuple[float, ...] = ()) -> str:
     import pandas as pd
 
     def is_ref(s: Any) -> bool:
@@ -575,6 +623,14 @@ def summary_markdown(summary_df: Any, group_keys: list[str], last_k: int, target
                     if f"paired_{name}_n" in summary_df.columns:
                         r[f"Δ {unit} to {target:g} vs {paired_ref} [95% CI]"] = (
                             "(reference)" if is_ref(s) else _fmt_target_diff(s.to_dict(), name, digits))
+        for t in at_times:
+            col = at_time_col(t)
+            n_at = int(s[f"{col}_n"])
+            r[f"acc at {t:g} s"] = f"{_fmt(s[f'{col}_mean'], s[f'{col}_std'], n_at)} ({n_at}/{r['n']})"
+            if paired_ref is not None and f"paired_{col[len('acc_'):]}_n" in summary_df.columns:
+                r[f"Δ acc at {t:g} s vs {paired_ref} [95% CI]"] = (
+                    "(reference)" if is_ref(s) else _fmt_target_diff(s.to_dict(), col[len("acc_"):], 4,
+                                                                     f"cover {t:g} s"))
         table.append(r)
     df = pd.DataFrame(table)
     if not group_keys:
@@ -904,7 +960,7 @@ def plot_heatmaps(path: Path, groups, runs_df, run_dirs, kind: str) -> Path | No
 # --------------------------------------------------------------------------- entry
 def report(root: Path, out: Path | None = None, last_k: int = 5, target: float | None = None,
            plots: bool = True, paired_ref: str | None = None, bootstrap: int = 10000,
-           bootstrap_seed: int = 0) -> dict[str, Any]:
+           bootstrap_seed: int = 0, at_times: Sequence[float] = ()) -> dict[str, Any]:
     root = Path(root)
     if not root.exists():
         raise ReportError(f"{root} does not exist")
@@ -914,8 +970,14 @@ def report(root: Path, out: Path | None = None, last_k: int = 5, target: float |
         raise ReportError(f"--last-k {last_k} must be >= 1")
     if bootstrap < 1:
         raise ReportError(f"--bootstrap {bootstrap} must be >= 1")
+    bad = [t for t in at_times if not (math.isfinite(t) and t > 0)]
+    if bad:
+        raise ReportError(f"--at-time {bad[0]:g} must be > 0 simulated seconds")
+    times = tuple(sorted(set(float(t) for t in at_times)))
     out = Path(out) if out is not None else root
-    runs_df, summary_df, group_keys, curves, run_dirs, configs = build_tables(root, last_k, target)
+    runs_df, summary_df, group_keys, curves, run_dirs, configs = build_tables(root, last_k, target, times)
+    if times and not any(_has_sim_time(m) for m in curves.values()):
+        raise ReportError(f"--at-time {times[0]:g}: no run has sim_time_s (the virtual clock needs a device_profile)")
     fixed_rule = fixed_settings(configs).get(RULE_KEY)
     fixed_rule = None if fixed_rule is None else str(fixed_rule)
     paired_note = ""
@@ -933,18 +995,22 @@ def report(root: Path, out: Path | None = None, last_k: int = 5, target: float |
                               c.startswith("paired_node") for c in summary_df.columns) else ".")
                        + (f" Δ {'rounds / sim s' if 'time_to_target_s' in runs_df.columns else 'rounds'} to "
                           f"{target:g}: the method's minus the reference's, over the pairs where both reached the "
-                          "target (n of the pairs)." if target is not None else ""))
+                          "target (n of the pairs)." if target is not None else "")
+                       + (" Δ acc at T s: the method's accuracy at simulated time T minus the reference's, over "
+                          "the pairs where both runs cover T (n of the pairs)." if times else ""))
     out.mkdir(parents=True, exist_ok=True)
     runs_df.to_csv(out / "runs.csv", index=False)
     summary_df.to_csv(out / "summary.csv", index=False)
     k_label = _k_label(runs_df["final_k"], last_k)
-    md = summary_markdown(summary_df, group_keys, last_k, target, k_label, paired_ref, fixed_rule)
+    md = summary_markdown(summary_df, group_keys, last_k, target, k_label, paired_ref, fixed_rule, times)
     n_failed = int((runs_df["status"] != "completed").sum())
     fewer = f" (--last-k {last_k}; fewer rounds ran)" if k_label != str(last_k) else ""
     fixed = fixed_settings_markdown({k: v for k, v in fixed_settings(configs).items() if k != "seed"})
+    at_note = (" acc at T s = test accuracy of the last update or round scored by simulated time T, over the "
+               "runs that ran to T (covered/runs)." if times else "")
     head = (f"# Sweep {root}\n\n{len(runs_df)} runs, {n_failed} failed; grouped by "
             f"{', '.join(group_keys) or '(nothing differs but the seed)'}; mean ± sample std over seeds; "
-            f"final acc = mean test accuracy of the last {k_label} rounds{fewer}.{paired_note}\n\n"
+            f"final acc = mean test accuracy of the last {k_label} rounds{fewer}.{at_note}{paired_note}\n\n"
             + (f"Settings shared by every run:\n\n{fixed}\n" if fixed else ""))
     fails = runs_df[runs_df["status"] != "completed"]
     tail = ""
@@ -977,12 +1043,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", type=float, default=None, metavar="ACC",
                     help="report the round, and for runs with a device profile the simulated seconds (sim_time_s), "
                          "at which test accuracy first reaches ACC (not reached: empty / —)")
+    ap.add_argument("--at-time", type=float, action="append", default=[], metavar="T",
+                    help="(repeatable) each run's test accuracy at simulated time T seconds: the last metrics.csv "
+                         "row with sim_time_s <= T (empty when nothing was scored by T or the run stopped before "
+                         "T); with --paired-against also paired differences over the pairs where both cover T")
     ap.add_argument("--out", default=None, help="where to write runs.csv, summary.md and plots (the sweep folder)")
     ap.add_argument("--no-plots", action="store_true", help="tables only")
     ap.add_argument("--paired-against", default=None, metavar="RULE",
                     help="an aggregator.name: report each other group's mean paired difference in final accuracy "
-                         "to it over seeds (runs pair by seed and every swept key outside aggregator.*, train.* and "
-                         "server.*), with a paired bootstrap 95%% CI; with --target also in rounds and simulated "
+                         "to it over seeds (runs pair by seed and every swept key outside aggregator.*, train.*, "
+                         "server.* and rounds), with a paired bootstrap 95%% CI; with --target also in rounds and simulated "
                          "seconds to the target, over the pairs where both reached it; RULE@key=value,... picks one "
                          "group of that rule (e.g. fedavg@aggregator.disco=false, fedavg@server.mode=sync)")
     ap.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the CI (10000)")
@@ -990,7 +1060,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         res = report(Path(a.sweep), Path(a.out) if a.out else None, a.last_k, a.target, plots=not a.no_plots,
-                     paired_ref=a.paired_against, bootstrap=a.bootstrap, bootstrap_seed=a.bootstrap_seed)
+                     paired_ref=a.paired_against, bootstrap=a.bootstrap, bootstrap_seed=a.bootstrap_seed,
+                     at_times=a.at_time)
     except ReportError as e:
         print(f"fedagg-report: {e}", file=sys.stderr)
         return 2
