@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -254,8 +255,11 @@ def arm(cfg: dict) -> str:
     s = cfg["server"]
     if s["mode"] == "sync":
         return "sync FedAvg" if s.get("deadline_s") is None else f"sync FedAvg, deadline {s['deadline_s']:g} s"
-    return {"fedasync": "FedAsync", "fedbuff": f"FedBuff (K={s.get('buffer_size')})",
-            "fedfix": f"FedFix (window {s.get('window_s'):g} s)"}.get(s["mode"], s["mode"])
+    if s["mode"] == "fedbuff":
+        return f"FedBuff (K={s.get('buffer_size')})"
+    if s["mode"] == "fedfix":
+        return f"FedFix (window {s.get('window_s'):g} s)"
+    return "FedAsync" if s["mode"] == "fedasync" else str(s["mode"])
 
 
 def at_times(df: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
@@ -276,7 +280,8 @@ def fedfix(runs, out: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.9))
     for i, lab in enumerate(sorted(g)):
         y = np.stack([at_times(d, grid) for d in g[lab]])
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # all-NaN columns before the first update
+            warnings.simplefilter("ignore", RuntimeWarning)
             m = np.nanmean(y, axis=0)
             sd = np.nanstd(y, axis=0, ddof=1) if len(y) > 1 else np.zeros(grid.size)
         for ax, keep in ((axes[0], grid >= 0), (axes[1], grid >= ZOOM * horizon)):
