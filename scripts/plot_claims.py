@@ -4,8 +4,8 @@
 
     python scripts/plot_claims.py [--runs experiments/runs] [--out experiments/figures] [claim ...]
 
-claims: fedau fedau_hetero feddisco fedlaw ida gossip fedfix (default: every one whose sweep folder ``<runs>/claim_<name>``
-exists). Curves are the mean over seeds with a ±1 sample-std band (ddof=1, as fedagg-report); each accuracy
+claims: fedau fedau_hetero feddisco fedlaw ida gossip fedfix compare_drift (default: every one whose sweep folder
+``<runs>/claim_<name>`` -- for compare_drift ``<runs>/compare_drift``, run folders at any depth below it -- exists). Curves are the mean over seeds with a ±1 sample-std band (ddof=1, as fedagg-report); each accuracy
 figure has a zoomed panel on the last 40 % of the rounds, where the full-range curves overlap (its y-range
 fits the mean curves within 0.15 of the best; one far below them is whole in the full panel). Nothing is
 smoothed or dropped (failed / unfinished runs, i.e. without status "completed", are skipped and counted on
@@ -33,7 +33,7 @@ DPI = 80
 
 def load_runs(sweep: Path) -> list[dict]:
     runs, skipped = [], 0
-    for cfg_path in sorted(sweep.glob("*/config.yaml")):
+    for cfg_path in sorted(p for p in sweep.rglob("config.yaml") if p.parent.name != ".hydra"):
         run = cfg_path.parent
         st = run / "status.json"
         m = run / "metrics.csv"
@@ -303,8 +303,28 @@ def fedfix(runs, out: Path) -> None:
     save(fig, out / "claim_fedfix_accuracy_time.png")
 
 
+def drift_label(c: dict) -> str:
+    """compare_drift's method of a run: the rule (FedProx = FedAvg with the proximal term) and FedDisco's weights."""
+    a = c["aggregator"]
+    name = "fedprox" if a["name"] == "fedavg" and a.get("proximal_mu") else a["name"]
+    return name + (" + Disco" if a.get("disco") else "")
+
+
+def compare_drift(runs, out: Path) -> None:
+    """Test accuracy per round under the two label skews; a colour per rule, dashed without FedDisco's weights."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4))
+    for col, (pname, title) in enumerate([("dirichlet", "Dir(0.1) label skew (labeldir01)"),
+                                          ("flwr_pathological", "#C=2 label skew (label2)")]):
+        g = group([r for r in runs if r["cfg"]["partition"]["name"] == pname], drift_label)
+        full_and_zoom(axes[0, col], axes[1, col], g,
+                      lambda i, lab: {"ls": "-" if "Disco" in lab else "--", "color": f"C{i // 2}"},
+                      title, ZOOM * last_round(runs))
+    grid_done(axes, out / "compare_drift_accuracy.png")
+
+
 CLAIMS = {"fedau": fedau, "fedau_hetero": fedau_hetero, "feddisco": feddisco, "fedlaw": fedlaw, "ida": ida, "gossip": gossip,
-          "fedfix": fedfix}
+          "fedfix": fedfix, "compare_drift": compare_drift}
+SWEEP = {"compare_drift": "compare_drift"}  # the sweep folder of a comparison that is not a claim_<name>
 
 
 def main() -> None:
@@ -319,7 +339,7 @@ def main() -> None:
     if bad:
         ap.error(f"unknown claim(s) {bad}; choose from {list(CLAIMS)}")
     for name in a.claims or list(CLAIMS):
-        sweep = Path(a.runs) / f"claim_{name}"
+        sweep = Path(a.runs) / SWEEP.get(name, f"claim_{name}")
         if not sweep.is_dir():
             print(f"{sweep}: no sweep folder, skipped", file=sys.stderr)
             continue

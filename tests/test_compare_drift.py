@@ -81,3 +81,34 @@ def test_report_pairs_against_one_group_of_a_rule(tmp_path, capsys):
     assert (out / "summary.md").read_text().count("(reference)") == 1
     assert main([str(root), "--paired-against", "fedavg@train.lr=0.1", "--no-plots"]) == 2
     assert "train.lr is not a swept key" in capsys.readouterr().err
+
+
+def test_plot_claims_draws_compare_drift_from_nested_sweeps(tmp_path):
+    """scripts/plot_claims.py compare_drift reads run folders at any depth below <runs>/compare_drift (the
+    evidence ran as two sub-sweeps), skips .hydra/config.yaml, and tells FedProx from FedAvg and ± Disco."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from fedagg_testing import ROOT
+
+    for sub, part in (("base", "dirichlet"), ("state", "flwr_pathological")):
+        _sweep(tmp_path / "runs" / "compare_drift" / sub)
+        for cfg_path in (tmp_path / "runs" / "compare_drift" / sub).glob("*/config.yaml"):
+            cfg = yaml.safe_load(cfg_path.read_text())
+            cfg["partition"]["name"] = part
+            cfg_path.write_text(yaml.safe_dump(cfg))
+            (cfg_path.parent / ".hydra").mkdir()
+            (cfg_path.parent / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"not": "a run"}))
+    f = subprocess.run([sys.executable, "scripts/plot_claims.py", "compare_drift", "--runs", str(tmp_path / "runs"),
+                        "--out", str(tmp_path / "fig")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert f.returncode == 0, f.stderr[-2000:]
+    png = tmp_path / "fig" / "compare_drift_accuracy.png"
+    assert png.stat().st_size > 10_000
+    spec = importlib.util.spec_from_file_location("plot_claims", ROOT / "scripts" / "plot_claims.py")
+    pc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pc)
+    runs = pc.load_runs(tmp_path / "runs" / "compare_drift")
+    assert len(runs) == 36  # 2 sub-sweeps x 3 rules x 2 x 3 seeds; no .hydra config counted
+    assert sorted({pc.drift_label(r["cfg"]) for r in runs}) == [
+        "fedavg", "fedavg + Disco", "fednova", "fednova + Disco", "fedprox", "fedprox + Disco"]
