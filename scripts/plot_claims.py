@@ -149,15 +149,22 @@ def disco_label(c: dict) -> str:
     return base + (" + Disco" if c["aggregator"]["name"] == "feddisco" else "")
 
 
-def feddisco(runs, out: Path) -> None:
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6.4))
-    for col, (pname, title) in enumerate([("dirichlet", "NIID-1 (Dirichlet β=0.5, 10 clients)"),
-                                          ("niid2", "NIID-2 (5 biased + 1 unbiased)")]):
-        g = group([r for r in runs if r["cfg"]["partition"]["name"] == pname], disco_label)
+def disco_pairs(runs, out: Path, label, panels: list[tuple[str, str]], size: tuple[float, float]) -> None:
+    """Test accuracy per round, a column per partition in ``panels`` (name, title); a colour per base method,
+    solid with FedDisco's weights and dashed without (labels sort in pairs: 'X', 'X + Disco')."""
+    fig, axes = plt.subplots(2, len(panels), figsize=size, squeeze=False)
+    for col, (pname, title) in enumerate(panels):
+        g = group([r for r in runs if r["cfg"]["partition"]["name"] == pname], label)
         full_and_zoom(axes[0, col], axes[1, col], g,
                       lambda i, lab: {"ls": "-" if "Disco" in lab else "--", "color": f"C{i // 2}"},
                       title, ZOOM * last_round(runs))
-    grid_done(axes, out / "claim_feddisco_accuracy.png")
+    grid_done(axes, out)
+
+
+def feddisco(runs, out: Path) -> None:
+    disco_pairs(runs, out / "claim_feddisco_accuracy.png", disco_label,
+                [("dirichlet", "NIID-1 (Dirichlet β=0.5, 10 clients)"), ("niid2", "NIID-2 (5 biased + 1 unbiased)")],
+                (9, 6.4))
 
 
 def fedlaw(runs, out: Path) -> None:
@@ -312,14 +319,9 @@ def drift_label(c: dict) -> str:
 
 def compare_drift(runs, out: Path) -> None:
     """Test accuracy per round under the two label skews; a colour per rule, dashed without FedDisco's weights."""
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4))
-    for col, (pname, title) in enumerate([("dirichlet", "Dir(0.1) label skew (labeldir01)"),
-                                          ("flwr_pathological", "#C=2 label skew (label2)")]):
-        g = group([r for r in runs if r["cfg"]["partition"]["name"] == pname], drift_label)
-        full_and_zoom(axes[0, col], axes[1, col], g,
-                      lambda i, lab: {"ls": "-" if "Disco" in lab else "--", "color": f"C{i // 2}"},
-                      title, ZOOM * last_round(runs))
-    grid_done(axes, out / "compare_drift_accuracy.png")
+    disco_pairs(runs, out / "compare_drift_accuracy.png", drift_label,
+                [("dirichlet", "Dir(0.1) label skew (labeldir01)"), ("flwr_pathological", "#C=2 label skew (label2)")],
+                (10, 6.4))
 
 
 CLAIMS = {"fedau": fedau, "fedau_hetero": fedau_hetero, "feddisco": feddisco, "fedlaw": fedlaw, "ida": ida, "gossip": gossip,
