@@ -34,7 +34,7 @@ from typing import Annotated, Any
 import numpy as np
 from annotated_types import Gt
 
-from ..task.correction import LR_STEPS
+from ..task.correction import missing_term_problem
 from .base import (
     AggregatorContext,
     ClientUpdate,
@@ -66,11 +66,7 @@ class FedDyn(DiscoComposable):
         return {"rule": "feddyn", "alpha": self.alpha}
 
     def update_problem(self, update: ClientUpdate) -> str | None:
-        if update.extras is not None and LR_STEPS in update.extras:
-            return None
-        return (f"aggregator 'feddyn' needs the dynamic regulariser applied in local training, which fedagg's "
-                f"ClientApp does and says with '{LR_STEPS}' in the reply's 'fedagg.rule-reply' ArrayRecord; "
-                "this reply lacks it")
+        return missing_term_problem("feddyn", "the dynamic regulariser", update.extras)
 
     def aggregate(self, global_params, updates, info):
         names = [n for n, a in global_params.items() if is_learnable(n, a)]

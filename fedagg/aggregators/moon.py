@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 from annotated_types import Ge, Gt
 
-from ..task.correction import LR_STEPS
+from ..task.correction import missing_term_problem
 from .base import AggregatorContext, ClientUpdate
 from .fedavg import FedAvg
 from .registry import register
@@ -50,8 +50,4 @@ class Moon(FedAvg):
         return {"rule": "moon", "mu": self.mu, "temperature": self.temperature}
 
     def update_problem(self, update: ClientUpdate) -> str | None:
-        if update.extras is not None and LR_STEPS in update.extras:
-            return None
-        return (f"aggregator 'moon' needs the model-contrastive term applied in local training, which fedagg's "
-                f"ClientApp does and says with '{LR_STEPS}' in the reply's 'fedagg.rule-reply' ArrayRecord; "
-                "this reply lacks it")
+        return missing_term_problem("moon", "the model-contrastive term", update.extras)

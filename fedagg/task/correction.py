@@ -45,6 +45,15 @@ REPLY_DC = "dc."  # reply: c_i+ - c_i
 LR_STEPS = "lr_steps"  # reply: K * lr, shape (1,), float64
 
 
+def missing_term_problem(rule: str, term: str, extras: Mapping[str, np.ndarray] | None) -> str | None:
+    """The refusal of a reply without ``LR_STEPS``: its client did not apply ``rule``'s ``term`` in local
+    training (fedagg's ClientApp applies it and says so with ``LR_STEPS``); None when the reply has it."""
+    if extras is not None and LR_STEPS in extras:
+        return None
+    return (f"aggregator '{rule}' needs {term} applied in local training, which fedagg's ClientApp does and says "
+            f"with '{LR_STEPS}' in the reply's 'fedagg.rule-reply' ArrayRecord; this reply lacks it")
+
+
 @dataclass(frozen=True)
 class Correction:
     rule: str
