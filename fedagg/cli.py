@@ -260,6 +260,7 @@ def _sweep() -> None:
 
 def main() -> None:
     from .help import help_text, version
+    from .outcomes import interrupt_with_subclass
     from .preflight import check
     from .resume import expand_resume
 
@@ -271,6 +272,7 @@ def main() -> None:
         print(help_text(CONF_DIR))
         return
     multirun = "-m" in argv or "--multirun" in argv
+    interrupt_with_subclass()
     _SWEEP.update(interrupted=None, failed=False, job_started=False)
     # Hydra's own handler prints composition errors over several lines and exits 1;
     # let them reach us instead, and print them as one line with exit status 2.

@@ -99,6 +99,26 @@ class FailureWatch:
                             f"failed or was rejected; first: {self.first_error}")
 
 
+class Interrupted(KeyboardInterrupt):
+    """What fedagg's signal handlers raise. A subclass on purpose: CPython
+    remembers a plain KeyboardInterrupt that leaves code run by ``exec(str)`` (as
+    numpy/scipy do on import) as unhandled, and a ``python -m`` process then kills
+    itself by SIGINT at exit (status -2) even after the exception was caught and
+    ``sys.exit(130)`` was called; it checks for the exact type only."""
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def interrupt_with_subclass() -> None:
+    """Outside a run's :class:`Interrupts` too (config checks, Hydra set-up), Ctrl-C
+    raises :class:`Interrupted` instead of Python's plain KeyboardInterrupt. Where
+    SIGINT is ignored (started in the background) it stays ignored."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_interrupted)
+
+
 _ACTIVE: list[Interrupts] = []
 SWEEP_STOP_ENV = "FEDAGG_SWEEP_STOP"
 
@@ -183,9 +203,9 @@ class Interrupts:
         name = signal.Signals(signum).name
         if self.startup:
             self.requested = name
-            raise KeyboardInterrupt(f"by {name} during start-up, before round 1")
+            raise Interrupted(f"by {name} during start-up, before round 1")
         if self.requested is not None:
-            raise KeyboardInterrupt(f"by a second {name} in the middle of a round")
+            raise Interrupted(f"by a second {name} in the middle of a round")
         self.requested = name
         if self._on_first is not None:
             self._on_first(name)
