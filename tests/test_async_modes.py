@@ -286,6 +286,34 @@ def test_fedbuff_with_the_whole_federation_in_one_buffer_is_synchronous_fedavg(t
         pytest.approx([float(r["sim_time_s"]) for r in rows(tmp_path / "sync")])
 
 
+def test_fedasync_trains_jobs_of_several_versions_in_one_stack_with_each_ones_numbers(tmp_path):
+    """FedAsync sends one job per server update, each with a new model version; the jobs wait until one of them
+    is due and then train together, stacked across versions (each client on its own round's shuffle stream).
+    The stacked run equals the client-by-client run to float rounding; with the stack's first round used for
+    every client, the shuffles differ and so do the models."""
+    common = [*SMALL, "rounds=12", "runtime=inprocess", "device_profile=lognormal", "server.mode=fedasync",
+              "server.concurrency=4"]
+    run(compose(*common, "runtime.vectorize=true"), tmp_path / "stacked")
+    run(compose(*common, "runtime.vectorize=false"), tmp_path / "one")
+    d = details(tmp_path / "stacked")
+    trained = [line["async"]["trained"] for line in d]
+    versions = {}  # jobs trained together: the versions they were sent
+    pending: list[int] = []
+    for line in d:
+        pending += [j["version"] for j in line["async"]["dispatched"]]
+        if line["async"]["trained"]:
+            versions[line["round"]] = set(pending[: line["async"]["trained"]])
+            pending = pending[line["async"]["trained"]:]
+    assert sum(t > 0 for t in trained) < len(d) and max(trained) > 1, trained  # batches, not a call per update
+    assert any(len(v) > 1 for v in versions.values()), versions  # a stack of several model versions
+    assert trained == [line["async"]["trained"] for line in details(tmp_path / "one")]
+    a, b = rows(tmp_path / "stacked"), rows(tmp_path / "one")
+    assert [float(r["test_accuracy"]) for r in a] == pytest.approx([float(r["test_accuracy"]) for r in b], abs=1e-9)
+    ma, mb = torch.load(tmp_path / "stacked" / "model.pt"), torch.load(tmp_path / "one" / "model.pt")
+    for k in ma:
+        torch.testing.assert_close(ma[k], mb[k], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_ray_worker_count_does_not_change_an_async_run(trace, tmp_path):
     pytest.importorskip("ray")

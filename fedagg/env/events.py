@@ -28,8 +28,9 @@ while at most half are busy, so a dispatch costs O(1) however many clients are r
 (the version it was sent) = server updates since its download; a fresh update has staleness 0.
 
 :meth:`Schedule.advance` runs the events up to the next server update and returns a :class:`Step`: the jobs
-dispatched on the way (all with the current version, so the caller trains them in one batch *before*
-applying the update, whatever their finish times) and the jobs the update applies, in the order applied.
+dispatched on the way (all with the current version; the caller trains them when one of them is due, in one
+batch with every other job waiting then, whatever their finish times) and the jobs the update applies, in the
+order applied.
 Everything is a pure function of the clock, the seed and the state (``state_dict``), which a checkpoint
 holds, so a resumed run continues the same schedule.
 """

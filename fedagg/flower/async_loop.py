@@ -9,10 +9,14 @@ Each pass of :meth:`AsyncLoop.start` is one server update (``rounds`` counts the
 1. :meth:`Schedule.advance <fedagg.env.events.Schedule.advance>` runs the virtual clock's events up to the next
    server update: the jobs it dispatched on the way (all sent the current model) and the jobs the update
    applies, in the order applied;
-2. the dispatched jobs train together: one ``grid.send_and_receive`` with one TRAIN message per job (so the
-   simulation grids cut them into vectorised chunks over the Ray pool), as ``server-round`` = the version
-   they help create -- training never depends on the clock, and the order of events is the clock's alone;
-   their validated updates wait, with the model they were sent, until the update that applies them;
+2. the dispatched jobs wait, with the model they were sent, until an update applies a job not yet trained;
+   then every waiting job trains at once, whatever version it was sent: one ``grid.send_and_receive`` with
+   one TRAIN message per job, ``server-round`` = the version the job's dispatch helped create (so the
+   simulation grids cut them into vectorised chunks over the Ray pool, a chunk stacking several versions,
+   each client on its own round's shuffle stream) -- a job's numbers never depend on when or with whom it
+   trains, and the order of events is the clock's alone; the validated updates wait until the update that
+   applies them. (FedAsync dispatches one job per update: trained one version at a time, its batches
+   would be single clients.);
 3. :class:`~fedagg.aggregators.asynchronous.AsyncServerStep` applies the arrived updates (staleness, weights);
 4. the server model is evaluated and the round callbacks see a :class:`RoundRecord` per update (metrics.csv
    and rounds.jsonl rows, the console line, checkpoints, the run's outcome).
@@ -47,6 +51,15 @@ EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 
 @dataclass
+class Waiting:
+    """Jobs dispatched with one model version, not trained yet."""
+
+    version: int  # their messages' server-round
+    jobs: list[Job]
+    sent: Params  # the global model they were sent
+
+
+@dataclass
 class Trained:
     """A dispatched job's result, held until the update that applies it."""
 
@@ -68,9 +81,10 @@ class AsyncUpdates:
         self.strategy, self.step, self.mode, self.concurrency = strategy, step, mode, int(concurrency)
         self.trained: dict[int, Trained] = {}  # job seq -> its result
 
-    def apply(self, st: Step, dispatched: Sequence[Mapping[str, Any]]) -> RoundRecord:
+    def apply(self, st: Step, dispatched: Sequence[Mapping[str, Any]], trained: int | None = None) -> RoundRecord:
         """The server update ``st`` (version ``st.version``, the jobs ``st.applied`` in the order applied) by
-        :class:`AsyncServerStep`; ``dispatched``: the jobs sent since the previous update (logged)."""
+        :class:`AsyncServerStep`; ``dispatched``: the jobs sent since the previous update (logged);
+        ``trained``: how many jobs trained together just before it (simulation; logged)."""
         s = self.strategy
         items: list[Applied] = []
         jobs: list[Job] = []
@@ -97,6 +111,8 @@ class AsyncUpdates:
             "staleness_mean": float(np.mean(tau)) if tau else None, "staleness_max": max(tau) if tau else None,
             "async": {"mode": self.mode, "time_s": st.time_s, "applied": applied, "dispatched": list(dispatched)},
         }
+        if trained is not None:
+            metrics["async"]["trained"] = trained
         return RoundRecord(st.version, asked, [j.client for j in jobs], failed, rejected,
                            train_loss_of([it.update for it in items]), metrics)
 
@@ -149,28 +165,43 @@ class AsyncLoop(AsyncUpdates):
     def __init__(self, strategy: FedaggStrategy, schedule: Schedule, step: AsyncServerStep) -> None:
         super().__init__(strategy, step, schedule.mode, schedule.concurrency)
         self.schedule = schedule
+        self.waiting: list[Waiting] = []
 
     # -- one server update ---------------------------------------------------------------
-    def _train(self, version: int, jobs: Sequence[Job], grid: Grid, timeout: float | None) -> None:
+    def _train(self, version: int, grid: Grid, timeout: float | None) -> int:
+        """Every waiting job, in one call (a job is in flight once: its client's node names it); how many."""
         s = self.strategy
-        sent = s.params
-        msgs = s.train_messages(version, [j.client for j in jobs], params_to_record(sent), ConfigRecord())
+        msgs: list[Any] = []
+        jobs: dict[int, tuple[int, Params]] = {}
+        for w in self.waiting:
+            msgs += s.train_messages(w.version, [j.client for j in w.jobs], params_to_record(w.sent),
+                                     ConfigRecord(), model=w.sent)
+            jobs.update(s.sent_jobs())
+        for m in msgs:  # one batch: its replies are matched by node
+            m.metadata.group_id = str(version)
         replies = list(grid.send_and_receive(msgs, timeout=timeout))
-        updates, _, failed, rejected = s.collect(version, replies)
+        updates, _, failed, rejected = s.collect(version, replies, jobs=jobs)
         got = {u.client_id: u for u in updates}
-        for j in jobs:
-            self.trained[j.seq] = Trained(got.get(j.client), sent, failed.get(j.client), rejected.get(j.client))
+        for w in self.waiting:
+            for j in w.jobs:
+                self.trained[j.seq] = Trained(got.get(j.client), w.sent, failed.get(j.client),
+                                              rejected.get(j.client))
+        self.waiting = []
+        return len(jobs)
 
     def update(self, grid: Grid, timeout: float | None) -> RoundRecord:
         st = self.schedule.advance()
         if st.dispatched:
-            self._train(st.version, st.dispatched, grid, timeout)
-        return self.apply(st, [j.log() for j in st.dispatched])
+            self.waiting.append(Waiting(st.version, list(st.dispatched), self.strategy.params))
+        trained = self._train(st.version, grid, timeout) if any(j.seq not in self.trained for j in st.applied) else 0
+        return self.apply(st, [j.log() for j in st.dispatched], trained)
 
     # -- checkpoint -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"schedule": self.schedule.state_dict(), "trained": dict(self.trained)}
+        return {"schedule": self.schedule.state_dict(), "trained": dict(self.trained),
+                "waiting": list(self.waiting)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.schedule.load_state_dict(state["schedule"])
         self.trained = dict(state["trained"])
+        self.waiting = list(state.get("waiting", []))

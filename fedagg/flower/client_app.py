@@ -185,12 +185,17 @@ def _stackable(clients: Sequence[_Client]) -> str | None:
         _UNSTACKABLE[key] = unsupported_reason(_model(first.model), optimizer=first.train.optimizer,
                                                input_shape=first.model.input_shape)
     reason = _UNSTACKABLE[key]
-    if reason is None:
-        same = replace(first, plan=SimPlan())
+    if reason is None:  # the round may differ (the asynchronous modes stack model versions), the learning rate not
+        same = replace(first, plan=SimPlan(), round=0)
         others = {id(c.instr): c.instr for c in clients[1:] if c.instr is not first}  # shared decodings compared once
-        if any(replace(i, plan=SimPlan()) != same for i in others.values()):
+        if any(replace(i, plan=SimPlan(), round=0) != same or _lr(i) != _lr(first) for i in others.values()):
             reason = "the chunk's clients have different training setups"
     return reason
+
+
+def _lr(instr: ClientInstruction) -> float:
+    o = instr.train
+    return round_lr(o.lr, instr.round, o.lr_decay, o.lr_decay_every)
 
 
 def _train_clients(clients: Sequence[_Client], context: Context, stacked: bool = False,
@@ -224,13 +229,13 @@ def _train_clients(clients: Sequence[_Client], context: Context, stacked: bool =
                     raise _fault(pid, work.fault, work.steps)
                 members.append((j, Member(pid, data.x_train, data.y_train, params, epochs=instr.epochs,
                                           steps=instr.train.steps, work_fraction=work.work_fraction,
-                                          correction=corr),
+                                          correction=corr, round=instr.round),
                                 len(data.y_train), hist))
                 continue
             opts = instr.train
             model = _model(instr.model)
             set_params(model, params)
-            lr = round_lr(opts.lr, instr.round, opts.lr_decay, opts.lr_decay_every)
+            lr = _lr(instr)
             # a dropout trains half the round, then disappears; a straggler does part of it
             res = train_local(
                 model, data.x_train, data.y_train,
@@ -252,7 +257,7 @@ def _train_clients(clients: Sequence[_Client], context: Context, stacked: bool =
     if members:
         first = clients[members[0][0]].instr
         opts = first.train
-        lr = round_lr(opts.lr, first.round, opts.lr_decay, opts.lr_decay_every)
+        lr = _lr(first)  # the chunk's clients share it (_stackable)
         lead = members[0][1].correction
         extra_wd = lead.extra_wd if lead is not None else 0.0  # FedDyn's alpha (the chunk's clients share it)
         try:

@@ -342,17 +342,20 @@ class FedaggStrategy(Strategy):
         return msgs
 
     def train_messages(self, server_round: int, clients: Sequence[int], arrays: ArrayRecord,
-                       config: ConfigRecord) -> list[Message]:
+                       config: ConfigRecord, model: Params | None = None) -> list[Message]:
         """One TRAIN message per client of ``clients`` with ``arrays`` (the asynchronous modes' batch of jobs
-        sent one model version; ``configure_train``'s asked clients); they become the clients of this round."""
+        sent one model version; ``configure_train``'s asked clients); they become the clients of this round.
+        ``model``: the global model ``arrays`` holds, when it is not the current one (an asynchronous job
+        dispatched at an earlier version, trained later)."""
         agg, opts = self.aggregator, self.options
         self._sent, self._round = {}, server_round
         msgs = []
-        srv = agg.server_arrays(self.params)  # a rule's arrays for every client (SCAFFOLD's c): one record
+        base = self.params if model is None else model
+        srv = agg.server_arrays(base)  # a rule's arrays for every client (SCAFFOLD's c): one record
         srv_rec = params_to_record(srv) if srv else None
         config_of = self._configs(config, server_round, True)
         for cid in clients:
-            params = agg.params_for(cid, self.params)
+            params = agg.params_for(cid, base)
             rec = arrays if not agg.per_node_models else params_to_record(params)
             node = self.node_of[cid]
             content = RecordDict({opts.arrayrecord_key: rec, opts.configrecord_key: config_of(cid)})

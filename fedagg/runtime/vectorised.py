@@ -2,7 +2,8 @@
 
 A simulation grid hands a round's TRAIN messages to :func:`plan_chunks`,
 which groups them by training setup (model, data spec, batch size, learning
-rate, momentum, weight decay, FedProx mu, seed, round, device), orders each
+rate of the round, momentum, weight decay, FedProx mu, seed, device; not the round
+itself: each client shuffles with its own round's stream), orders each
 group by planned step count, then client id, and cuts it into fixed-size
 chunks of ``runtime.cohort_chunk`` clients -- so a chunk's composition, and
 therefore every number it produces, depends neither on the number of workers
@@ -39,6 +40,7 @@ from ..errors import ConfigError
 from ..flower.protocol import CONFIG, DATA_PATH, INSTRUCTION, PARTITION_ID, ClientInstruction
 from ..task.cohort import log_fallback_once, slower_reason, unsupported_reason
 from ..task.contrastive import UNSTACKED
+from ..task.train import round_lr
 from .calls import ERROR_CODE_CLIENT_EXCEPTION, reply_from_node
 
 if TYPE_CHECKING:
@@ -115,9 +117,11 @@ def _instruction(msg: Message) -> ClientInstruction:
 
 
 def _group_key(msg: Message) -> str | None:
-    """Everything but the per-client simulation plan (epochs, work fraction, fault): the
-    instruction's JSON (sorted keys) without its ``plan`` entry; None if there is no
-    readable instruction (the ClientApp then answers with the error)."""
+    """Everything but the per-client simulation plan (epochs, work fraction, fault) and the
+    round: the instruction's JSON (sorted keys) without its ``plan`` entry, with the round's
+    learning rate in place of the round (the asynchronous modes send several model versions
+    at once: their clients stack, each on its own round's shuffle stream); None if there is
+    no readable instruction (the ClientApp then answers with the error)."""
     try:
         raw = msg.content[CONFIG][INSTRUCTION]
     except Exception:  # noqa: BLE001 - no instruction: leave it to the ClientApp's error reply
@@ -130,6 +134,8 @@ def _key_of(raw: str) -> str | None:
     try:
         d = json.loads(raw)
         d.pop("plan")
+        t = d["train"]
+        d["round_lr"] = round_lr(float(t["lr"]), int(d.pop("round")), float(t["lr_decay"]), int(t["lr_decay_every"]))
     except Exception:  # noqa: BLE001 - malformed: leave it to the ClientApp's error reply
         return None
     return json.dumps(d, sort_keys=True)

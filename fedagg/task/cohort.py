@@ -78,6 +78,7 @@ class Member:
     steps: int = 0
     work_fraction: float = 1.0
     correction: Correction | None = None  # SCAFFOLD's / FedAvg-M's term (all members have one, or none)
+    round: int | None = None  # its shuffle stream's round (None: the cohort's); the asynchronous modes stack versions
 
 
 _UNSUPPORTED_LAYERS: tuple[tuple[type, str], ...] = (
@@ -143,7 +144,7 @@ def _batches(members: Sequence[Member], totals: list[int], batch_size: int, seed
         n = len(m.y)
         if total == 0:
             continue
-        gen = torch_generator(seed, "shuffle", rnd, m.client)
+        gen = torch_generator(seed, "shuffle", rnd if m.round is None else m.round, m.client)
         nb = -(-n // batch_size)
         pad = nb * batch_size - n
         done = 0
