@@ -286,6 +286,45 @@ def test_fedbuff_with_the_whole_federation_in_one_buffer_is_synchronous_fedavg(t
         pytest.approx([float(r["sim_time_s"]) for r in rows(tmp_path / "sync")])
 
 
+@pytest.mark.parametrize("mode", ["fedbuff", "fedfix"])
+def test_waiting_to_train_gives_every_job_the_numbers_of_training_it_at_dispatch(mode, monkeypatch, trace, tmp_path):
+    """Jobs train when one of them is due, not when dispatched; each job's numbers are those of training it at
+    once. In fedbuff and fedfix a client can wait with two jobs (its arrived one, untrained, and the next it was
+    sent): both train, in separate calls (one call's replies are matched by node; in one call the second job's
+    reply stood for both)."""
+    from fedagg.flower import async_loop as al
+
+    def at_dispatch(self, grid, timeout):  # the reference: every dispatched batch trained at once
+        st = self.schedule.advance()
+        trained = 0
+        if st.dispatched:
+            self.waiting.append(al.Waiting(st.version, list(st.dispatched), self.strategy.params))
+            trained = self._train(st.version, grid, timeout)
+        return self.apply(st, [j.log() for j in st.dispatched], trained)
+
+    common = [*BASE, trace, "rounds=8", "runtime.vectorize=false", f"server.mode={mode}", "server.concurrency=5",
+              "server.buffer_size=3", "server.window_s=0.6"]
+    run(compose(*common), tmp_path / "waits")
+    with monkeypatch.context() as m:
+        m.setattr(al.AsyncLoop, "update", at_dispatch)
+        run(compose(*common), tmp_path / "at_once")
+    d = details(tmp_path / "waits")
+    seen: dict[int, int] = {}  # a client with a second job dispatched before its first was applied
+    twice = False
+    for line in d:
+        for j in line["async"]["dispatched"]:
+            twice |= j["client"] in seen
+            seen[j["client"]] = j["seq"]
+        for j in line["async"]["applied"]:
+            seen.pop(j["client"], None)
+    assert twice, "no client had two jobs waiting: the case under test did not happen"
+    drop = ("round_seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in rows(tmp_path / "waits")] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in rows(tmp_path / "at_once")]
+    ma, mb = torch.load(tmp_path / "waits" / "model.pt"), torch.load(tmp_path / "at_once" / "model.pt")
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
 def test_fedasync_trains_jobs_of_several_versions_in_one_stack_with_each_ones_numbers(tmp_path):
     """FedAsync sends one job per server update, each with a new model version; the jobs wait until one of them
     is due and then train together, stacked across versions (each client on its own round's shuffle stream).

@@ -169,25 +169,40 @@ class AsyncLoop(AsyncUpdates):
 
     # -- one server update ---------------------------------------------------------------
     def _train(self, version: int, grid: Grid, timeout: float | None) -> int:
-        """Every waiting job, in one call (a job is in flight once: its client's node names it); how many."""
+        """Every waiting job; how many. A client can wait with two jobs (one that arrived untrained, and the
+        one it was sent next), and a call's replies are matched by node: a job goes into the first call
+        without its client, so the calls are as few as that allows (one, mostly)."""
+        calls: list[list[tuple[Waiting, Job]]] = []
+        for w in self.waiting:
+            for j in w.jobs:
+                call = next((c for c in calls if all(k.client != j.client for _, k in c)), None)
+                if call is None:
+                    calls.append(call := [])
+                call.append((w, j))
+        for call in calls:
+            self._train_call(version, call, grid, timeout)
+        self.waiting = []
+        return sum(len(c) for c in calls)
+
+    def _train_call(self, version: int, call: Sequence[tuple[Waiting, Job]], grid: Grid,
+                    timeout: float | None) -> None:
         s = self.strategy
         msgs: list[Any] = []
         jobs: dict[int, tuple[int, Params]] = {}
-        for w in self.waiting:
-            msgs += s.train_messages(w.version, [j.client for j in w.jobs], params_to_record(w.sent),
+        groups: dict[int, tuple[Waiting, list[Job]]] = {}  # the call's jobs by the version they were sent
+        for w, j in call:
+            groups.setdefault(id(w), (w, []))[1].append(j)
+        for w, group in groups.values():
+            msgs += s.train_messages(w.version, [j.client for j in group], params_to_record(w.sent),
                                      ConfigRecord(), model=w.sent)
             jobs.update(s.sent_jobs())
-        for m in msgs:  # one batch: its replies are matched by node
+        for m in msgs:  # one call: its replies are matched by node
             m.metadata.group_id = str(version)
         replies = list(grid.send_and_receive(msgs, timeout=timeout))
         updates, _, failed, rejected = s.collect(version, replies, jobs=jobs)
         got = {u.client_id: u for u in updates}
-        for w in self.waiting:
-            for j in w.jobs:
-                self.trained[j.seq] = Trained(got.get(j.client), w.sent, failed.get(j.client),
-                                              rejected.get(j.client))
-        self.waiting = []
-        return len(jobs)
+        for w, j in call:
+            self.trained[j.seq] = Trained(got.get(j.client), w.sent, failed.get(j.client), rejected.get(j.client))
 
     def update(self, grid: Grid, timeout: float | None) -> RoundRecord:
         st = self.schedule.advance()
