@@ -456,3 +456,35 @@ def test_fedbuff_on_real_time_with_a_slowed_supernode(tmp_path):
     assert np.isfinite(final) and final > acc0, (acc0, final)
     print(f"fedbuff on real time: staleness {applied}, accuracy {acc0:.3f} -> {final:.3f}, "
           f"updates at {times} s, test wall {took:.1f}s")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_job_past_the_round_timeout_fails_and_its_node_is_sent_again(tmp_path):
+    """fedasync on a real SuperLink, node 2 slowed far past ``server.round_timeout``: its job is failed at the
+    timeout with the reason (its late reply is never applied), the updates go on with the other nodes, and the
+    node, idle again, is sent the current model once more."""
+    # a job on a SuperNode takes 6-10 s here (the first more), so 8 updates outlast a 20 s timeout
+    timeout_s, rounds = 20.0, 8
+    run = (f"aggregator=fedavg dataset=digits model=mlp num_clients=3 rounds={rounds} partition.alpha=0.5 train.epochs=1 "
+           "participation=full server.mode=fedasync server.concurrency=3 "
+           f"server.round_timeout={timeout_s}")
+    c, out = dl.Cluster(tmp_path / "wd"), tmp_path / "fedasync"
+    try:  # node 2 would take two minutes a job
+        c.up(supernodes=3, timeout=60, slowdown={2: 120.0})
+        res = c.run(run, out, timeout=240)
+    finally:
+        c.stop()
+    assert res.ok, f"{res.status}\n{res.error}"
+    recs = _rounds(out)
+    assert [r["round"] for r in recs] == list(range(1, rounds + 1))
+    timed_out = [r for r in recs if "2" in r["failed"] or 2 in r["failed"]]
+    assert timed_out, [r["failed"] for r in recs]
+    reason = next(iter(timed_out[0]["failed"].values()))
+    assert f"server.round_timeout={timeout_s}" in reason, reason
+    assert timed_out[0]["async"]["time_s"] >= timeout_s
+    applied = [a["client"] for r in recs for a in r["async"]["applied"]]
+    assert 2 not in applied and len(applied) == rounds - len(timed_out), (applied, len(timed_out))
+    sent_to_2 = [d for r in recs for d in r["async"]["dispatched"] if d["client"] == 2]
+    assert len(sent_to_2) >= 2, sent_to_2  # sent again after its timeout
+    assert sent_to_2[1]["dispatch_s"] >= timeout_s
