@@ -226,10 +226,10 @@ def worker(args: argparse.Namespace) -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="fedagg_bench") as out:
             rows = run(cfg, out)
-            # the jobs trained (an asynchronous job trains when it is due: those still in flight at the end never)
-            log_file = Path(out) / "rounds.jsonl"
-            lines = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
-            trained = [line["async"]["trained"] for line in lines if "async" in line]
+            trained: list[int] = []  # the jobs trained (an asynchronous job trains when it is due: not at the end)
+            if args.variant in ASYNC_VARIANTS and (Path(out) / "rounds.jsonl").exists():
+                lines = (Path(out) / "rounds.jsonl").read_text().splitlines()
+                trained = [d["async"]["trained"] for d in map(json.loads, lines) if "async" in d]
         secs = [r["round_seconds"] for r in rows]
         if args.variant in ASYNC_VARIANTS:
             from fedagg.task.train import evaluate

@@ -55,7 +55,7 @@ from ..task.cohort import Member, log_fallback_once, train_cohort, unsupported_r
 from ..task.contrastive import UNSTACKED
 from ..task.models import build_model
 from ..task.train import evaluate as evaluate_model
-from ..task.train import get_params, round_lr, set_params, train_local
+from ..task.train import get_params, set_params, train_local
 from . import chunk
 from .client_state import CLIENT_STATE, RULE_REPLY, RULE_SERVER, carried_state, context_state, keep_in_context
 from .codec import params_to_record, record_to_params
@@ -188,14 +188,9 @@ def _stackable(clients: Sequence[_Client]) -> str | None:
     if reason is None:  # the round may differ (the asynchronous modes stack model versions), the learning rate not
         same = replace(first, plan=SimPlan(), round=0)
         others = {id(c.instr): c.instr for c in clients[1:] if c.instr is not first}  # shared decodings compared once
-        if any(replace(i, plan=SimPlan(), round=0) != same or _lr(i) != _lr(first) for i in others.values()):
+        if any(replace(i, plan=SimPlan(), round=0) != same or i.lr != first.lr for i in others.values()):
             reason = "the chunk's clients have different training setups"
     return reason
-
-
-def _lr(instr: ClientInstruction) -> float:
-    o = instr.train
-    return round_lr(o.lr, instr.round, o.lr_decay, o.lr_decay_every)
 
 
 def _train_clients(clients: Sequence[_Client], context: Context, stacked: bool = False,
@@ -235,7 +230,7 @@ def _train_clients(clients: Sequence[_Client], context: Context, stacked: bool =
             opts = instr.train
             model = _model(instr.model)
             set_params(model, params)
-            lr = _lr(instr)
+            lr = instr.lr
             # a dropout trains half the round, then disappears; a straggler does part of it
             res = train_local(
                 model, data.x_train, data.y_train,
@@ -257,7 +252,7 @@ def _train_clients(clients: Sequence[_Client], context: Context, stacked: bool =
     if members:
         first = clients[members[0][0]].instr
         opts = first.train
-        lr = _lr(first)  # the chunk's clients share it (_stackable)
+        lr = first.lr  # the chunk's clients share it (_stackable)
         lead = members[0][1].correction
         extra_wd = lead.extra_wd if lead is not None else 0.0  # FedDyn's alpha (the chunk's clients share it)
         try:

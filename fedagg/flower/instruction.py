@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from flwr.app import ConfigRecord
 
-from ..task.work import WorkPlan, plan_work
+from ..task.work import WorkPlan, plan_work, round_lr
 
 KEY = "fedagg.instruction"
 FAULTS = ("crash", "dropout", "deadline")
@@ -112,6 +112,12 @@ class ClientInstruction:
     def epochs(self) -> int:
         """Local epochs this round: the simulation plan's, else the configured ones."""
         return self.plan.epochs if self.plan.epochs is not None else self.train.epochs
+
+    @property
+    def lr(self) -> float:
+        """This round's client learning rate (``train.lr`` decayed by the round, :func:`round_lr`)."""
+        tr = self.train
+        return round_lr(tr.lr, self.round, tr.lr_decay, tr.lr_decay_every)
 
     def work(self, n: int) -> WorkPlan:
         """This client's work this round, on its shard of ``n`` training examples."""

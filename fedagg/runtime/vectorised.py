@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from ..flower.protocol import CONFIG, DATA_PATH, INSTRUCTION, PARTITION_ID, ClientInstruction
 from ..task.cohort import log_fallback_once, slower_reason, unsupported_reason
 from ..task.contrastive import UNSTACKED
-from ..task.train import round_lr
+from ..task.work import round_lr
 from .calls import ERROR_CODE_CLIENT_EXCEPTION, reply_from_node
 
 if TYPE_CHECKING:

@@ -12,20 +12,9 @@ from torch import nn
 from ..seeding import torch_generator
 from .contrastive import contrastive_loss
 from .correction import Correction
-from .work import planned_steps
+from .work import planned_steps, round_lr  # noqa: F401 - round_lr: imported from here too
 
 OPTIMIZERS = ("sgd", "adam")
-
-
-def round_lr(lr: float, round: int, decay: float = 1.0, every: int = 1) -> float:
-    """The client learning rate of (1-based) round ``round``: ``lr`` times
-    ``decay`` once per ``every`` completed rounds,
-    ``lr * decay ** ((round - 1) // every)``. ``every=1`` is exponential decay
-    per round (FedLAW's official code uses 0.99); ``every=k`` a step schedule.
-    ``decay=1`` (the default) keeps ``lr`` constant."""
-    if decay == 1.0:
-        return lr
-    return lr * decay ** ((max(round, 1) - 1) // max(every, 1))
 
 
 def make_optimizer(

@@ -1,7 +1,8 @@
 """A client's work in one round, planned once: how many minibatch steps it
 takes, and what becomes of them.
 
-The one rule for the step count lives here (:func:`planned_steps`), and the
+The one rule for the step count lives here (:func:`planned_steps`), so does the
+round's learning rate (:func:`round_lr`), and the
 simulation's plan for a client (its fault, its work fraction; a dropout
 trains half the round, then disappears) becomes a :class:`WorkPlan` in
 :func:`plan_work`. Local training (:func:`fedagg.task.train.train_local`),
@@ -13,6 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DROPOUT_WORK = 0.5  # a client that drops out mid-round trains this share of its steps first
+
+
+def round_lr(lr: float, round: int, decay: float = 1.0, every: int = 1) -> float:
+    """The client learning rate of (1-based) round ``round``: ``lr`` times
+    ``decay`` once per ``every`` completed rounds,
+    ``lr * decay ** ((round - 1) // every)``. ``every=1`` is exponential decay
+    per round (FedLAW's official code uses 0.99); ``every=k`` a step schedule.
+    ``decay=1`` (the default) keeps ``lr`` constant."""
+    if decay == 1.0:
+        return lr
+    return lr * decay ** ((max(round, 1) - 1) // max(every, 1))
 
 
 def planned_steps(n: int, *, epochs: int, steps: int, batch_size: int, work_fraction: float) -> int:
