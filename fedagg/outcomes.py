@@ -158,9 +158,9 @@ def rounds_begin() -> None:
 @contextmanager
 def held_interrupts() -> Iterator[None]:
     """Hold signals while the block runs (Ray starting its daemons, driver and
-    workers: a KeyboardInterrupt in the middle leaves Ray half built, and the
-    process can then crash at exit, by SIGSEGV or SIGINT, instead of exiting
-    130), then act on the first as it came (a second one acts at once): during start-up that stops the run
+    workers: a KeyboardInterrupt in the middle leaves Ray half built; the exit
+    by SIGINT that CI once blamed on it came from exec'd source, see
+    :class:`Interrupted`), then act on the first as it came (a second one acts at once): during start-up that stops the run
     at once, as before, only a few seconds later. Outside an active
     :class:`Interrupts` (or off the main thread) it does nothing."""
     if not _ACTIVE:

@@ -515,7 +515,7 @@ def run_ray(server_app: Any, exp: Any, result: dict[str, Any]) -> None:
     vector = chunk_settings(exp)  # before Ray starts: a refused setting starts nothing
     t0 = time.perf_counter()
     set_task_identity()
-    with held_interrupts():  # Ray half started crashes at exit: a Ctrl-C now waits until it is up
+    with held_interrupts():  # a Ctrl-C waits until Ray is up instead of leaving it half started
         init_ray(rt)
         t1 = time.perf_counter()
         pool = get_pool(rt, exp.cfg.num_clients)
