@@ -71,5 +71,14 @@ def test_chunks_trained_one_by_one_carry_equal_work_and_go_to_the_least_loaded_w
     assert [m.metadata.dst_node_id for m in dealt[0]] == order[0::2]  # the same order, dealt over 2 chunks
     assert sum(w_stacked) == sum(w_dealt) == sum(planned_work(m, m.metadata.dst_node_id - BASE) for m in msgs)
     assert max(w_dealt) - min(w_dealt) < max(w_stacked) - min(w_stacked)  # about equal work
+    # a small round trained one by one still reaches every worker: a chunk each (its clients' numbers never
+    # depend on their chunk); stacked chunks keep their composition whatever the workers
+    few = msgs[:6]
+    assert len(_plan(few, node_config, 10, False)[0]) == 1
+    two, w_two, _ = _plan(few, node_config, 10, False, workers=2)
+    assert len(two) == 2 and sorted(m.metadata.dst_node_id for c in two for m in c) == \
+        sorted(m.metadata.dst_node_id for m in few) and max(w_two) - min(w_two) <= max(w_two) // 2 + 1
+    assert len(_plan(msgs[:1], node_config, 10, False, workers=2)[0]) == 1  # one client: one chunk
+    assert _plan(few, node_config, 10, True, workers=2)[0] == _plan(few, node_config, 10, True)[0]
     # the most work first, each to the least loaded worker (ties: the lower index)
     assert assign_chunks([5, 9, 1, 4], 2) == [1, 0, 0, 1] and assign_chunks([3, 3, 3], 2) == [0, 1, 0]

@@ -81,6 +81,29 @@ def test_ray_worker_count_does_not_change_results(runs):
 
 
 @pytest.mark.slow
+def test_a_small_round_of_clients_trained_one_by_one_reaches_both_workers_bitwise(tmp_path):
+    """The 2-D CNN trains client by client inside a chunk (vectorize=auto on CPU): 3 clients are dealt over
+    both workers (one chunk each), and every number is the per-client run's."""
+    actors: list[set[int]] = []
+
+    def seen(grid, n):
+        actors.append({a for a, _, _, cohort in grid._pending.values() if cohort})
+
+    common = ("dataset=mnist_5k", "model=cnn", "num_clients=3", "rounds=2", "train.steps=3", "runtime=ray",
+              "runtime.num_workers=2")
+    ray_grid.HOOKS["after_push"] = seen
+    try:
+        rows = run(compose(*common, "runtime.vectorize=auto"), tmp_path / "auto")
+    finally:
+        ray_grid.HOOKS.clear()
+    assert actors and all(a == {0, 1} for a in actors if a), actors  # every training push used both workers
+    plain = run(compose(*common, "runtime.vectorize=false"), tmp_path / "plain")
+    pa, pb = _params(tmp_path / "auto"), _params(tmp_path / "plain")
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in plain]
+
+
+@pytest.mark.slow
 def test_killed_worker_is_retried_and_run_continues(runs, tmp_path):
     base, _ = runs
     killed = []

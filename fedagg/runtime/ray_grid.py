@@ -407,7 +407,8 @@ class RayGrid(SimulatedGrid):
         if self.vector is not None and self.vector.enabled:
             from .vectorised import _plan, assign_chunks
 
-            chunks, work, messages = _plan(messages, self.node_config, self.vector.chunk, self.vector.stacked)
+            chunks, work, messages = _plan(messages, self.node_config, self.vector.chunk, self.vector.stacked,
+                                           self.num_workers)
             # whole chunks, the most work first to the least loaded worker: a chunk's numbers never depend on workers;
             # runtime.batch_size chunk messages per actor call, as it groups per-client messages
             assigned = assign_chunks(work, self.num_workers)
