@@ -157,14 +157,15 @@ def planned_work(msg: Message, pid: int) -> int:
 
 
 def plan_chunks(messages: Sequence[Message], node_config: Callable[[int], dict[str, Any]],
-                chunk: int, stacked: bool = True, workers: int = 1) -> tuple[list[list[Message]], list[Message]]:
+                chunk: int, stacked: bool = True) -> tuple[list[list[Message]], list[Message]]:
     """Split a round's messages into cohort chunks and the rest (sent one by one).
     Chunks: TRAIN messages with the same setup, ordered by (planned steps, client id),
     ``chunk`` at a time. ``stacked=False`` (chunks trained one by one, where a chunk's
     cost is the sum of its clients' work and a client's numbers never depend on its chunk):
-    the same order dealt round-robin over the chunks -- at least one chunk per worker, as
-    far as the clients go -- so they carry about equal work and the workers finish together."""
-    chunks, _, rest = _plan(messages, node_config, chunk, stacked, workers)
+    the same order dealt round-robin over the chunks, so they carry about equal work and
+    the workers finish together (the Ray grid's :func:`_plan` also makes at least one such
+    chunk per worker)."""
+    chunks, _, rest = _plan(messages, node_config, chunk, stacked)
     return chunks, rest
 
 
@@ -188,7 +189,9 @@ def _plan(messages: Sequence[Message], node_config: Callable[[int], dict[str, An
     work: list[int] = []
     for key in sorted(groups):
         ordered = sorted(groups[key], key=lambda t: t[0])
-        m = -(-len(ordered) // chunk) if stacked else max(-(-len(ordered) // chunk), min(workers, len(ordered)))
+        m = -(-len(ordered) // chunk)
+        if not stacked:  # a client's numbers do not depend on its chunk: give every worker one
+            m = max(m, min(workers, len(ordered)))
         parts = [ordered[s : s + chunk] for s in range(0, len(ordered), chunk)] if stacked else \
             [ordered[j::m] for j in range(m)]
         chunks += [[msg for _, msg in part] for part in parts]
