@@ -150,7 +150,7 @@ def _main(raw: DictConfig) -> float | None:
     quiet_third_party()
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
-    multirun = hc.mode.name == "MULTIRUN"
+    multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
     made_by_hydra = {".hydra", f"{hc.job.name}.log"}
     new_folder = {p.name for p in out.iterdir()} <= made_by_hydra
     if multirun:

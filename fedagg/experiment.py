@@ -122,7 +122,7 @@ def build(raw: Any, deployment: bool = False) -> Experiment:
         misfit = fit_error(cfg.model["name"], cfg.dataset["name"], fd.data.input_kind, fd.data.input_shape)
         if misfit:
             raise ConfigError(misfit)
-    model_spec = {
+    model_spec: dict[str, Any] = {
         "name": model_target or cfg.model["name"], "options": options(cfg.model),
         "input_shape": list(fd.data.input_shape), "num_classes": fd.num_classes,
     }

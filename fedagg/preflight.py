@@ -44,8 +44,8 @@ def sweep_jobs(overrides: Sequence[str], sweeper: Any) -> list[list[str]]:
 
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(list(overrides))
-    own = [o.input_line for o in parsed if o.is_hydra_override()]
-    task = [o.input_line for o in parsed if not o.is_hydra_override()]
+    own = [_line(o) for o in parsed if o.is_hydra_override()]
+    task = [_line(o) for o in parsed if not o.is_hydra_override()]
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     (batch,) = BasicSweeper.split_arguments(parser.parse_overrides([*params, *task]), None)
     return [[*own, *job] for job in batch]
@@ -54,8 +54,14 @@ def sweep_jobs(overrides: Sequence[str], sweeper: Any) -> list[list[str]]:
 def _fixed(overrides: Sequence[str]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    return [o.input_line for o in OverridesParser.create().parse_overrides(list(overrides))
+    return [_line(o) for o in OverridesParser.create().parse_overrides(list(overrides))
             if not o.is_sweep_override()]
+
+
+def _line(override: Any) -> str:
+    """The text of a parsed override (the parser always keeps it)."""
+    assert override.input_line is not None
+    return str(override.input_line)
 
 
 def check(argv: Sequence[str]) -> list[str]:

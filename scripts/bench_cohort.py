@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from fedagg.task.cohort import Member, train_cohort
+from fedagg.task.cohort import Member, planned_steps, train_cohort
 from fedagg.task.models import build_model
 from fedagg.task.train import get_params, set_params, train_local
 
@@ -37,12 +37,21 @@ def input_shape(model_name: str) -> tuple[int, ...]:
 
 
 def measure(model_name: str, clients: int, samples: int, chunk: int, repeats: int) -> tuple[float, float]:
+    """Equal random shards of ``samples`` each (the ceiling's definition): (one by one s, stacked s)."""
     shape = input_shape(model_name)
-    model = build_model(model_name, shape, 10)
-    start = get_params(model)
     g = np.random.default_rng(0)
     data = [(g.normal(size=(samples, *shape)).astype(np.float32), g.integers(0, 10, samples)) for _ in range(clients)]
+    return measure_on(model_name, data, chunk, repeats)
+
+
+def measure_on(model_name: str, data: list[tuple[np.ndarray, np.ndarray]], chunk: int,
+               repeats: int) -> tuple[float, float]:
+    """The clients ``data`` (one (x, y) each) trained one by one and stacked ``chunk`` at a time, in the
+    runtime's chunk order (planned steps, then client id): (one by one s, stacked s), medians of ``repeats``."""
+    model = build_model(model_name, tuple(data[0][0].shape[1:]), 10)
+    start = get_params(model)
     members = [Member(c, x, y, start, epochs=1, steps=0, work_fraction=1.0) for c, (x, y) in enumerate(data)]
+    members.sort(key=lambda m: (planned_steps(len(m.y), epochs=1, steps=0, batch_size=32, work_fraction=1.0), m.client))
 
     def one_by_one() -> None:
         for c, (x, y) in enumerate(data):
@@ -52,7 +61,7 @@ def measure(model_name: str, clients: int, samples: int, chunk: int, repeats: in
             get_params(model)
 
     def stacked() -> None:
-        for s in range(0, clients, chunk):
+        for s in range(0, len(members), chunk):
             train_cohort(model, members[s : s + chunk], batch_size=32, lr=0.05, seed=0, round=1)
 
     one_by_one(), stacked()  # warm-up

@@ -24,7 +24,11 @@ cohort's training alone, relative to one by one on one thread
 workload's shard sizes), divided by the variant's workers -- for a model
 ``runtime.vectorize=auto`` trains client by client (the 2-D CNNs on CPU) the
 ceiling is 1 / workers. "x ceiling" = ratio / ceiling (1.0 = nothing but the
-clients' compute). ``--no-ceiling`` skips that measurement.
+clients' compute). That ceiling is measured on equal shards of the mean size;
+"x own-shard ceiling" uses the same measurement on the run's own (unequal)
+shards in the runtime's chunks, where a stacked chunk steps as long as its
+largest member and every client's last, partial batch costs a full stacked
+step. ``--no-ceiling`` skips both measurements.
 
 ``--async`` instead runs the asynchronous modes beside a synchronous run
 on the same model, runtime and device profile (``device_profile=lognormal``,
@@ -183,15 +187,20 @@ def worker(args: argparse.Namespace) -> None:
     info: dict = {}
     if args.variant == "ceiling":  # the cohort's training alone: stacked vs one by one (bench_cohort.py)
         sys.path.insert(0, str(ROOT / "scripts"))
-        from bench_cohort import measure
+        from bench_cohort import measure, measure_on
 
         from fedagg.task.cohort import slower_reason
 
         exp = build(cfg)
         samples = round(sum(exp.fd.train_size(c) for c in range(cfg.num_clients)) / cfg.num_clients)
-        one, stacked = measure(args.model, cfg.num_clients, samples, int(cfg.runtime.cohort_chunk), 3)
+        chunk = int(cfg.runtime.cohort_chunk)
+        one, stacked = measure(args.model, cfg.num_clients, samples, chunk, 3)
+        # the same on the run's own shards (unequal: a stacked chunk steps as long as its largest member)
+        own = [(d.x_train, d.y_train) for d in map(exp.fd.client, range(cfg.num_clients))]
+        own_one, own_stacked = measure_on(args.model, own, chunk, 3)
         res = {"one_by_one_s": one, "stacked_s": stacked, "stacked_ratio": stacked / one, "samples": samples,
-               "auto_stacks": slower_reason(exp.model()) is None, "load": os.getloadavg()}
+               "own_one_by_one_s": own_one, "own_stacked_s": own_stacked, "own_ratio": own_stacked / own_one,
+               "chunk": chunk, "auto_stacks": slower_reason(exp.model()) is None, "load": os.getloadavg()}
         Path(args.result).write_text(json.dumps(res))
         return
     if args.variant == "plain":
@@ -335,24 +344,25 @@ def run_variant(variant: str, clients: int, rounds: int, extra: list[str], timeo
 WORKERS = {"plain": 1, "inprocess": 1, "inprocess-vec": 1, "ray": 2, "ray-vec": 2, "flower": 2}
 
 
-def ceiling_of(variant: str, c: dict | None, workers: int) -> float | None:
-    """The variant's compute ceiling as a ratio to the one-thread plain loop (None: unknown)."""
-    if c is None or "error" in c or variant not in WORKERS:
+def ceiling_of(variant: str, c: dict | None, workers: int, key: str = "stacked_ratio") -> float | None:
+    """The variant's compute ceiling as a ratio to the one-thread plain loop (None: unknown); ``key``:
+    ``stacked_ratio`` (equal shards of the mean size: the issue's ceiling) or ``own_ratio`` (the run's shards)."""
+    if c is None or "error" in c or variant not in WORKERS or key not in c:
         return None
     stacked = variant.endswith("-vec") and c["auto_stacks"]
-    per = c["stacked_ratio"] if stacked else 1.0
+    per = c[key] if stacked else 1.0
     return per / (1 if WORKERS[variant] == 1 else workers)
 
 
 def table(results: dict[tuple[int, str], dict], first: str = "clients/round", per_round: int | None = None,
           base_key: str = "plain", ceilings: dict[int, dict] | None = None, workers: int = 2) -> str:
     lines = [f"| {first} | variant | start-up s | teardown s | median steady round s | ratio to {base_key} | "
-             "ceiling | x ceiling | updates/s | peak RSS MB (tree) | final acc |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ceiling | x ceiling | x own-shard ceiling | updates/s | peak RSS MB (tree) | final acc |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (clients, variant), r in results.items():
         if "error" in r:
             why = r["error"].strip().splitlines()[-1][:80] if r["error"].strip() else "?"
-            lines.append(f"| {clients} | {variant} | failed: {why} | | | | | | | | |")
+            lines.append(f"| {clients} | {variant} | failed: {why} | | | | | | | | | |")
             continue
         steady = statistics.median(r["round_s"][1:]) if len(r["round_s"]) > 1 else r["round_s"][0]
         r["steady_s"] = steady
@@ -363,7 +373,9 @@ def table(results: dict[tuple[int, str], dict], first: str = "clients/round", pe
         ceil = ceiling_of(variant, (ceilings or {}).get(clients), workers)
         cs = f"{ceil:.2f}" if ceil is not None else "—"
         xs = f"{steady / base / ceil:.2f}" if (ceil and base) else "—"
-        lines.append(f"| {clients} | {variant} | {r['startup_s']:.2f} | {down} | {steady:.3f} | {ratio} | {cs} | {xs} | "
+        own = ceiling_of(variant, (ceilings or {}).get(clients), workers, "own_ratio")
+        xo = f"{steady / base / own:.2f}" if (own and base) else "—"
+        lines.append(f"| {clients} | {variant} | {r['startup_s']:.2f} | {down} | {steady:.3f} | {ratio} | {cs} | {xs} | {xo} | "
                      f"{(per_round or clients) / steady:.0f} | {r['peak_rss_mb']:.0f} | {r['final_accuracy']:.4f} |")
     return "\n".join(lines)
 
@@ -470,9 +482,11 @@ def main() -> None:
             if not args.no_ceiling:
                 ceilings[c] = cr = run_variant("ceiling", c, 1, [], args.timeout, model=args.model)
                 if "error" not in cr:
-                    print(f"{c} clients, compute ceiling: {cr['samples']} samples each, chunks of 10, one thread: "
-                          f"one by one {cr['one_by_one_s']:.3f}s, stacked {cr['stacked_s']:.3f}s "
+                    print(f"{c} clients, compute ceiling: {cr['samples']} samples each, chunks of {cr['chunk']}, one "
+                          f"thread: one by one {cr['one_by_one_s']:.3f}s, stacked {cr['stacked_s']:.3f}s "
                           f"(ratio {cr['stacked_ratio']:.2f}; vectorize=auto {'stacks' if cr['auto_stacks'] else 'trains one by one'})"
+                          f"; on the run's own shards: one by one {cr['own_one_by_one_s']:.3f}s, stacked "
+                          f"{cr['own_stacked_s']:.3f}s (ratio {cr['own_ratio']:.2f})"
                           f"; load average {tuple(round(x, 2) for x in cr['load'])}", flush=True)
             for v in args.variants.split(","):
                 extra = [f"runtime.address={args.address}"] if (v == "ray" and args.address) else []

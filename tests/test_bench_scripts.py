@@ -22,6 +22,9 @@ def test_bench_runtime_quick_plain_and_vectorised(tmp_path):
     stacked_ratio = float(ceil[0].split("(ratio ")[1].split(";")[0])
     vec_row = next(ln for ln in p.stdout.splitlines() if ln.startswith("| 10 | inprocess-vec |")).split("|")
     assert float(vec_row[7]) == round(stacked_ratio, 2)
+    # and the same measurement on the run's own (unequal) shards, with its multiple of the ratio to plain
+    own_ratio = float(ceil[0].split("on the run's own shards:")[1].split("(ratio ")[1].split(")")[0])
+    assert own_ratio > 0 and abs(float(vec_row[9]) - float(vec_row[6]) / own_ratio) <= 0.01 + 0.01 / own_ratio
     r = json.loads(out.read_text())
     plain, vec = r["10|plain"], r["10|inprocess-vec"]
     assert len(plain["round_s"]) == len(vec["round_s"]) == 3

@@ -82,7 +82,7 @@ class NoiseSpec:
         kind = str(kind)
         if kind not in NOISE_KINDS:
             raise ValueError(f"noise.kind='{kind}' is not known; valid choices: {', '.join(NOISE_KINDS)}")
-        vals = {k: float(opts.get(k) if opts.get(k) is not None else 0.0) for k in ("fraction", "rate", "std")}
+        vals = {k: 0.0 if opts.get(k) is None else float(opts[k]) for k in ("fraction", "rate", "std")}
         if not 0.0 <= vals["fraction"] <= 1.0:
             raise ValueError(f"noise.fraction={vals['fraction']} must be in [0, 1] (fraction of noisy clients)")
         if not 0.0 <= vals["rate"] <= 1.0:
@@ -178,6 +178,7 @@ class FederatedData:
             shift = r.integers(1, c, size=len(y))  # uniform over the other C-1 classes
             y = np.where(flip, (y + shift) % c, y).astype(np.int64)
         elif kind == "label_permute":
+            assert self._permutation is not None  # made in __init__ for this kind
             y = self._permutation[y].astype(np.int64)
         elif kind == "gaussian":
             x = (x + r.normal(0.0, self.noise.std, size=x.shape)).astype(np.float32)

@@ -115,7 +115,7 @@ def dirichlet(
     total = len(labels)
     min_size = min(int(min_size), total // n)
     for _ in range(1000):
-        idx = [[] for _ in range(n)]
+        idx: list[list[int]] = [[] for _ in range(n)]
         for c in classes:
             ids = np.flatnonzero(labels == c)
             rng.shuffle(ids)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from ..registry import Registry
 from ..seeding import rng as named_rng
@@ -50,7 +51,7 @@ available = _PATTERNS.available
 
 
 def build_participation(
-    name: str, num_clients: int, seed: int, label_dists: np.ndarray | None = None, **options: Any
+    name: str, num_clients: int, seed: int, label_dists: npt.ArrayLike | None = None, **options: Any
 ) -> "Participation":
     cls = _PATTERNS.get(name)
     if int(num_clients) < 1:

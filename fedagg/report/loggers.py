@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from ..errors import ConfigError
 from ..registry import Registry
@@ -26,7 +26,7 @@ class MetricLogger(Protocol):
     def close(self) -> None: ...
 
 
-_LOGGERS: Registry[type[MetricLogger]] = Registry("logger.name")
+_LOGGERS: Registry[Callable[..., MetricLogger]] = Registry("logger.name")  # classes: (out_dir, **options)
 register_logger = _LOGGERS.register
 available = _LOGGERS.available
 get = _LOGGERS.get

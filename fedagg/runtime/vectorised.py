@@ -239,9 +239,9 @@ def split_reply(reply: Message, chunk: Sequence[Message]) -> list[Message]:
         return [_error(m, f"chunk reply cannot be decoded: {type(e).__name__}: {e}") for m in chunk]
     by_id = {m.metadata.message_id: m for m in chunk}
     out: dict[str, Message] = {}
-    for mid, e in zip(d.message_ids, d.errors):
-        if e and mid in by_id:
-            out[mid] = _error(by_id[mid], e)
+    for mid, err in zip(d.message_ids, d.errors):
+        if err and mid in by_id:
+            out[mid] = _error(by_id[mid], err)
     for mid, row in d.rows():
         if mid in by_id:
             t = d.trained(row)
