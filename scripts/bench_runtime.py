@@ -28,7 +28,7 @@ clients' compute). That ceiling is measured on equal shards of the mean size;
 "x own-shard ceiling" uses the same measurement on the run's own (unequal)
 shards in the runtime's chunks, where a stacked chunk steps as long as its
 largest member and every client's last, partial batch costs a full stacked
-step. ``--no-ceiling`` skips both measurements.
+step (measured only for a model ``auto`` stacks). ``--no-ceiling`` skips both.
 
 ``--async`` instead runs the asynchronous modes beside a synchronous run
 on the same model, runtime and device profile (``device_profile=lognormal``,
@@ -195,12 +195,13 @@ def worker(args: argparse.Namespace) -> None:
         samples = round(sum(exp.fd.train_size(c) for c in range(cfg.num_clients)) / cfg.num_clients)
         chunk = int(cfg.runtime.cohort_chunk)
         one, stacked = measure(args.model, cfg.num_clients, samples, chunk, 3)
-        # the same on the run's own shards (unequal: a stacked chunk steps as long as its largest member)
-        own = [(d.x_train, d.y_train) for d in map(exp.fd.client, range(cfg.num_clients))]
-        own_one, own_stacked = measure_on(args.model, own, chunk, 3)
         res = {"one_by_one_s": one, "stacked_s": stacked, "stacked_ratio": stacked / one, "samples": samples,
-               "own_one_by_one_s": own_one, "own_stacked_s": own_stacked, "own_ratio": own_stacked / own_one,
-               "chunk": chunk, "auto_stacks": slower_reason(exp.model()) is None, "load": os.getloadavg()}
+               "chunk": chunk, "auto_stacks": slower_reason(exp.model()) is None}
+        if res["auto_stacks"]:  # the same on the run's own shards (a model trained one by one has ceiling 1)
+            own = [(d.x_train, d.y_train) for d in map(exp.fd.client, range(cfg.num_clients))]
+            own_one, own_stacked = measure_on(args.model, own, chunk, 3)
+            res |= {"own_one_by_one_s": own_one, "own_stacked_s": own_stacked, "own_ratio": own_stacked / own_one}
+        res["load"] = os.getloadavg()
         Path(args.result).write_text(json.dumps(res))
         return
     if args.variant == "plain":
@@ -347,10 +348,10 @@ WORKERS = {"plain": 1, "inprocess": 1, "inprocess-vec": 1, "ray": 2, "ray-vec": 
 def ceiling_of(variant: str, c: dict | None, workers: int, key: str = "stacked_ratio") -> float | None:
     """The variant's compute ceiling as a ratio to the one-thread plain loop (None: unknown); ``key``:
     ``stacked_ratio`` (equal shards of the mean size: the issue's ceiling) or ``own_ratio`` (the run's shards)."""
-    if c is None or "error" in c or variant not in WORKERS or key not in c:
+    if c is None or "error" in c or variant not in WORKERS:
         return None
     stacked = variant.endswith("-vec") and c["auto_stacks"]
-    per = c[key] if stacked else 1.0
+    per = c[key] if stacked else 1.0  # own_ratio is measured only where auto stacks
     return per / (1 if WORKERS[variant] == 1 else workers)
 
 
@@ -370,10 +371,11 @@ def table(results: dict[tuple[int, str], dict], first: str = "clients/round", pe
             next((v.get("steady_s") for (c, vv), v in results.items() if vv == variant), None)
         ratio = f"{steady / base:.2f}" if base else "n/a"
         down = f"{r['shutdown_s']:.2f}" if "shutdown_s" in r else "—"
-        ceil = ceiling_of(variant, (ceilings or {}).get(clients), workers)
+        cr = (ceilings or {}).get(clients)
+        ceil = ceiling_of(variant, cr, workers)
         cs = f"{ceil:.2f}" if ceil is not None else "—"
         xs = f"{steady / base / ceil:.2f}" if (ceil and base) else "—"
-        own = ceiling_of(variant, (ceilings or {}).get(clients), workers, "own_ratio")
+        own = ceiling_of(variant, cr, workers, "own_ratio")
         xo = f"{steady / base / own:.2f}" if (own and base) else "—"
         lines.append(f"| {clients} | {variant} | {r['startup_s']:.2f} | {down} | {steady:.3f} | {ratio} | {cs} | {xs} | {xo} | "
                      f"{(per_round or clients) / steady:.0f} | {r['peak_rss_mb']:.0f} | {r['final_accuracy']:.4f} |")
@@ -485,9 +487,9 @@ def main() -> None:
                     print(f"{c} clients, compute ceiling: {cr['samples']} samples each, chunks of {cr['chunk']}, one "
                           f"thread: one by one {cr['one_by_one_s']:.3f}s, stacked {cr['stacked_s']:.3f}s "
                           f"(ratio {cr['stacked_ratio']:.2f}; vectorize=auto {'stacks' if cr['auto_stacks'] else 'trains one by one'})"
-                          f"; on the run's own shards: one by one {cr['own_one_by_one_s']:.3f}s, stacked "
-                          f"{cr['own_stacked_s']:.3f}s (ratio {cr['own_ratio']:.2f})"
-                          f"; load average {tuple(round(x, 2) for x in cr['load'])}", flush=True)
+                          + (f"; on the run's own shards: one by one {cr['own_one_by_one_s']:.3f}s, stacked "
+                             f"{cr['own_stacked_s']:.3f}s (ratio {cr['own_ratio']:.2f})" if cr["auto_stacks"] else "")
+                          + f"; load average {tuple(round(x, 2) for x in cr['load'])}", flush=True)
             for v in args.variants.split(","):
                 extra = [f"runtime.address={args.address}"] if (v == "ray" and args.address) else []
                 r = run_variant(v, c, rounds, extra, args.timeout, model=args.model)

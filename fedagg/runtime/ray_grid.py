@@ -243,7 +243,7 @@ def init_ray(rt: RuntimeConfig) -> None:
     with loopback_ray(None):
         ray.init(
             num_cpus=int(rt.num_cpus or os.cpu_count() or 1),
-            num_gpus=rt.num_gpus,  # type: ignore[arg-type]  # Ray's stub says int; a whole number of GPUs either way
+            num_gpus=rt.num_gpus,  # type: ignore[arg-type]  # Ray's stub says int; ray.init takes the configured float as it is
             _temp_dir=tmp if tmp else None,
             **common,
         )

@@ -42,7 +42,7 @@ class StoreFull(RuntimeError):
 
 def _encode(params: Params) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **params)  # type: ignore[arg-type]  # numpy's stub takes the first ** item for allow_pickle
+    np.savez(buf, **params)  # type: ignore[arg-type]  # numpy's stub checks **arrays against its allow_pickle: bool
     return buf.getvalue()
 
 
