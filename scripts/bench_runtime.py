@@ -17,6 +17,14 @@ round. Variants:
   flower         runtime=flower (Flower's simulation engine)
   inprocess      runtime=inprocess, client by client
   inprocess-vec  runtime=inprocess, vectorize=auto (chunks, as ray-vec)
+  floor          the two-worker floor (``scripts/bench_floor.py``): the same
+                 clients in ray-vec's chunks, trained by two bare processes
+                 (shared memory, no Ray, no Flower, no fedagg runtime), then
+                 FedAvg and the test evaluation in the parent; "x floor" =
+                 a two-worker variant's round / this one (1.0 = its machinery
+                 costs nothing)
+  floor-1        the same on one bare process (floor-1 / floor = what a second
+                 worker buys on this machine)
 
 Beside each ratio the table prints the compute ceiling of that variant: the
 cohort's training alone, relative to one by one on one thread
@@ -69,8 +77,10 @@ timed on its own and shown as "teardown"): data, Ray start, workers, connect,
 and the run's final writes (an upper bound of the time to the first round;
 Flower's simulation tears down inside the run, so its start-up includes its
 teardown); steady round =
-median of rounds >= 2; ratio = steady round / the plain loop's; updates/s =
-clients per round / steady round.
+median of rounds >= 2 (with ``--repeats N``, of every repeat's: the variant
+list runs N times, interleaved, since this machine's speed drifts by up to
+1.7x between runs minutes apart); ratio = steady round / the plain loop's;
+updates/s = clients per round / steady round.
 """
 from __future__ import annotations
 
@@ -107,7 +117,7 @@ def population_overrides(population: int, rounds: int, per_round: int = 100) -> 
 VARIANT_OVERRIDES = {
     "plain": [], "ray": ["runtime=ray", "runtime.vectorize=false"], "ray-vec": ["runtime=ray", "runtime.vectorize=auto"],
     "flower": ["runtime=flower"], "inprocess": ["runtime=inprocess", "runtime.vectorize=false"],
-    "inprocess-vec": ["runtime=inprocess", "runtime.vectorize=auto"], "ceiling": [],
+    "inprocess-vec": ["runtime=inprocess", "runtime.vectorize=auto"], "ceiling": [], "floor": [], "floor-1": [],
 }
 ASYNC_VARIANTS = ("sync", "fedasync", "fedbuff", "fedfix")
 
@@ -202,6 +212,17 @@ def worker(args: argparse.Namespace) -> None:
             own_one, own_stacked = measure_on(args.model, own, chunk, 3)
             res |= {"own_one_by_one_s": own_one, "own_stacked_s": own_stacked, "own_ratio": own_stacked / own_one}
         res["load"] = os.getloadavg()
+        Path(args.result).write_text(json.dumps(res))
+        return
+    if args.variant in ("floor", "floor-1"):  # the round on bare processes (bench_floor.py)
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bench_floor import run_floor
+
+        workers = 1 if args.variant == "floor-1" else min(2, os.cpu_count() or 1)
+        res = run_floor(str(CONF_DIR), [*base, *extra], workers)
+        wall = time.perf_counter() - t0
+        res |= {"imports_s": imports_s, "wall_s": wall, "startup_s": wall - sum(res["round_s"]),
+                "torch_threads": torch.get_num_threads()}
         Path(args.result).write_text(json.dumps(res))
         return
     if args.variant == "plain":
@@ -342,7 +363,8 @@ def run_variant(variant: str, clients: int, rounds: int, extra: list[str], timeo
     return res
 
 
-WORKERS = {"plain": 1, "inprocess": 1, "inprocess-vec": 1, "ray": 2, "ray-vec": 2, "flower": 2}
+WORKERS = {"plain": 1, "inprocess": 1, "inprocess-vec": 1, "ray": 2, "ray-vec": 2, "flower": 2, "floor": 2,
+           "floor-1": 1}
 
 
 def ceiling_of(variant: str, c: dict | None, workers: int, key: str = "stacked_ratio") -> float | None:
@@ -350,23 +372,38 @@ def ceiling_of(variant: str, c: dict | None, workers: int, key: str = "stacked_r
     ``stacked_ratio`` (equal shards of the mean size: the issue's ceiling) or ``own_ratio`` (the run's shards)."""
     if c is None or "error" in c or variant not in WORKERS:
         return None
-    stacked = variant.endswith("-vec") and c["auto_stacks"]
+    stacked = (variant.endswith("-vec") or variant.startswith("floor")) and c["auto_stacks"]
     per = c[key] if stacked else 1.0  # own_ratio is measured only where auto stacks
     return per / (1 if WORKERS[variant] == 1 else workers)
+
+
+def merge_repeat(results: dict[tuple[int, str], dict], key: tuple[int, str], r: dict) -> None:
+    """A repeat of a variant (``--repeats``): its steady rounds join the earlier ones', so the table's median
+    runs over every repeat's rounds >= 2 (a failed repeat fails the variant)."""
+    old = results.get(key)
+    if old is None or "error" in old or "error" in r:
+        results[key] = r if old is None or "error" not in old else old
+        return
+    for k in ("round_s", "train_s"):
+        if k in old:
+            old[k] += r[k][1:]
+    old["repeats"] = old.get("repeats", 1) + 1
 
 
 def table(results: dict[tuple[int, str], dict], first: str = "clients/round", per_round: int | None = None,
           base_key: str = "plain", ceilings: dict[int, dict] | None = None, workers: int = 2) -> str:
     lines = [f"| {first} | variant | start-up s | teardown s | median steady round s | ratio to {base_key} | "
-             "ceiling | x ceiling | x own-shard ceiling | updates/s | peak RSS MB (tree) | final acc |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ceiling | x ceiling | x own-shard ceiling | x floor | updates/s | peak RSS MB (tree) | final acc |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results.values():
+        if "error" not in r:
+            r["steady_s"] = statistics.median(r["round_s"][1:]) if len(r["round_s"]) > 1 else r["round_s"][0]
     for (clients, variant), r in results.items():
         if "error" in r:
             why = r["error"].strip().splitlines()[-1][:80] if r["error"].strip() else "?"
-            lines.append(f"| {clients} | {variant} | failed: {why} | | | | | | | | | |")
+            lines.append(f"| {clients} | {variant} | failed: {why} | | | | | | | | | | |")
             continue
-        steady = statistics.median(r["round_s"][1:]) if len(r["round_s"]) > 1 else r["round_s"][0]
-        r["steady_s"] = steady
+        steady = r["steady_s"]
         base = results.get((clients, base_key), {}).get("steady_s") if base_key == "plain" else \
             next((v.get("steady_s") for (c, vv), v in results.items() if vv == variant), None)
         ratio = f"{steady / base:.2f}" if base else "n/a"
@@ -377,7 +414,9 @@ def table(results: dict[tuple[int, str], dict], first: str = "clients/round", pe
         xs = f"{steady / base / ceil:.2f}" if (ceil and base) else "—"
         own = ceiling_of(variant, cr, workers, "own_ratio")
         xo = f"{steady / base / own:.2f}" if (own and base) else "—"
-        lines.append(f"| {clients} | {variant} | {r['startup_s']:.2f} | {down} | {steady:.3f} | {ratio} | {cs} | {xs} | {xo} | "
+        floor = results.get((clients, "floor"), {}).get("steady_s")
+        xf = f"{steady / floor:.2f}" if (floor and WORKERS.get(variant) == 2) else "—"
+        lines.append(f"| {clients} | {variant} | {r['startup_s']:.2f} | {down} | {steady:.3f} | {ratio} | {cs} | {xs} | {xo} | {xf} | "
                      f"{(per_round or clients) / steady:.0f} | {r['peak_rss_mb']:.0f} | {r['final_accuracy']:.4f} |")
     return "\n".join(lines)
 
@@ -409,10 +448,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="*", default=None, help="clients per round (default 10 100)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 10; --quick: 3)")
-    ap.add_argument("--variants", default="plain,ray,ray-vec,flower,inprocess,inprocess-vec")
+    ap.add_argument("--variants", default="plain,floor,ray,ray-vec,flower,inprocess,inprocess-vec")
     ap.add_argument("--model", default="cnn1d", choices=sorted(DATASET),
                     help="cnn1d or mlp on MNIST-1D; cnn: the 2-D simple-cnn on mnist_5k")
     ap.add_argument("--no-ceiling", action="store_true", help="skip measuring the compute ceiling")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run the variant list this many times, interleaved; the steady round is the median of "
+                         "every repeat's rounds >= 2 (the machine's speed drifts between variants minutes apart)")
     ap.add_argument("--population", type=int, nargs="*", default=None,
                     help="registered clients to sweep (synthetic users, 100 per round), e.g. 1000 1000000")
     ap.add_argument("--pop-variants", default="ray-vec", help="variants for --population (default ray-vec)")
@@ -490,10 +532,10 @@ def main() -> None:
                           + (f"; on the run's own shards: one by one {cr['own_one_by_one_s']:.3f}s, stacked "
                              f"{cr['own_stacked_s']:.3f}s (ratio {cr['own_ratio']:.2f})" if cr["auto_stacks"] else "")
                           + f"; load average {tuple(round(x, 2) for x in cr['load'])}", flush=True)
-            for v in args.variants.split(","):
+            for v in [v for _ in range(args.repeats) for v in args.variants.split(",")]:  # interleaved repeats
                 extra = [f"runtime.address={args.address}"] if (v == "ray" and args.address) else []
                 r = run_variant(v, c, rounds, extra, args.timeout, model=args.model)
-                results[(c, v)] = r
+                merge_repeat(results, (c, v), r)
                 print(f"{c} clients, {v}: imports {r.get('imports_s', 0):.1f}s, start-up {r.get('startup_s', 0):.2f}s,"
                       f" rounds {['%.2f' % s for s in r.get('round_s', [])]}; load average "
                       f"{tuple(round(x, 2) for x in os.getloadavg())}", flush=True)

@@ -12,7 +12,7 @@ from fedagg_testing import ROOT
 def test_bench_runtime_quick_plain_and_vectorised(tmp_path):
     out = tmp_path / "bench.json"
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_runtime.py"), "--quick",
-                        "--variants", "plain,inprocess-vec", "--json", str(out)],
+                        "--variants", "plain,inprocess-vec,floor", "--json", str(out)],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "| 10 | inprocess-vec |" in p.stdout and "training" in p.stdout
@@ -32,6 +32,15 @@ def test_bench_runtime_quick_plain_and_vectorised(tmp_path):
     assert all(0 < t <= s for t, s in zip(plain["train_s"], plain["round_s"]))
     assert abs(plain["final_accuracy"] - vec["final_accuracy"]) < 0.01
     assert plain["final_accuracy"] > 0.15  # 10 classes: above chance after 3 rounds
+    # the two-worker floor: the same clients on bare processes, in the runtime's chunks (10 clients: one stacked
+    # chunk, so one worker trains and the other has none), learning the same model
+    floor = r["10|floor"]
+    assert floor["stacked"] is True and floor["chunks"] == [10] and floor["floor_workers"] == 2
+    assert len(floor["round_s"]) == len(floor["worker_s"]) == 3
+    assert all(max(ws) <= t <= s for ws, t, s in zip(floor["worker_s"], floor["train_s"], floor["round_s"]))
+    assert abs(floor["final_accuracy"] - vec["final_accuracy"]) < 0.01
+    rows = {ln.split("|")[2].strip(): ln.split("|") for ln in p.stdout.splitlines() if ln.startswith("| 10 |")}
+    assert rows["floor"][10].strip() == "1.00" and rows["inprocess-vec"][10].strip() == "—"  # x floor: 2 workers only
 
 
 def test_bench_cohort_reports_a_ratio_per_model_and_chunk():

@@ -189,14 +189,22 @@ def _plan(messages: Sequence[Message], node_config: Callable[[int], dict[str, An
     work: list[int] = []
     for key in sorted(groups):
         ordered = sorted(groups[key], key=lambda t: t[0])
-        m = -(-len(ordered) // chunk)
-        if not stacked:  # a client's numbers do not depend on its chunk: give every worker one
-            m = max(m, min(workers, len(ordered)))
-        parts = [ordered[s : s + chunk] for s in range(0, len(ordered), chunk)] if stacked else \
-            [ordered[j::m] for j in range(m)]
+        parts = [[ordered[i] for i in part] for part in cut_group(len(ordered), chunk, stacked, workers)]
         chunks += [[msg for _, msg in part] for part in parts]
         work += [sum(w for (w, _), _ in part) for part in parts]
     return chunks, work, rest
+
+
+def cut_group(n: int, chunk: int, stacked: bool, workers: int = 1) -> list[list[int]]:
+    """The chunks of a group of ``n`` clients ordered by (planned steps, client id), as positions in that
+    order: stacked, ``chunk`` at a time (a chunk's composition never depends on ``workers``); one by one,
+    the order dealt round-robin over ``ceil(n / chunk)`` chunks, at least one per worker (a client's
+    numbers do not depend on its chunk there)."""
+    m = -(-n // chunk)
+    if stacked:
+        return [list(range(s, min(s + chunk, n))) for s in range(0, n, chunk)]
+    m = max(m, min(workers, n))
+    return [list(range(j, n, m)) for j in range(m)]
 
 
 def assign_chunks(work: Sequence[int], workers: int) -> list[int]:
