@@ -146,20 +146,22 @@ def run_floor(conf_dir: str, overrides: list[str], workers: int) -> dict[str, An
     try:
         vin = np.ndarray((size,), np.float32, gin.buf)
         vout = np.ndarray((cfg.num_clients, size), np.float32, gout.buf)
-        for chunks in per:
-            a, b = ctx.Pipe()
-            p = ctx.Process(target=_worker, args=(b, conf_dir, overrides, chunks, stacked, gin.name, gout.name),
-                            daemon=True)
-            p.start()
-            procs.append(p)
-            conns.append(a)
+        try:
+            for chunks in per:
+                a, b = ctx.Pipe()
+                p = ctx.Process(target=_worker, args=(b, conf_dir, overrides, chunks, stacked, gin.name, gout.name),
+                                daemon=True)
+                p.start()
+                procs.append(p)
+                conns.append(a)
+        finally:  # the children have their environment: this process's is as it was
+            for k, v in env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         for c in conns:
             assert c.recv() == "ready"
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         round_s, train_s, worker_s, acc = [], [], [], 0.0
         for rnd in range(1, cfg.rounds + 1):
             t0 = time.perf_counter()
@@ -183,12 +185,12 @@ def run_floor(conf_dir: str, overrides: list[str], workers: int) -> dict[str, An
         for p in procs:
             p.join(60)
         del vin, vout
+        gin.close()
+        gout.close()
     finally:
         for p in procs:
             if p.is_alive():
                 p.kill()
-        gin.close()
-        gout.close()
         gin.unlink()
         gout.unlink()
     return {"round_s": round_s, "train_s": train_s, "worker_s": worker_s, "final_accuracy": float(acc), "stacked": stacked,
