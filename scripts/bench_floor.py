@@ -5,7 +5,7 @@ training by the number of workers, as if two processes on this machine ran twice
 round had nothing but training. This measures what two processes really do here: the round's clients,
 cut into the runtime's chunks (:func:`fedagg.runtime.vectorised.cut_group`, stacked where
 ``runtime.vectorize=auto`` stacks, else one by one) and dealt to the workers as the Ray grid deals them
-(:func:`~fedagg.runtime.vectorised.assign_chunks`), are trained by ``workers`` plain Python processes
+(:func:`~fedagg.runtime.vectorised.deal_chunks`), are trained by ``workers`` plain Python processes
 (one torch thread each) that read the global model from shared memory and write each client's trained
 parameters into a shared matrix. The parent then averages them (FedAvg, one matrix product) and
 evaluates the global model on the test set, as every runtime's server does after a round.
@@ -37,27 +37,20 @@ def _compose(conf_dir: str, overrides: list[str]) -> Any:
 
 def plan(cfg: Any, exp: Any, workers: int) -> tuple[list[list[list[int]]], bool]:
     """Each worker's chunks of client ids (most work first, as the Ray grid orders a worker's calls) and
-    whether they train stacked."""
-    from fedagg.runtime.vectorised import assign_chunks, cut_group
-    from fedagg.task.cohort import slower_reason, unsupported_reason
+    whether they train stacked (:func:`fedagg.runtime.vectorised.chunk_settings`, as the grids decide)."""
+    from fedagg.runtime.vectorised import chunk_settings, cut_group, deal_chunks
     from fedagg.task.work import planned_steps
 
     tr = cfg.train
-    model = exp.model()
-    stacked = unsupported_reason(model, optimizer=tr.optimizer,
-                                 input_shape=tuple(exp.model_spec["input_shape"])) is None \
-        and slower_reason(model) is None
+    vector = chunk_settings(exp)
+    if vector is None:
+        raise ValueError("the floor needs runtime.vectorize=auto or true (the chunks it times)")
     steps = {c: planned_steps(exp.fd.train_size(c), epochs=tr.epochs, steps=tr.steps, batch_size=tr.batch_size,
                               work_fraction=1.0) for c in range(cfg.num_clients)}
     ordered = sorted(range(cfg.num_clients), key=lambda c: (steps[c], c))
-    chunks = [[ordered[i] for i in part] for part in cut_group(len(ordered), int(cfg.runtime.cohort_chunk), stacked,
-                                                               workers)]
+    chunks = [[ordered[i] for i in part] for part in cut_group(len(ordered), vector.chunk, vector.stacked, workers)]
     work = [sum(steps[c] for c in ch) for ch in chunks]
-    assigned = assign_chunks(work, workers)
-    per: list[list[list[int]]] = [[] for _ in range(workers)]
-    for j in sorted(range(len(chunks)), key=lambda j: (-work[j], j)):
-        per[assigned[j]].append(chunks[j])
-    return per, stacked
+    return [[chunks[j] for j in js] for js in deal_chunks(work, workers)], vector.stacked
 
 
 def _layout(params: dict[str, np.ndarray]) -> list[tuple[str, tuple[int, ...], int, int]]:

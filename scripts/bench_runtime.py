@@ -381,8 +381,10 @@ def merge_repeat(results: dict[tuple[int, str], dict], key: tuple[int, str], r: 
     """A repeat of a variant (``--repeats``): its steady rounds join the earlier ones', so the table's median
     runs over every repeat's rounds >= 2 (a failed repeat fails the variant)."""
     old = results.get(key)
-    if old is None or "error" in old or "error" in r:
-        results[key] = r if old is None or "error" not in old else old
+    if old is None or ("error" in r and "error" not in old):
+        results[key] = r
+        return
+    if "error" in old or "error" in r:
         return
     for k in ("round_s", "train_s"):
         if k in old:

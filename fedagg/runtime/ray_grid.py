@@ -405,17 +405,16 @@ class RayGrid(SimulatedGrid):
         ids = [m.metadata.message_id for m in messages]
         self.attach_state(messages)
         if self.vector is not None and self.vector.enabled:
-            from .vectorised import _plan, assign_chunks
+            from .vectorised import _plan, deal_chunks
 
             chunks, work, messages = _plan(messages, self.node_config, self.vector.chunk, self.vector.stacked,
                                            self.num_workers)
             # whole chunks, the most work first to the least loaded worker: a chunk's numbers never depend on workers;
             # runtime.batch_size chunk messages per actor call, as it groups per-client messages
-            assigned = assign_chunks(work, self.num_workers)
-            per_worker: dict[int, list[list[Message]]] = {}
-            for j in sorted(range(len(chunks)), key=lambda j: (-work[j], j)):  # each worker's most work first
-                per_worker.setdefault(assigned[j], []).append(chunks[j])
-            for actor, cs in sorted(per_worker.items()):
+            for actor, js in enumerate(deal_chunks(work, self.num_workers)):  # each worker's most work first
+                if not js:
+                    continue
+                cs = [chunks[j] for j in js]
                 size = self._call_size(len(cs))
                 for s in range(0, len(cs), size):
                     self._submit(actor, cs[s : s + size], 0, cohort=True)

@@ -200,11 +200,20 @@ def cut_group(n: int, chunk: int, stacked: bool, workers: int = 1) -> list[list[
     order: stacked, ``chunk`` at a time (a chunk's composition never depends on ``workers``); one by one,
     the order dealt round-robin over ``ceil(n / chunk)`` chunks, at least one per worker (a client's
     numbers do not depend on its chunk there)."""
-    m = -(-n // chunk)
     if stacked:
         return [list(range(s, min(s + chunk, n))) for s in range(0, n, chunk)]
-    m = max(m, min(workers, n))
+    m = max(-(-n // chunk), min(workers, n))
     return [list(range(j, n, m)) for j in range(m)]
+
+
+def deal_chunks(work: Sequence[int], workers: int) -> list[list[int]]:
+    """Each worker's chunks (indices into ``work``) in the order it trains them, its most work first:
+    :func:`assign_chunks`'s placement."""
+    assigned = assign_chunks(work, workers)
+    out: list[list[int]] = [[] for _ in range(workers)]
+    for j in sorted(range(len(work)), key=lambda j: (-work[j], j)):
+        out[assigned[j]].append(j)
+    return out
 
 
 def assign_chunks(work: Sequence[int], workers: int) -> list[int]:
