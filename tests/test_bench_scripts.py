@@ -43,6 +43,18 @@ def test_bench_runtime_quick_plain_and_vectorised(tmp_path):
     assert rows["floor"][10].strip() == "1.00" and rows["inprocess-vec"][10].strip() == "—"  # x floor: 2 workers only
 
 
+def test_bench_transport_times_both_ways_back_and_checks_the_values():
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_transport.py"), "--model", "mlp", "--input", "40",
+                        "--chunk", "3", "--chunks", "2", "--calls", "4"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = {ln.split("|")[1].strip(): float(ln.split("|")[2]) for ln in p.stdout.splitlines() if ln.startswith("| ") and " band " in ln}
+    ib, oob = rows["in band (Ray's default pickling)"], rows["out of band (array_transport)"]
+    assert ib > 0 and oob > 0
+    ratio = float(p.stdout.split("out of band / in band: ")[1].split()[0])
+    assert abs(ratio - oob / ib) <= 0.01 + 0.1 / ib  # printed to 2 decimals, from the unrounded medians
+    assert "checked equal both ways" in p.stdout
+
+
 def test_bench_cohort_reports_a_ratio_per_model_and_chunk():
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_cohort.py"), "--model", "mlp", "--chunk", "5",
                         "--clients", "10", "--repeats", "1"], capture_output=True, text=True, timeout=300)

@@ -163,6 +163,41 @@ def test_chunk_reply_validation_rejects_rows_and_keeps_views():
     assert rows["m0"].pid == 0 and rows["m5"].pid == 4  # the trained rows' own partition ids
 
 
+def test_updates_held_to_the_contract_at_the_boundary_are_not_checked_twice_by_the_rule():
+    """The boundary marks the updates it accepted (ClientUpdate.checked), from a chunk reply and from a
+    per-client reply; Aggregator.apply then skips only their parameter pass: the same update unmarked, with a
+    NaN, is refused there, and a marked one is still refused for an id it sends twice."""
+    from dataclasses import replace
+
+    from fedagg.aggregators.base import AggregatorContext, ClientUpdate, InvalidUpdate, RoundInfo
+    from fedagg.aggregators.registry import build as build_aggregator
+    from fedagg.flower.protocol import decode_train_reply, train_metrics, train_reply
+
+    sent, outs = _trained(3)
+    req = Message(RecordDict(), dst_node_id=NODE_ID_BASE, message_type=chunk.MESSAGE_TYPE)
+    ids = ["a", "b", "c"]
+    rows = chunk.updates(chunk.reply(req, ids, outs), {m: (j, sent) for j, m in enumerate(ids)}, num_classes=2)
+    ups = [rows[m].update for m in ids]
+    assert all(u is not None and u.checked for u in ups)
+    t = outs[2]
+    single = train_reply(Message(RecordDict(), dst_node_id=NODE_ID_BASE, message_type=MessageType.TRAIN), t.params,
+                         train_metrics(t.pid, t.num_examples, t.loss, t.accuracy, t.steps, t.label_hist))
+    one = decode_train_reply(single, 2, sent, num_classes=2)
+    assert one.checked and one.num_examples == ups[2].num_examples == 12
+    assert all(np.array_equal(one.params[k], ups[2].params[k]) for k in sent)
+    assert not ClientUpdate(2, t.params, t.num_examples).checked  # anyone else's updates: checked in apply
+    agg = build_aggregator("fedavg", AggregatorContext(num_clients=3, num_classes=2))
+    info = RoundInfo(1, 3, (0, 1, 2), (0, 1, 2))
+    out, _ = agg.apply(sent, ups, info)
+    bad = replace(ups[1], params={**ups[1].params, "b": np.full(4, np.nan, np.float32)}, checked=False)
+    with pytest.raises(InvalidUpdate, match="client 1: 'b' holds non-finite values"):
+        agg.apply(sent, [ups[0], bad, ups[2]], info)
+    with pytest.raises(InvalidUpdate, match="client 1: sent two updates"):
+        agg.apply(sent, [ups[0], ups[1], ups[1]], info)
+    n = np.array([10.0, 11.0, 12.0])
+    np.testing.assert_allclose(out["w"], sum(w * u.params["w"] for w, u in zip(n / n.sum(), ups)), rtol=1e-6)
+
+
 def test_chunk_reply_with_wrong_shapes_refuses_the_whole_chunk_and_a_bad_histogram_one_client():
     sent, outs = _trained(3)
     outs[2].label_hist = np.array([-1, 3])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
 
-from fedagg.flower.codec import params_to_record, record_to_params
+from fedagg.flower.codec import params_to_record, record_to_params, stacked_record
 
 
 def _params() -> dict[str, np.ndarray]:
@@ -43,3 +43,22 @@ def test_truncated_bytes_are_refused():
     rec["w"] = Array(dtype=arr.dtype, shape=arr.shape, stype=arr.stype, data=arr.data[:-4])
     with pytest.raises(ValueError, match="bytes"):
         record_to_params(rec)
+
+
+def test_stacked_record_is_the_record_of_the_stacked_arrays_byte_for_byte():
+    """A chunk reply's parameters: every row copied once into the Array, the bytes those of np.stack's result
+    (rows that are views of one stacked array, as the stacked training hands them, included)."""
+    r = np.random.default_rng(1)
+    rows = [{k: (v + r.normal(size=v.shape)).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in _params().items()}
+            for _ in range(3)]
+    whole = np.random.default_rng(2).normal(size=(4, 5, 2)).astype(np.float32)
+    rows_of_one = [{"w": whole[j]} for j in range(4)]
+    mixed = [{"w": np.ones(3, np.float32)}, {"w": np.ones(3, np.float64)}]  # np.stack promotes
+    for rs in (rows, rows_of_one, mixed):
+        ours = stacked_record(rs)
+        ref = params_to_record({k: np.stack([x[k] for x in rs]) for k in rs[0]})
+        assert list(ours) == list(ref)
+        for k in ref:
+            assert (ours[k].data, ours[k].shape, ours[k].dtype) == (ref[k].data, ref[k].shape, ref[k].dtype), k
+    with pytest.raises(ValueError):
+        stacked_record([{"w": np.ones(3)}, {"w": np.ones(4)}])

@@ -8,6 +8,7 @@ import signal
 import tempfile
 import time
 
+import numpy as np
 import pytest
 import torch
 from fedagg_testing import SMALL, compose, silent_peer
@@ -78,6 +79,37 @@ def test_ray_worker_count_does_not_change_results(runs):
     base, _ = runs
     p1, p2 = _params(base / "ray1"), _params(base / "ray2")
     assert all(torch.equal(p1[k], p2[k]) for k in p1)
+
+
+@pytest.mark.slow
+def test_large_arrays_cross_ray_out_of_band_and_decode_to_the_values_sent(runs):
+    """Under array_transport (the driver during a run; fedagg's actors for life) an Array of 1 MiB or more
+    comes back from Ray's object store as a read-only view of it (no copy), a small one as bytes; both decode,
+    by fedagg's codec and by Flower's Array.numpy, to the values sent. Outside it Arrays pickle as Python would."""
+    from flwr.app import Message, RecordDict
+
+    from fedagg.flower.codec import params_to_record, record_to_params
+    from fedagg.runtime.inprocess import set_task_identity
+
+    set_task_identity()
+    sent = {"big": np.arange(300_000, dtype=np.float32).reshape(300, 1000), "small": np.arange(6, dtype=np.int64)}
+
+    def roundtrip():
+        content = RecordDict()
+        content["arrays"] = params_to_record(sent)
+        return ray.get(ray.put(Message(content, dst_node_id=1, message_type="train"))).content["arrays"]
+
+    with ray_grid.array_transport():
+        oob = roundtrip()
+    plain = roundtrip()
+    assert isinstance(oob["big"].data, memoryview) and oob["big"].data.readonly
+    assert isinstance(oob["small"].data, bytes) and isinstance(plain["big"].data, bytes)
+    for rec in (oob, plain):
+        back = record_to_params(rec)
+        for k, v in sent.items():
+            assert back[k].dtype == v.dtype and back[k].flags.writeable
+            np.testing.assert_array_equal(back[k], v)
+            np.testing.assert_array_equal(rec[k].numpy(), v)
 
 
 @pytest.mark.slow

@@ -76,6 +76,11 @@ class ClientUpdate:
     # what a rule with client-side terms needs back besides the model (SCAFFOLD: "dc.<name>" and "lr_steps");
     # the reply's "fedagg.rule-reply" ArrayRecord (fedagg.flower.client_state)
     extras: Params | None = None
+    # True: fedagg's Flower boundary already held it to check_update's contract (parameter names, shapes and
+    # finite values against the model it was sent, its counts and histogram), so Aggregator.apply does not pass
+    # over its parameters a second time (its id, the rule's needs and the round are still checked there); a copy with
+    # other parameters or counts must not keep it
+    checked: bool = field(default=False, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -345,6 +350,8 @@ def check_updates(
         if cid in seen:
             raise InvalidUpdate(f"client {cid}: sent two updates in the same round")
         seen.add(cid)
+        if u.checked:  # held to the same contract at the boundary (ClientUpdate.checked)
+            continue
         try:
             check_update(u, template, num_classes, needs_hist)
         except InvalidUpdate as e:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import numpy as np
@@ -40,7 +40,7 @@ from ..aggregators.base import (
     shape_problem,
 )
 from .client_state import CLIENT_STATE, RULE_REPLY
-from .codec import params_to_record, record_to_params
+from .codec import params_to_record, record_to_params, stacked_record
 from .protocol import (
     ARRAYS,
     CONFIG,
@@ -90,14 +90,15 @@ def pack(messages: Sequence[Message], partition_ids: Sequence[int], stacked: boo
             records[id(rec)] = len(records)
             content[f"{ARRAYS}.{records[id(rec)]}"] = rec
         arrays_of.append(records[id(rec)])
-    extra_keys = sorted({k for m in messages for k in m.content.array_records if k != ARRAYS})
+    # RecordDict.array_records builds a new typed dict per call: the records are read from the content as it is
+    extra_keys = sorted({k for m in messages for k, v in m.content.items() if k != ARRAYS and isinstance(v, ArrayRecord)})
     extra_of: dict[str, list[int]] = {}
     for key in extra_keys:  # shared records (the rule's server arrays) travel once, a client's own state once each
         seen: dict[int, int] = {}
         of = extra_of[key] = []
         for m in messages:
-            extra: ArrayRecord | None = m.content.array_records.get(key)
-            if extra is None:
+            extra = m.content.get(key)
+            if not isinstance(extra, ArrayRecord):
                 of.append(-1)
                 continue
             if id(extra) not in seen:
@@ -166,16 +167,12 @@ class Trained:
     state: Params | None = None  # the client's new state, for the grid that keeps it (CLIENT_STATE)
 
 
-def _stack(rows: Sequence[Params]) -> ArrayRecord:
-    return params_to_record({k: np.stack([r[k] for r in rows]) for k in rows[0]})
-
-
 def reply(msg: Message, message_ids: Sequence[str], outcomes: Sequence[Trained | BaseException]) -> Message:
     """The chunk reply: ``outcomes[j]`` is client j's result or its failure."""
     ok = [o for o in outcomes if isinstance(o, Trained)]
     content = RecordDict()
     if ok:
-        content[ARRAYS] = params_to_record({k: np.stack([o.params[k] for o in ok]) for k in ok[0].params})
+        content[ARRAYS] = stacked_record([o.params for o in ok])
         content[METRICS] = params_to_record({
             PARTITION_ID: np.array([o.pid for o in ok], dtype=np.int64),
             NUM_EXAMPLES: np.array([o.num_examples for o in ok], dtype=np.int64),
@@ -186,7 +183,7 @@ def reply(msg: Message, message_ids: Sequence[str], outcomes: Sequence[Trained |
         })
         for key, rows in ((RULE_REPLY, [o.extras for o in ok]), (CLIENT_STATE, [o.state for o in ok])):
             if all(r is not None for r in rows):
-                content[key] = _stack(rows)  # type: ignore[arg-type]
+                content[key] = stacked_record(rows)  # type: ignore[arg-type]
     cfg = ConfigRecord({
         MESSAGE_IDS: list(message_ids),
         ERRORS: ["" if isinstance(o, Trained) else error_reason(o) for o in outcomes],
@@ -344,7 +341,7 @@ def updates(msg: Message, sent: Mapping[str, tuple[int, Params]], num_classes: i
         if fast[j]:  # every per-client check at once passed (_plain_rows): no scalar pass
             loss, acc, n, s = losses[j], accs[j], counts[j], steps[j]
             u = ClientUpdate(cid, {name: d.params[name][j] for name in names}, n,
-                             None if hist is None else hist[j], loss, acc, {STEPS: s}, extras)
+                             None if hist is None else hist[j], loss, acc, {STEPS: s}, extras, checked=True)
         else:
             loss, acc = float(m[TRAIN_LOSS][j]), float(m[TRAIN_ACCURACY][j])
             u = ClientUpdate(cid, {name: v[j] for name, v in d.params.items()}, int(m[NUM_EXAMPLES][j]),
@@ -357,6 +354,7 @@ def updates(msg: Message, sent: Mapping[str, tuple[int, Params]], num_classes: i
             except InvalidUpdate as e:
                 out[mid] = Row(rejected=str(e))
                 continue
+            u = replace(u, checked=True)
         pid = int(pids[j])
         metrics: dict[str, int | float | list[int]] = {PARTITION_ID: pid, NUM_EXAMPLES: u.num_examples,
                                                        TRAIN_LOSS: loss, TRAIN_ACCURACY: acc,

@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
 Params = dict[str, np.ndarray]
 
-__all__ = ["params_to_record", "record_to_params"]
+__all__ = ["params_to_record", "record_to_params", "stacked_record"]
 
 # An Array of stype "numpy.ndarray" holds ``np.save(a)``'s bytes: an .npy header, then the raw
 # values. Encoding and decoding one costs np.save / np.load's per-call overhead (tens of
@@ -22,24 +23,44 @@ _HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
 _PARSED: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
 
 
-def _npy_header(a: np.ndarray) -> bytes:
-    key = (a.dtype.str, a.shape)
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """np.save's header of a C-ordered array of ``dtype`` and ``shape``."""
+    key = (dtype.str, shape)
     head = _HEADERS.get(key)
     if head is None:
         buf = io.BytesIO()
-        np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(a))
+        d = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(buf, d)
         head = _HEADERS[key] = buf.getvalue()
     return head
 
 
+def _raw(a: np.ndarray) -> memoryview:
+    """The values of ``a`` as bytes, C order, without a copy where ``a`` is C-contiguous."""
+    return np.ascontiguousarray(a).reshape(-1).data.cast("B")
+
+
 def _array(v: np.ndarray) -> Array:
-    """``Array(v)``, byte for byte, without np.save."""
+    """``Array(v)``, byte for byte, without np.save: the values are copied once (header and values joined)."""
     v = np.asarray(v)
     if v.dtype.hasobject or v.dtype.kind == "V":  # np.save's general path (never a model tensor)
         return Array(np.ascontiguousarray(v).reshape(v.shape))
-    c = np.ascontiguousarray(v).reshape(v.shape)  # ascontiguousarray makes a 0-d array 1-d
+    head = _npy_header(v.dtype, v.shape)
     return Array(dtype=str(v.dtype), shape=tuple(int(d) for d in v.shape), stype="numpy.ndarray",
-                 data=_npy_header(c) + c.tobytes())
+                 data=b"".join((head, _raw(v))))
+
+
+def _stacked_array(rows: Sequence[np.ndarray]) -> Array:
+    """``Array(np.stack(rows))``, byte for byte, with each row copied once (no stacked temporary)."""
+    first = np.asarray(rows[0])
+    dtype = first.dtype
+    if (dtype.hasobject or dtype.kind == "V" or not dtype.isnative
+            or any(np.shape(r) != first.shape or np.asarray(r).dtype != dtype for r in rows)):
+        return _array(np.stack(rows))  # np.stack's dtype (promoted, native byte order) or its error
+    shape = (len(rows), *first.shape)
+    head = _npy_header(dtype, shape)
+    return Array(dtype=str(dtype), shape=tuple(int(d) for d in shape), stype="numpy.ndarray",
+                 data=b"".join([head, *(_raw(np.asarray(r)) for r in rows)]))
 
 
 def _ndarray(arr: Array) -> np.ndarray:
@@ -68,6 +89,14 @@ def params_to_record(params: Params) -> ArrayRecord:
     rec = ArrayRecord()
     for k, v in params.items():
         rec[k] = _array(v)
+    return rec
+
+
+def stacked_record(rows: Sequence[Params]) -> ArrayRecord:
+    """``params_to_record({k: np.stack([r[k] for r in rows])})``, byte for byte, each row copied once."""
+    rec = ArrayRecord()
+    for k in rows[0]:
+        rec[k] = _stacked_array([r[k] for r in rows])
     return rec
 
 

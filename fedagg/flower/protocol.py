@@ -17,6 +17,7 @@ here per client so a bad reply is rejected and the round goes on.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 import numpy as np
@@ -172,4 +173,4 @@ def decode_train_reply(
     why = None if acc is None else accuracy_problem(acc)
     if why:
         raise InvalidUpdate(why)
-    return u
+    return replace(u, checked=True)
