@@ -114,6 +114,24 @@ def write_devices(exp: Experiment, out: Path) -> None:
     (out / "devices.csv").write_text("\n".join(lines) + "\n")
 
 
+class ServerEvaluation:
+    """The global model scored on the server's test set: Flower's ``evaluate_fn(server_round, arrays)`` (round 0,
+    the initial model, is not scored: fedagg's metrics start after round 1), and :meth:`params` for a loop that
+    holds the model as numpy parameters (the asynchronous modes score every server update: no ArrayRecord is
+    built and read back for it)."""
+
+    def __init__(self, exp: Experiment) -> None:
+        self.model, self.x, self.y = exp.model(), exp.x_test, exp.y_test
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        return None if server_round == 0 else self.params(server_round, record_to_params(arrays))
+
+    def params(self, server_round: int, params: dict[str, np.ndarray]) -> MetricRecord:
+        set_params(self.model, params)
+        loss, acc = evaluate(self.model, self.x, self.y)
+        return MetricRecord({"loss": loss, "accuracy": acc})
+
+
 def run_server(grid: Grid, exp: Experiment, out_dir: str | Path, *, real_time: bool = False) -> list[dict[str, Any]]:
     """Connect, run all rounds, write results; returns the metrics rows. ``real_time`` (the deployment
     app): the asynchronous modes run on real time, in the order the replies arrive (RealTimeLoop), not on
@@ -122,14 +140,7 @@ def run_server(grid: Grid, exp: Experiment, out_dir: str | Path, *, real_time: b
 
     cfg, out = exp.cfg, Path(out_dir)
     strategy = make_strategy(exp)
-    model = exp.model()
-
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0:
-            return None  # fedagg's metrics start after round 1
-        set_params(model, record_to_params(arrays))
-        loss, acc = evaluate(model, exp.x_test, exp.y_test)
-        return MetricRecord({"loss": loss, "accuracy": acc})
+    evaluate_fn = ServerEvaluation(exp)
 
     recorder = Recorder(out)
     strategy.params = exp.init_params(0)

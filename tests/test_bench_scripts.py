@@ -88,3 +88,5 @@ def test_bench_runtime_async_reports_every_mode_beside_sync(tmp_path):
         assert r[f"4|{m}"]["applied"] == 8 and r[f"4|{m}"]["trained"] >= 8
         assert r[f"4|{m}"]["schedule_us_per_update"] > 0 and r[f"4|{m}"]["step_us_per_update"] > 0
     assert "| 4 | sync | 2 | 8 | 8 |" in p.stdout and "| 4 | fedasync | 8 |" in p.stdout
+    for m in ("sync", "fedasync", "fedbuff", "fedfix"):  # the evaluation, timed inside the run: part of its updates
+        assert 0 < r[f"4|{m}"]["eval_total_s"] < sum(r[f"4|{m}"]["round_s"])

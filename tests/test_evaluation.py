@@ -73,3 +73,28 @@ def test_eval_every_scores_every_client_on_its_held_out_split(tmp_path, runtime,
         assert main([str(tmp_path), "--json"]) == 0
     res = json.loads(buf.getvalue())
     assert [c["accuracy"] for c in res["clients"]] == pytest.approx(details[4]["client_accuracy"], abs=1e-12)
+
+
+def test_the_server_evaluation_scores_a_record_and_its_parameters_alike():
+    """Flower's evaluate_fn(round, arrays) and the asynchronous loops' params(round, params) are one evaluation:
+    the same numbers for the same model; round 0 (the initial model) is not scored; the record's values equal a
+    by-hand evaluation of a model holding them."""
+    import numpy as np
+
+    from fedagg.config import load
+    from fedagg.experiment import build
+    from fedagg.flower.codec import params_to_record
+    from fedagg.server import ServerEvaluation
+    from fedagg.task.train import evaluate, set_params
+
+    exp = build(load(compose(*SMALL)))
+    params = exp.init_params(3)
+    ev = ServerEvaluation(exp)
+    by_record, by_params = ev(2, params_to_record(params)), ev.params(2, params)
+    assert by_record is not None and dict(by_record) == dict(by_params)
+    assert ev(0, params_to_record(params)) is None
+    model = exp.model()
+    set_params(model, params)
+    loss, acc = evaluate(model, exp.x_test, exp.y_test)
+    assert by_params["loss"] == loss and by_params["accuracy"] == acc and 0.0 <= acc <= 1.0
+    assert np.isfinite(loss)

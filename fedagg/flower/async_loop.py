@@ -141,9 +141,9 @@ class AsyncUpdates:
             t0 = time.perf_counter()
             record = s.last_record = self.update(grid, timeout)
             assert record.round == rnd, (record.round, rnd)
-            arrays = result.arrays = params_to_record(s.params)
-            if evaluate_fn is not None:
-                res = evaluate_fn(rnd, arrays)
+            if evaluate_fn is not None:  # fedagg's own evaluation takes the parameters as they are (ServerEvaluation)
+                by_params = getattr(evaluate_fn, "params", None)
+                res = by_params(rnd, s.params) if by_params else evaluate_fn(rnd, params_to_record(s.params))
                 if res is not None:
                     result.evaluate_metrics_serverapp[rnd] = res
                     loss, acc = res.get("loss"), res.get("accuracy")
@@ -153,6 +153,7 @@ class AsyncUpdates:
             if any([cb.after_round(record, s) for cb in callbacks]):
                 log.info("update %d: a callback stopped training", rnd)
                 break
+        result.arrays = params_to_record(s.params)
         self.finish(grid)
         for cb in callbacks:
             cb.on_train_end(s, result)
