@@ -487,7 +487,11 @@ def test_a_job_past_the_round_timeout_fails_and_its_node_is_sent_again(tmp_path)
     assert f"server.round_timeout={timeout_s}" in reason, reason
     assert timed_out[0]["async"]["time_s"] >= timeout_s
     applied = [a["client"] for r in recs for a in r["async"]["applied"]]
-    assert 2 not in applied and len(applied) == rounds - len(timed_out), (applied, len(timed_out))
+    # every update applies one job or fails one at the timeout (on a slow machine a fast node's first job, which
+    # starts its ClientApp process, can pass 20 s too); node 2's never arrives in time
+    failed = [r["failed"] for r in recs if r["failed"]]
+    assert all(len(f) == 1 and "server.round_timeout" in next(iter(f.values())) for f in failed), failed
+    assert 2 not in applied and len(applied) == rounds - len(failed), (applied, failed)
     sent_to_2 = [d for r in recs for d in r["async"]["dispatched"] if d["client"] == 2]
     assert len(sent_to_2) >= 2, sent_to_2  # sent again after its timeout
     assert sent_to_2[1]["dispatch_s"] >= timeout_s
