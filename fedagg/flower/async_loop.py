@@ -137,12 +137,12 @@ class AsyncUpdates:
                  self.concurrency)
         for cb in callbacks:
             cb.on_train_begin(s, start_round=start_round, num_rounds=num_rounds)
+        by_params = getattr(evaluate_fn, "params", None)  # fedagg's own evaluation takes the parameters as they are
         for rnd in range(start_round, num_rounds + 1):
             t0 = time.perf_counter()
             record = s.last_record = self.update(grid, timeout)
             assert record.round == rnd, (record.round, rnd)
-            if evaluate_fn is not None:  # fedagg's own evaluation takes the parameters as they are (ServerEvaluation)
-                by_params = getattr(evaluate_fn, "params", None)
+            if evaluate_fn is not None:
                 res = by_params(rnd, s.params) if by_params else evaluate_fn(rnd, params_to_record(s.params))
                 if res is not None:
                     result.evaluate_metrics_serverapp[rnd] = res

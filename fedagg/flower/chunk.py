@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
@@ -345,7 +345,8 @@ def updates(msg: Message, sent: Mapping[str, tuple[int, Params]], num_classes: i
         else:
             loss, acc = float(m[TRAIN_LOSS][j]), float(m[TRAIN_ACCURACY][j])
             u = ClientUpdate(cid, {name: v[j] for name, v in d.params.items()}, int(m[NUM_EXAMPLES][j]),
-                             None if hist is None else hist[j], loss, acc, {STEPS: int(m[STEPS][j])}, extras)
+                             None if hist is None else hist[j], loss, acc, {STEPS: int(m[STEPS][j])}, extras,
+                             checked=True)  # kept only if the checks below pass
             try:
                 why = finite_problem(TRAIN_LOSS, loss) or finite_problem(TRAIN_ACCURACY, acc) or accuracy_problem(acc)
                 if why:
@@ -354,7 +355,6 @@ def updates(msg: Message, sent: Mapping[str, tuple[int, Params]], num_classes: i
             except InvalidUpdate as e:
                 out[mid] = Row(rejected=str(e))
                 continue
-            u = replace(u, checked=True)
         pid = int(pids[j])
         metrics: dict[str, int | float | list[int]] = {PARTITION_ID: pid, NUM_EXAMPLES: u.num_examples,
                                                        TRAIN_LOSS: loss, TRAIN_ACCURACY: acc,

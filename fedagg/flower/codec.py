@@ -40,27 +40,30 @@ def _raw(a: np.ndarray) -> memoryview:
     return np.ascontiguousarray(a).reshape(-1).data.cast("B")
 
 
+def _npy_array(dtype: np.dtype, shape: tuple[int, ...], parts: Sequence[memoryview]) -> Array:
+    """The Array of a C-ordered array of ``dtype`` and ``shape`` whose values are ``parts`` in order: the header
+    and the values joined in one copy."""
+    return Array(dtype=str(dtype), shape=tuple(int(d) for d in shape), stype="numpy.ndarray",
+                 data=b"".join([_npy_header(dtype, shape), *parts]))
+
+
 def _array(v: np.ndarray) -> Array:
-    """``Array(v)``, byte for byte, without np.save: the values are copied once (header and values joined)."""
+    """``Array(v)``, byte for byte, without np.save."""
     v = np.asarray(v)
     if v.dtype.hasobject or v.dtype.kind == "V":  # np.save's general path (never a model tensor)
         return Array(np.ascontiguousarray(v).reshape(v.shape))
-    head = _npy_header(v.dtype, v.shape)
-    return Array(dtype=str(v.dtype), shape=tuple(int(d) for d in v.shape), stype="numpy.ndarray",
-                 data=b"".join((head, _raw(v))))
+    return _npy_array(v.dtype, v.shape, [_raw(v)])
 
 
 def _stacked_array(rows: Sequence[np.ndarray]) -> Array:
     """``Array(np.stack(rows))``, byte for byte, with each row copied once (no stacked temporary)."""
-    first = np.asarray(rows[0])
+    arrays = [np.asarray(r) for r in rows]
+    first = arrays[0]
     dtype = first.dtype
     if (dtype.hasobject or dtype.kind == "V" or not dtype.isnative
-            or any(np.shape(r) != first.shape or np.asarray(r).dtype != dtype for r in rows)):
-        return _array(np.stack(rows))  # np.stack's dtype (promoted, native byte order) or its error
-    shape = (len(rows), *first.shape)
-    head = _npy_header(dtype, shape)
-    return Array(dtype=str(dtype), shape=tuple(int(d) for d in shape), stype="numpy.ndarray",
-                 data=b"".join([head, *(_raw(np.asarray(r)) for r in rows)]))
+            or any(a.shape != first.shape or a.dtype != dtype for a in arrays)):
+        return _array(np.stack(arrays))  # np.stack's dtype (promoted, native byte order) or its error
+    return _npy_array(dtype, (len(arrays), *first.shape), [_raw(a) for a in arrays])
 
 
 def _ndarray(arr: Array) -> np.ndarray:

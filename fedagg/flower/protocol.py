@@ -17,7 +17,6 @@ here per client so a bad reply is rejected and the round goes on.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import TypeVar
 
 import numpy as np
@@ -159,7 +158,7 @@ def decode_train_reply(
         steps = int(steps)
     meta: dict[str, int | float | str] = {STEPS: steps} if isinstance(steps, int) else {}
     n = example_count(m, weight_key)
-    u = ClientUpdate(client_id, params, n, label_hist, loss, acc, meta)
+    u = ClientUpdate(client_id, params, n, label_hist, loss, acc, meta, checked=True)  # returned only if it passes
     check_update(u, sent, num_classes, needs_hist)
     sq = 0.0
     for k, ref in sent.items():
@@ -173,4 +172,4 @@ def decode_train_reply(
     why = None if acc is None else accuracy_problem(acc)
     if why:
         raise InvalidUpdate(why)
-    return replace(u, checked=True)
+    return u
